@@ -1,0 +1,1 @@
+//! kvgit KvBackend on etcd (in progress).

@@ -1,0 +1,1 @@
+//! kvgit Git store (in progress).

@@ -1,0 +1,11 @@
+//! kvgit's domain: keys, revisions, events, the `KvBackend` trait, the key <-> path mapper,
+//! the batcher and the three-way sync rule. No network, Git, config or metrics crate here.
+
+pub mod backend;
+pub mod mapper;
+pub mod rule;
+pub mod tree;
+pub mod types;
+
+pub use backend::{BackendError, KvBackend, WatchStream};
+pub use types::*;

@@ -1,0 +1,1 @@
+//! Key <-> path mapping (in progress).

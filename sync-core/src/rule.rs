@@ -1,0 +1,1 @@
+//! The three-way sync rule (in progress).
