@@ -1,1 +1,14 @@
-//! kvgit KvBackend on etcd (in progress).
+//! kvgit's `KvBackend` on etcd v3: consistent paged snapshots, conditional transactions and
+//! prefix watches with compaction and progress reporting, over etcd-client (gRPC).
+
+mod backend;
+mod config;
+mod errors;
+mod keys;
+mod progress;
+mod snapshot;
+mod txn;
+mod watch;
+
+pub use backend::{EtcdBackend, MAX_TXN_BYTES, MAX_TXN_OPS};
+pub use config::{ConnectError, EtcdConfig};

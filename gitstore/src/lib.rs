@@ -1,1 +1,38 @@
-//! kvgit Git store (in progress).
+//! kvgit's Git side: a bare repository read and written with gix (never a work tree): planned
+//! trees written loose or as one pack, commits, compare-and-swap refs, diffs, history, remotes.
+//!
+//! Every method blocks; callers run them in `spawn_blocking`. The handle is `Send + Sync`: it
+//! holds a `gix::ThreadSafeRepository` and takes a thread-local view per call.
+
+mod cli;
+mod commit;
+mod diff;
+mod edit;
+mod history;
+mod known;
+mod objects;
+mod pack;
+mod packfile;
+mod refs;
+mod remote;
+mod store;
+mod treefmt;
+mod trees;
+mod write;
+
+pub use cli::CliError;
+pub use commit::{Author, CommitWriteError};
+pub use diff::{DiffError, FileChange};
+pub use edit::SetSubtreeError;
+pub use gix::ObjectId;
+pub use history::{HistoryEntry, HistoryError};
+pub use objects::{CommitInfo, HashError, ObjectReadError};
+pub use pack::PackWriteError;
+pub use refs::{RefReadError, RefUpdateError, ResolveError};
+pub use remote::{tracking_ref, FetchError, PushError, PushOutcome, RejectedRef};
+pub use store::{GitStore, OpenError};
+pub use trees::TreeReadError;
+pub use write::WritePlanError;
+
+/// The plan type gitstore writes: new file contents are owned byte vectors.
+pub type Plan = sync_core::tree::DirPlan<ObjectId, Vec<u8>>;

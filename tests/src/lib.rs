@@ -1,1 +1,6 @@
-//! Shared test support (in progress).
+//! Shared test support: a real etcd started per test binary (`etcd`) and the one backend
+//! conformance suite (`conformance`) that every `KvBackend` implementation runs.
+
+pub mod conformance;
+pub mod etcd;
+pub mod kvgit;

@@ -1,1 +1,25 @@
-//! Key <-> path mapping (in progress).
+//! Key <-> path mapping: every relative key of an area is one file under the area directory
+//! and back, checkout-safe on Linux and macOS. The scheme is written down in docs/mapping.md.
+
+mod assemble;
+mod component;
+mod decode;
+mod error;
+mod escape;
+mod layout;
+mod listing;
+mod lookup;
+mod name;
+mod plan;
+
+#[cfg(test)]
+mod doc_examples;
+
+pub use component::{components, Component};
+pub use decode::{decode_path, decode_paths};
+pub use error::{MapError, NameProblem, PlanError};
+pub use escape::{EMPTY_NAME, MAX_ESCAPED};
+pub use layout::layout_all;
+pub use lookup::{lookup, Locator};
+pub use name::{CONTINUATION_SUFFIX, SELF_NAME};
+pub use plan::plan_changes;

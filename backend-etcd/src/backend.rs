@@ -1,0 +1,159 @@
+//! `EtcdBackend`: connects (bounded by timeouts, checked by a first request) and implements
+//! `KvBackend` by delegating to the snapshot, txn and watch modules.
+
+use crate::config::{connect_options, ConnectError, EtcdConfig};
+use crate::errors::{missing_header, rev, Ctx, KIND};
+use crate::{snapshot, txn, watch};
+use async_trait::async_trait;
+use etcd_client::{Client, KvClient, MaintenanceClient, WatchClient};
+use std::time::Duration;
+use sync_core::{
+    BackendError, ClusterId, KvBackend, Revision, Snapshot, TxnOutcome, WatchStream, WriteLimits,
+    WriteOp,
+};
+
+/// etcd refuses a txn of more than 128 ops (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+/// etcd refuses requests over 1.5 MiB (`--max-request-bytes`); 1400 KiB of keys and values
+/// leaves room for the request's framing and the compares.
+pub const MAX_TXN_BYTES: usize = 1400 * 1024;
+/// Responses bigger than this are refused by the client; snapshot pages shrink to fit, watch
+/// responses are fragmented by the server.
+const DECODE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The clients and settings every request needs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub kv: KvClient,
+    pub watch: WatchClient,
+    pub maintenance: MaintenanceClient,
+    pub ctx: Ctx,
+    pub progress_interval: Duration,
+}
+
+impl Conn {
+    /// The answering member's status: cluster id, revision and server version.
+    async fn status(&self) -> Result<etcd_client::StatusResponse, BackendError> {
+        let mut m = self.maintenance.clone();
+        self.ctx.call("status", m.status()).await
+    }
+
+    pub async fn server_version(&self) -> Result<String, BackendError> {
+        Ok(self.status().await?.version().to_owned())
+    }
+}
+
+/// kvgit's backend on an etcd v3 cluster.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    conn: Conn,
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("endpoints", &self.conn.ctx.endpoints)
+            .finish()
+    }
+}
+
+impl EtcdBackend {
+    /// Connects and checks with one request that a member answers; fails within
+    /// `connect_timeout + request_timeout` when nothing listens.
+    pub async fn connect(cfg: EtcdConfig) -> Result<EtcdBackend, ConnectError> {
+        let opts = connect_options(&cfg).await?;
+        let ctx = Ctx {
+            endpoints: cfg.endpoints_label(),
+            request_timeout: cfg.request_timeout,
+        };
+        let budget = cfg.connect_timeout + cfg.request_timeout;
+        // With a user, connecting already authenticates: bound it like a request.
+        let client =
+            match tokio::time::timeout(budget, Client::connect(&cfg.endpoints, Some(opts))).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(connect_error(&ctx, ctx.map("connect", e))),
+                Err(_) => {
+                    return Err(ConnectError::Unreachable {
+                        endpoints: ctx.endpoints.clone(),
+                        detail: format!("no answer within {budget:?}"),
+                    })
+                }
+            };
+        let conn = Conn {
+            kv: client.kv_client().max_decoding_message_size(DECODE_LIMIT),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(DECODE_LIMIT),
+            maintenance: client.maintenance_client(),
+            ctx: ctx.clone(),
+            progress_interval: cfg.watch_progress_interval,
+        };
+        let probe = Ctx {
+            request_timeout: budget,
+            ..ctx.clone()
+        };
+        let mut m = conn.maintenance.clone();
+        probe
+            .call("status", m.status())
+            .await
+            .map_err(|e| connect_error(&ctx, e))?;
+        Ok(EtcdBackend { conn })
+    }
+}
+
+fn connect_error(ctx: &Ctx, err: BackendError) -> ConnectError {
+    let endpoints = ctx.endpoints.clone();
+    match err {
+        BackendError::Unavailable { detail, .. } => ConnectError::Unreachable { endpoints, detail },
+        BackendError::PermissionDenied { detail, .. } => {
+            ConnectError::AuthFailed { endpoints, detail }
+        }
+        other => ConnectError::Refused {
+            endpoints,
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[async_trait]
+impl KvBackend for EtcdBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn write_limits(&self) -> WriteLimits {
+        WriteLimits {
+            max_ops: MAX_TXN_OPS,
+            max_bytes: MAX_TXN_BYTES,
+            max_value_bytes: MAX_TXN_BYTES,
+        }
+    }
+
+    async fn cluster_id(&self) -> Result<ClusterId, BackendError> {
+        let status = self.conn.status().await?;
+        let header = status.header().ok_or_else(|| missing_header("status"))?;
+        Ok(ClusterId(format!("{:x}", header.cluster_id())))
+    }
+
+    async fn current_revision(&self) -> Result<Revision, BackendError> {
+        let status = self.conn.status().await?;
+        let header = status.header().ok_or_else(|| missing_header("status"))?;
+        Ok(rev(header.revision()))
+    }
+
+    async fn snapshot(
+        &self,
+        prefix: &[u8],
+        at: Option<Revision>,
+    ) -> Result<Snapshot, BackendError> {
+        snapshot::read(&self.conn, prefix, at).await
+    }
+
+    async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError> {
+        watch::open(&self.conn, prefix, from).await
+    }
+
+    async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError> {
+        txn::write(&self.conn, ops, self.write_limits()).await
+    }
+}

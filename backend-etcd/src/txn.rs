@@ -1,0 +1,140 @@
+//! `write`: kvgit's write ops as one etcd transaction; compares from the preconditions, puts
+//! and single-key deletes (never a range), refused before sending when over the limits.
+
+use crate::backend::Conn;
+use crate::errors::{missing_header, rev, wire_rev, KIND};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use sync_core::{BackendError, Precondition, TxnOutcome, WriteLimits, WriteOp};
+
+pub(crate) async fn write(
+    conn: &Conn,
+    ops: &[WriteOp],
+    limits: WriteLimits,
+) -> Result<TxnOutcome, BackendError> {
+    check_limits(ops, limits)?;
+    let txn = build(ops)?;
+    let mut kv = conn.kv.clone();
+    let resp = conn.ctx.call("txn", kv.txn(txn)).await?;
+    if !resp.succeeded() {
+        return Ok(TxnOutcome::PreconditionFailed);
+    }
+    let header = resp.header().ok_or_else(|| missing_header("txn"))?;
+    Ok(TxnOutcome::Committed {
+        revision: rev(header.revision()),
+    })
+}
+
+/// Refuses what etcd would refuse, before anything is sent.
+pub(crate) fn check_limits(ops: &[WriteOp], limits: WriteLimits) -> Result<(), BackendError> {
+    let bytes: usize = ops.iter().map(WriteOp::payload_len).sum();
+    if ops.len() > limits.max_ops || bytes > limits.max_bytes {
+        return Err(BackendError::TooLarge {
+            backend: KIND,
+            ops: ops.len(),
+            bytes,
+            max_ops: limits.max_ops,
+            max_bytes: limits.max_bytes,
+        });
+    }
+    if let Some(op) = ops
+        .iter()
+        .find(|op| op.payload_len() > limits.max_value_bytes)
+    {
+        return Err(BackendError::TooLarge {
+            backend: KIND,
+            ops: 1,
+            bytes: op.payload_len(),
+            max_ops: limits.max_ops,
+            max_bytes: limits.max_value_bytes,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn build(ops: &[WriteOp]) -> Result<Txn, BackendError> {
+    let mut compares = Vec::new();
+    let mut actions = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (key, expect) = match op {
+            WriteOp::Put { key, value, expect } => {
+                actions.push(TxnOp::put(key.0.clone(), value.clone(), None));
+                (key, expect)
+            }
+            WriteOp::Delete { key, expect } => {
+                // No options: exactly this key, never a range or prefix.
+                actions.push(TxnOp::delete(key.0.clone(), None));
+                (key, expect)
+            }
+        };
+        match expect {
+            Precondition::Any => {}
+            Precondition::Absent => {
+                compares.push(Compare::create_revision(key.0.clone(), CompareOp::Equal, 0))
+            }
+            Precondition::ModRevision(r) => compares.push(Compare::mod_revision(
+                key.0.clone(),
+                CompareOp::Equal,
+                wire_rev(*r)?,
+            )),
+        }
+    }
+    Ok(Txn::new().when(compares).and_then(actions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::{Key, Revision};
+
+    const LIMITS: WriteLimits = WriteLimits {
+        max_ops: 128,
+        max_bytes: 1000,
+        max_value_bytes: 1000,
+    };
+
+    fn put(k: &str, len: usize) -> WriteOp {
+        WriteOp::Put {
+            key: Key::from(k),
+            value: vec![b'x'; len],
+            expect: Precondition::Any,
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_before_sending() {
+        let ok: Vec<_> = (0..128).map(|i| put(&format!("k{i}"), 1)).collect();
+        assert!(check_limits(&ok, LIMITS).is_ok());
+        let too_many: Vec<_> = (0..129).map(|i| put(&format!("k{i}"), 1)).collect();
+        assert!(matches!(
+            check_limits(&too_many, LIMITS),
+            Err(BackendError::TooLarge { ops: 129, .. })
+        ));
+        assert!(matches!(
+            check_limits(&[put("k", 999), put("j", 10)], LIMITS),
+            Err(BackendError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn preconditions_become_compares() {
+        let ops = [
+            WriteOp::Put {
+                key: Key::from("a"),
+                value: vec![],
+                expect: Precondition::Absent,
+            },
+            WriteOp::Delete {
+                key: Key::from("b"),
+                expect: Precondition::ModRevision(Revision(7)),
+            },
+            WriteOp::Delete {
+                key: Key::from("c"),
+                expect: Precondition::Any,
+            },
+        ];
+        let req: etcd_client::proto::PbTxnRequest = build(&ops).expect("valid").into();
+        assert_eq!(req.compare.len(), 2);
+        assert_eq!(req.success.len(), 3);
+        assert!(req.failure.is_empty());
+    }
+}

@@ -1,0 +1,137 @@
+//! Running the `git` CLI against the bare repository for what gix cannot do (push) or what
+//! git does best (fetch, repack), isolated from user/system config, hooks and prompts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Why a `git` command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("could not run `git {args}`")]
+    Spawn {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`git {args}` failed ({status}): {stderr}")]
+    Failed {
+        args: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Environment variables that would point git at another repository or config.
+const CLEARED_ENV: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+];
+
+/// `-c` settings for every command: no hooks, no auto-gc/maintenance behind kvgit's back, no
+/// interactive ssh.
+const CONFIG: &[&str] = &[
+    "core.hooksPath=/dev/null",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "fetch.writeCommitGraph=false",
+    "core.sshCommand=ssh -o BatchMode=yes",
+];
+
+/// A `git` command bound to one repository.
+pub(crate) struct Git {
+    git_dir: PathBuf,
+}
+
+impl Git {
+    pub(crate) fn new(git_dir: &Path) -> Self {
+        Git {
+            git_dir: git_dir.to_owned(),
+        }
+    }
+
+    /// Runs `git <args>`; a non-zero exit is not an error here (callers read the output).
+    pub(crate) fn output(&self, args: &[&str]) -> Result<Output, CliError> {
+        let mut cmd = Command::new("git");
+        for var in CLEARED_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        for setting in CONFIG {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.arg("--git-dir").arg(&self.git_dir).args(args);
+        cmd.output().map_err(|source| CliError::Spawn {
+            args: args.join(" "),
+            source,
+        })
+    }
+
+    /// Runs `git <args>` and requires success.
+    pub(crate) fn run(&self, args: &[&str]) -> Result<Output, CliError> {
+        let out = self.output(args)?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(CliError::Failed {
+                args: args.join(" "),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+/// `url` without user info (`https://user:token@host/x` → `https://host/x`), for messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Whether git's stderr says the remote could not be reached at all.
+pub(crate) fn looks_unreachable(stderr: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "does not appear to be a git repository",
+        "Could not read from remote repository",
+        "unable to access",
+        "Could not resolve host",
+        "Connection refused",
+        "Connection timed out",
+        "No route to host",
+        "unable to connect",
+        "remote end hung up",
+        "Repository not found",
+        "' not found",
+    ];
+    SIGNS.iter().any(|sign| stderr.contains(sign))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(redact("https://u:tok@host/r.git"), "https://host/r.git");
+        assert_eq!(redact("ssh://git@host/r"), "ssh://host/r");
+        assert_eq!(redact("/srv/repo.git"), "/srv/repo.git");
+        assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+    }
+}

@@ -1,0 +1,87 @@
+//! Writing commit objects: kvgit is both author and committer, the time is given by the
+//! caller (so batches and tests are reproducible), and every tree and parent must exist.
+
+use gix::ObjectId;
+
+use crate::GitStore;
+
+/// Who a commit is by (author = committer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    /// Shown by `git log`; no '<', '>' or newline.
+    pub name: String,
+    /// Written between '<' and '>'; no '<', '>' or newline.
+    pub email: String,
+}
+
+/// Why a commit could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitWriteError {
+    #[error("author {name:?} <{email}>: names and emails cannot hold '<', '>' or newlines")]
+    InvalidAuthor { name: String, email: String },
+    #[error("tree {tree}: not in the repository")]
+    MissingTree { tree: ObjectId },
+    #[error("parent {parent}: not in the repository")]
+    MissingParent { parent: ObjectId },
+    #[error("commit on tree {tree}: could not write it")]
+    Write {
+        tree: ObjectId,
+        #[source]
+        source: gix::Error,
+    },
+}
+
+impl GitStore {
+    /// Writes a commit of `tree` with `parents` and returns its id; `unix_secs` is the author and
+    /// committer time (UTC). A message without a final newline gets one, as `git commit` does.
+    pub fn write_commit(
+        &self,
+        tree: ObjectId,
+        parents: &[ObjectId],
+        message: &str,
+        author: &Author,
+        unix_secs: i64,
+    ) -> Result<ObjectId, CommitWriteError> {
+        let bad = |s: &str| s.contains(['<', '>', '\n']);
+        if bad(&author.name) || bad(&author.email) {
+            return Err(CommitWriteError::InvalidAuthor {
+                name: author.name.clone(),
+                email: author.email.clone(),
+            });
+        }
+        let repo = self.repo();
+        if !repo.has_object(tree) {
+            return Err(CommitWriteError::MissingTree { tree });
+        }
+        if let Some(&parent) = parents.iter().find(|p| !repo.has_object(**p)) {
+            return Err(CommitWriteError::MissingParent { parent });
+        }
+        let signature = gix::actor::Signature {
+            name: author.name.as_str().into(),
+            email: author.email.as_str().into(),
+            time: gix::date::Time::new(unix_secs, 0),
+        };
+        let mut message = message.to_owned();
+        if !message.ends_with('\n') {
+            message.push('\n');
+        }
+        let commit = gix::objs::Commit {
+            tree,
+            parents: parents.iter().copied().collect(),
+            author: signature.clone(),
+            committer: signature,
+            encoding: None,
+            message: message.into(),
+            extra_headers: Vec::new(),
+        };
+        // An empty tree is known to gix without being stored; git needs the object.
+        if tree.is_empty_tree() {
+            repo.write_object(gix::objs::Tree::empty())
+                .map_err(|source| CommitWriteError::Write { tree, source })?;
+        }
+        let id = repo
+            .write_object(&commit)
+            .map_err(|source| CommitWriteError::Write { tree, source })?;
+        Ok(id.detach())
+    }
+}

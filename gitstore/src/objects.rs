@@ -1,0 +1,177 @@
+//! Reading single objects: blobs, blob sizes and commit metadata, plus the blob id of bytes
+//! that are not written. Tree reading lives in `trees.rs`.
+
+use gix::objs::Kind;
+use gix::prelude::{Find, Header};
+use gix::ObjectId;
+
+use crate::GitStore;
+
+/// Why an object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectReadError {
+    #[error("object {id}: read failed")]
+    Read {
+        id: ObjectId,
+        #[source]
+        source: gix::Error,
+    },
+    #[error("object {id}: not found")]
+    Missing { id: ObjectId },
+    #[error("object {id}: is a {actual}, expected a {expected}")]
+    WrongKind {
+        id: ObjectId,
+        expected: Kind,
+        actual: Kind,
+    },
+    #[error("object {id}: could not decode the {kind}")]
+    Decode {
+        id: ObjectId,
+        kind: Kind,
+        #[source]
+        source: gix::Error,
+    },
+}
+
+/// Hashing refused the input: SHA-1 collision detection tripped (a crafted collision attack).
+#[derive(Debug, thiserror::Error)]
+#[error("could not hash a {kind} of {len} bytes")]
+pub struct HashError {
+    pub kind: Kind,
+    pub len: usize,
+    #[source]
+    pub source: gix::Error,
+}
+
+/// What kvgit needs to know about a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub id: ObjectId,
+    /// The root tree the commit records.
+    pub tree: ObjectId,
+    /// In order; the first parent is the branch's previous tip.
+    pub parents: Vec<ObjectId>,
+    pub author_name: String,
+    pub author_email: String,
+    /// Author time, unix seconds (kvgit writes author = committer).
+    pub time: i64,
+    /// Committer time, unix seconds: the order of history walks.
+    pub commit_time: i64,
+    /// The full message (summary, blank line, body and `Kvgit-*` trailers), lossily UTF-8.
+    pub message: String,
+}
+
+impl CommitInfo {
+    /// The first line of the message.
+    pub fn summary(&self) -> &str {
+        self.message.lines().next().unwrap_or("")
+    }
+}
+
+/// The id `git hash-object` gives `data` of `kind`.
+pub(crate) fn hash(kind: Kind, data: &[u8]) -> Result<ObjectId, HashError> {
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, kind, data).map_err(|source| HashError {
+        kind,
+        len: data.len(),
+        source,
+    })
+}
+
+/// Reads object `id` into `buf`, which must hold an object of kind `expected`.
+pub(crate) fn read_kind<'b>(
+    repo: &gix::Repository,
+    id: ObjectId,
+    expected: Kind,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], ObjectReadError> {
+    if expected == Kind::Tree && id.is_empty_tree() {
+        // gix knows the empty tree without storing it; so does git.
+        buf.clear();
+        return Ok(&buf[..]);
+    }
+    let data = repo
+        .objects
+        .try_find(&id, buf)
+        .map_err(|source| ObjectReadError::Read { id, source })?
+        .ok_or(ObjectReadError::Missing { id })?;
+    if data.kind != expected {
+        return Err(ObjectReadError::WrongKind {
+            id,
+            expected,
+            actual: data.kind,
+        });
+    }
+    Ok(data.data)
+}
+
+/// Parses the commit `id`.
+pub(crate) fn commit_info(
+    repo: &gix::Repository,
+    id: ObjectId,
+    buf: &mut Vec<u8>,
+) -> Result<CommitInfo, ObjectReadError> {
+    let data = read_kind(repo, id, Kind::Commit, buf)?;
+    let decode = |source| ObjectReadError::Decode {
+        id,
+        kind: Kind::Commit,
+        source,
+    };
+    let commit = gix::objs::CommitRef::from_bytes(data, gix::hash::Kind::Sha1).map_err(decode)?;
+    let author = commit.author().map_err(decode)?.trim();
+    let committer = commit.committer().map_err(decode)?;
+    Ok(CommitInfo {
+        id,
+        tree: commit.tree(),
+        parents: commit.parents().collect(),
+        author_name: author.name.to_string(),
+        author_email: author.email.to_string(),
+        time: author.seconds(),
+        commit_time: committer.seconds(),
+        message: commit.message.to_string(),
+    })
+}
+
+impl GitStore {
+    /// The content of blob `id`.
+    pub fn read_blob(&self, id: ObjectId) -> Result<Vec<u8>, ObjectReadError> {
+        let mut buf = Vec::new();
+        read_kind(&self.repo(), id, Kind::Blob, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// The size of blob `id` without reading its content.
+    pub fn blob_size(&self, id: ObjectId) -> Result<u64, ObjectReadError> {
+        blob_size(&self.repo(), id)
+    }
+
+    /// The blob id of `bytes`, computed without writing anything.
+    pub fn hash_blob(&self, bytes: &[u8]) -> Result<ObjectId, HashError> {
+        hash(Kind::Blob, bytes)
+    }
+
+    /// Whether the object exists in the store.
+    pub fn has_object(&self, id: ObjectId) -> bool {
+        self.repo().has_object(id)
+    }
+
+    /// Metadata of commit `id`.
+    pub fn commit_info(&self, id: ObjectId) -> Result<CommitInfo, ObjectReadError> {
+        commit_info(&self.repo(), id, &mut Vec::new())
+    }
+}
+
+pub(crate) fn blob_size(repo: &gix::Repository, id: ObjectId) -> Result<u64, ObjectReadError> {
+    let header = repo
+        .objects
+        .try_header(&id)
+        .map_err(|source| ObjectReadError::Read { id, source })?
+        .ok_or(ObjectReadError::Missing { id })?;
+    if header.kind() != Kind::Blob {
+        return Err(ObjectReadError::WrongKind {
+            id,
+            expected: Kind::Blob,
+            actual: header.kind(),
+        });
+    }
+    Ok(header.size())
+}

@@ -1,0 +1,224 @@
+//! The pack format written in one pass: a v2 pack of whole objects and its v2 index, built from
+//! ids and CRCs already known (nothing is inflated or hashed twice), published index last.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gix::hash::io::Write as HashingWriter;
+use gix::odb::pack::data;
+use gix::ObjectId;
+
+/// Where one object sits in the pack, for the index.
+pub(crate) struct IndexEntry {
+    pub id: ObjectId,
+    pub crc32: u32,
+    pub offset: u64,
+}
+
+/// One object's pack entry: the entry header followed by the zlib stream.
+pub(crate) fn entry_bytes(kind: gix::objs::Kind, size: u64, compressed: &[u8]) -> Vec<u8> {
+    use gix::objs::Kind;
+    let header = match kind {
+        Kind::Blob => data::entry::Header::Blob,
+        Kind::Tree => data::entry::Header::Tree,
+        Kind::Commit => data::entry::Header::Commit,
+        Kind::Tag => data::entry::Header::Tag,
+    };
+    let mut out = Vec::with_capacity(compressed.len() + 10);
+    header
+        .write_to(size, &mut out)
+        .expect("writing to a Vec cannot fail");
+    out.extend_from_slice(compressed);
+    out
+}
+
+/// A pack being written to a temporary file in the pack directory; removed unless published.
+pub(crate) struct PackWriter {
+    dir: PathBuf,
+    tmp_pack: PathBuf,
+    out: HashingWriter<BufWriter<File>>,
+    offset: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl PackWriter {
+    pub(crate) fn create(dir: &Path, count: u32) -> std::io::Result<PackWriter> {
+        let tmp_pack = temp_path(dir, "pack");
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_pack)?;
+        let mut writer = PackWriter {
+            dir: dir.to_owned(),
+            tmp_pack,
+            out: HashingWriter::new(
+                BufWriter::with_capacity(1 << 20, file),
+                gix::hash::Kind::Sha1,
+            ),
+            offset: 0,
+            entries: Vec::with_capacity(count as usize),
+        };
+        let header = data::header::encode(data::Version::V2, count);
+        writer.out.write_all(&header)?;
+        writer.offset = header.len() as u64;
+        Ok(writer)
+    }
+
+    /// Appends one entry (from [`entry_bytes`]).
+    pub(crate) fn add(&mut self, id: ObjectId, entry: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(entry)?;
+        self.entries.push(IndexEntry {
+            id,
+            crc32: crc32fast::hash(entry),
+            offset: self.offset,
+        });
+        self.offset += entry.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the trailer and the index, syncs both (one fsync per pack, not per object) and
+    /// moves them into place; returns the pack's path.
+    pub(crate) fn publish(mut self) -> std::io::Result<PathBuf> {
+        self.out.flush()?;
+        let checksum =
+            std::mem::replace(&mut self.out.hash, gix::hash::hasher(gix::hash::Kind::Sha1))
+                .try_finalize()
+                .map_err(std::io::Error::other)?;
+        let file = &mut self.out.inner;
+        file.write_all(checksum.as_bytes())?;
+        file.flush()?;
+        file.get_ref().sync_data()?;
+
+        let tmp_idx = temp_path(&self.dir, "idx");
+        let written = write_index(&tmp_idx, &mut self.entries, checksum);
+        let name = format!("pack-{checksum}");
+        let (pack, idx) = (
+            self.dir.join(format!("{name}.pack")),
+            self.dir.join(format!("{name}.idx")),
+        );
+        let published = written.and_then(|()| {
+            std::fs::rename(&self.tmp_pack, &pack)?;
+            std::fs::rename(&tmp_idx, &idx)
+        });
+        if published.is_err() {
+            // Best effort: the error that matters is returned below.
+            let _ = std::fs::remove_file(&tmp_idx);
+        }
+        published.map(|()| pack)
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        // After a successful publish the temporary name no longer exists.
+        let _ = std::fs::remove_file(&self.tmp_pack);
+    }
+}
+
+/// Writes a version-2 pack index: fan-out, sorted ids, CRCs, offsets (with the 64-bit table
+/// for offsets past 2 GiB), the pack checksum and the index's own checksum.
+fn write_index(
+    path: &Path,
+    entries: &mut [IndexEntry],
+    pack_checksum: ObjectId,
+) -> std::io::Result<()> {
+    entries.sort_unstable_by_key(|e| e.id);
+    let file = File::options().write(true).create_new(true).open(path)?;
+    let mut out = HashingWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        gix::hash::Kind::Sha1,
+    );
+    out.write_all(b"\xfftOc")?;
+    out.write_all(&2u32.to_be_bytes())?;
+    let mut fanout = [0u32; 256];
+    for e in entries.iter() {
+        fanout[e.id.as_bytes()[0] as usize] += 1;
+    }
+    let mut total = 0u32;
+    for count in fanout {
+        total += count;
+        out.write_all(&total.to_be_bytes())?;
+    }
+    for e in entries.iter() {
+        out.write_all(e.id.as_bytes())?;
+    }
+    for e in entries.iter() {
+        out.write_all(&e.crc32.to_be_bytes())?;
+    }
+    let mut large = Vec::new();
+    for e in entries.iter() {
+        let small = match u32::try_from(e.offset) {
+            Ok(offset) if offset < 0x8000_0000 => offset,
+            _ => {
+                large.push(e.offset);
+                0x8000_0000 | (large.len() as u32 - 1)
+            }
+        };
+        out.write_all(&small.to_be_bytes())?;
+    }
+    for offset in large {
+        out.write_all(&offset.to_be_bytes())?;
+    }
+    out.write_all(pack_checksum.as_bytes())?;
+    out.flush()?;
+    let checksum = out.hash.try_finalize().map_err(std::io::Error::other)?;
+    let mut file = out.inner;
+    file.write_all(checksum.as_bytes())?;
+    file.flush()?;
+    file.get_ref().sync_data()
+}
+
+/// A fresh name in the pack directory that git's own cleanup recognises (`tmp_*`).
+fn temp_path(dir: &Path, ext: &str) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("tmp_kvgit_{}_{seq}.{ext}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gix::odb::pack::index;
+
+    #[test]
+    fn index_round_trips_through_gix_including_large_offsets() {
+        let dir = std::env::temp_dir().join(format!("kvgit-idx-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("t.idx");
+        let _ = std::fs::remove_file(&path);
+        let id = |b: u8| ObjectId::from_bytes_or_panic(&[b; 20]);
+        let mut entries = vec![
+            IndexEntry {
+                id: id(0xee),
+                crc32: 3,
+                offset: 5 << 32,
+            },
+            IndexEntry {
+                id: id(0x01),
+                crc32: 1,
+                offset: 12,
+            },
+            IndexEntry {
+                id: id(0x7f),
+                crc32: 2,
+                offset: 0x8000_0000,
+            },
+        ];
+        write_index(&path, &mut entries, id(0x42)).expect("write index");
+        let index = index::File::at(&path, gix::hash::Kind::Sha1).expect("gix reads it");
+        assert_eq!(index.num_objects(), 3);
+        let checksum = index
+            .verify_checksum(&mut gix::progress::Discard, &Default::default())
+            .expect("index checksum");
+        assert_eq!(index.index_checksum(), checksum);
+        assert_eq!(index.pack_checksum(), id(0x42));
+        for (b, crc, offset) in [(0x01, 1, 12), (0x7f, 2, 0x8000_0000), (0xee, 3, 5 << 32)] {
+            let at = index.lookup(id(b)).expect("listed");
+            assert_eq!(index.crc32_at_index(at), Some(crc));
+            assert_eq!(index.pack_offset_at_index(at), offset);
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

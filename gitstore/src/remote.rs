@@ -1,0 +1,295 @@
+//! Talking to a remote with the `git` CLI: fetch the branch into `refs/remotes/kvgit/<branch>`
+//! (and `refs/kvgit/*` into `refs/remotes/kvgit-meta/*`), and push atomically, never forced.
+
+use gix::ObjectId;
+
+use crate::cli::{looks_unreachable, redact, CliError, Git};
+use crate::GitStore;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid remote url {url:?}")]
+    InvalidUrl { url: String },
+    #[error("invalid branch name {branch:?}")]
+    InvalidBranch { branch: String },
+    #[error("fetch from {url}: remote unreachable: {stderr}")]
+    Unreachable { url: String, stderr: String },
+    #[error("fetch from {url}")]
+    Git {
+        url: String,
+        #[source]
+        source: CliError,
+    },
+    #[error("fetch from {url}: could not read {name}")]
+    ReadRef {
+        url: String,
+        name: String,
+        #[source]
+        source: crate::RefReadError,
+    },
+}
+
+impl FetchError {
+    /// Worth retrying later (the remote may come back).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, FetchError::Unreachable { .. })
+    }
+}
+
+/// Why a push failed (a lost race is not a failure: see [`PushOutcome::Rejected`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("invalid remote url {url:?}")]
+    InvalidUrl { url: String },
+    #[error("push to {url}: {name:?} is not a full ref name (refs/...)")]
+    InvalidRef { url: String, name: String },
+    #[error("push to {url}: remote unreachable: {stderr}")]
+    Unreachable { url: String, stderr: String },
+    #[error("push to {url}: the remote refused {refs:?}")]
+    RemoteRefused { url: String, refs: Vec<RejectedRef> },
+    #[error("push to {url}")]
+    Git {
+        url: String,
+        #[source]
+        source: CliError,
+    },
+}
+
+impl PushError {
+    /// Worth retrying later (the remote may come back).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PushError::Unreachable { .. })
+    }
+}
+
+/// A remote ref that did not move, and git's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRef {
+    /// The full ref name on the remote.
+    pub remote_ref: String,
+    /// git's reason, e.g. `non-fast-forward`, `fetch first`.
+    pub reason: String,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Every ref was updated (or already had the value).
+    Pushed,
+    /// The remote moved on (non-fast-forward, fetch first, lost race): nothing was updated
+    /// (atomic); fetch, replay on the new tip and push again.
+    Rejected { refs: Vec<RejectedRef> },
+}
+
+/// Remote-tracking ref for the branch.
+pub fn tracking_ref(branch: &str) -> String {
+    format!("refs/remotes/kvgit/{branch}")
+}
+
+impl GitStore {
+    /// Fetches `branch` from `remote_url` into `refs/remotes/kvgit/<branch>` (and `refs/kvgit/*`
+    /// into `refs/remotes/kvgit-meta/*`); returns the fetched tip, `None` if the remote has no
+    /// such branch (the stale tracking ref is then removed).
+    pub fn fetch(&self, remote_url: &str, branch: &str) -> Result<Option<ObjectId>, FetchError> {
+        let url = redact(remote_url);
+        if remote_url.starts_with('-') || remote_url.is_empty() {
+            return Err(FetchError::InvalidUrl { url });
+        }
+        let tracking = tracking_ref(branch);
+        if gix::refs::FullName::try_from(format!("refs/heads/{branch}").as_str()).is_err() {
+            return Err(FetchError::InvalidBranch {
+                branch: branch.to_owned(),
+            });
+        }
+        let branch_spec = format!("+refs/heads/{branch}:{tracking}");
+        let meta_spec = "+refs/kvgit/*:refs/remotes/kvgit-meta/*";
+        let git = Git::new(self.git_dir());
+        let base = [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--",
+            remote_url,
+        ];
+        let args: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain([branch_spec.as_str(), meta_spec])
+            .collect();
+        let out = git.output(&args).map_err(|source| FetchError::Git {
+            url: url.clone(),
+            source,
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if !out.status.success() {
+            if stderr.contains("couldn't find remote ref") {
+                // No branch on the remote yet: fetch the rest, forget the stale tracking ref.
+                let args: Vec<&str> = base.iter().copied().chain([meta_spec]).collect();
+                git.run(&args).map_err(|source| FetchError::Git {
+                    url: url.clone(),
+                    source,
+                })?;
+                git.run(&["update-ref", "-d", &tracking])
+                    .map_err(|source| FetchError::Git {
+                        url: url.clone(),
+                        source,
+                    })?;
+                return Ok(None);
+            }
+            if looks_unreachable(&stderr) {
+                return Err(FetchError::Unreachable { url, stderr });
+            }
+            return Err(FetchError::Git {
+                url,
+                source: CliError::Failed {
+                    args: args.join(" "),
+                    status: out.status.to_string(),
+                    stderr,
+                },
+            });
+        }
+        self.read_ref(&tracking)
+            .map_err(|source| FetchError::ReadRef {
+                url,
+                name: tracking,
+                source,
+            })
+    }
+
+    /// Pushes each `(commit, remote ref)` atomically: all refs move or none. Never forced, so
+    /// a remote that moved on gives [`PushOutcome::Rejected`].
+    pub fn push(
+        &self,
+        remote_url: &str,
+        updates: &[(ObjectId, String)],
+    ) -> Result<PushOutcome, PushError> {
+        let url = redact(remote_url);
+        if remote_url.starts_with('-') || remote_url.is_empty() {
+            return Err(PushError::InvalidUrl { url });
+        }
+        if updates.is_empty() {
+            return Ok(PushOutcome::Pushed);
+        }
+        let mut specs = Vec::with_capacity(updates.len());
+        for (id, name) in updates {
+            if !name.starts_with("refs/") || gix::refs::FullName::try_from(name.as_str()).is_err() {
+                return Err(PushError::InvalidRef {
+                    url,
+                    name: name.clone(),
+                });
+            }
+            specs.push(format!("{id}:{name}"));
+        }
+        let mut args = vec![
+            "push",
+            "--atomic",
+            "--porcelain",
+            "--no-verify",
+            "--",
+            remote_url,
+        ];
+        args.extend(specs.iter().map(String::as_str));
+        let out = Git::new(self.git_dir())
+            .output(&args)
+            .map_err(|source| PushError::Git {
+                url: url.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(PushOutcome::Pushed);
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let (lost_race, refused) = classify(&stdout);
+        if !refused.is_empty() {
+            return Err(PushError::RemoteRefused { url, refs: refused });
+        }
+        if !lost_race.is_empty() {
+            return Ok(PushOutcome::Rejected { refs: lost_race });
+        }
+        if looks_unreachable(&stderr) {
+            return Err(PushError::Unreachable { url, stderr });
+        }
+        Err(PushError::Git {
+            url,
+            source: CliError::Failed {
+                args: args.join(" "),
+                status: out.status.to_string(),
+                stderr,
+            },
+        })
+    }
+
+    /// Packs loose objects into one pack and drops the loose copies (`git repack -d`); objects
+    /// not yet reachable from a ref stay loose. Blocking: run it in the background.
+    pub fn repack(&self) -> Result<(), CliError> {
+        Git::new(self.git_dir())
+            .run(&["repack", "-d", "-q"])
+            .map(drop)
+    }
+}
+
+/// Splits `git push --porcelain` rejections into "the remote moved on" (retry after a fetch)
+/// and "the remote refused" (hooks, permissions: retrying will not help).
+fn classify(porcelain: &str) -> (Vec<RejectedRef>, Vec<RejectedRef>) {
+    let (mut lost_race, mut refused) = (Vec::new(), Vec::new());
+    for line in porcelain.lines() {
+        // "<flag>\t<from>:<to>\t<summary> (<reason>)"; flag '!' means not updated.
+        let mut fields = line.splitn(3, '\t');
+        let (Some("!"), Some(spec), Some(summary)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let remote_ref = spec.rsplit_once(':').map_or(spec, |(_, to)| to).to_owned();
+        let reason = summary
+            .split_once('(')
+            .map_or("", |(_, r)| r.trim_end_matches(')'))
+            .to_owned();
+        let rejected = RejectedRef { remote_ref, reason };
+        if rejected.reason.contains("atomic push failed")
+            || rejected.reason.contains("atomic transaction failed")
+        {
+            // A bystander of another ref's rejection; that one carries the cause.
+            continue;
+        }
+        let moved_on = [
+            "non-fast-forward",
+            "fetch first",
+            "stale info",
+            "already exists",
+        ]
+        .iter()
+        .any(|r| rejected.reason.contains(r))
+            || ["cannot lock ref", "failed to update ref", "but expected"]
+                .iter()
+                .any(|r| rejected.reason.contains(r));
+        if summary.starts_with("[rejected]") || moved_on {
+            lost_race.push(rejected);
+        } else {
+            refused.push(rejected);
+        }
+    }
+    (lost_race, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+
+    #[test]
+    fn porcelain_rejections_are_classified() {
+        let out = "To /tmp/r.git\n\
+            !\tabc:refs/heads/main\t[rejected] (non-fast-forward)\n\
+            !\tdef:refs/kvgit/x\t[rejected] (atomic push failed)\n\
+            !\t012:refs/heads/other\t[remote rejected] (pre-receive hook declined)\n\
+            Done\n";
+        let (lost, refused) = classify(out);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].remote_ref, "refs/heads/main");
+        assert_eq!(lost[0].reason, "non-fast-forward");
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].reason, "pre-receive hook declined");
+    }
+}

@@ -1,0 +1,180 @@
+//! Writing a `DirPlan` bottom-up: new blobs and changed trees are hashed once and handed to a
+//! sink (loose objects here, one pack in `pack.rs`); `Existing` entries are referenced as is.
+
+use std::borrow::Cow;
+
+use gix::objs::tree::EntryKind as GitKind;
+use gix::objs::Kind;
+use gix::prelude::Write as _;
+use gix::ObjectId;
+use sync_core::tree::{EntryKind, PlanEntry};
+
+use crate::objects::{hash, HashError};
+use crate::treefmt::{self, Entry};
+use crate::{GitStore, Plan};
+
+/// Why a plan could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WritePlanError {
+    #[error("{path}: invalid entry name: {reason}")]
+    InvalidName { path: String, reason: String },
+    #[error("{path}: the name occurs twice in one directory")]
+    Duplicate { path: String },
+    #[error("{path}: could not hash it")]
+    Hash {
+        path: String,
+        #[source]
+        source: HashError,
+    },
+    #[error("{path}: could not write {kind} {id}")]
+    Write {
+        path: String,
+        kind: Kind,
+        id: ObjectId,
+        #[source]
+        source: gix::Error,
+    },
+}
+
+/// Receives each new object of a plan, children before parents.
+pub(crate) trait Sink<'p> {
+    fn put(&mut self, kind: Kind, id: ObjectId, data: Cow<'p, [u8]>) -> Result<(), gix::Error>;
+}
+
+/// Walks `plan` and returns its tree id; an empty plan gives the empty tree (also stored).
+pub(crate) fn write_root<'p>(
+    plan: &'p Plan,
+    sink: &mut impl Sink<'p>,
+) -> Result<ObjectId, WritePlanError> {
+    let mut dir = Vec::new();
+    match write_dir(plan, sink, &mut dir)? {
+        Some(id) => Ok(id),
+        None => {
+            let id = ObjectId::empty_tree(gix::hash::Kind::Sha1);
+            put(sink, &dir, "", Kind::Tree, id, Cow::Borrowed(&[]))?;
+            Ok(id)
+        }
+    }
+}
+
+/// Writes one directory after its subdirectories; `None` when it ends up empty (empty
+/// directories are pruned: Git cannot check them out).
+fn write_dir<'p>(
+    plan: &'p Plan,
+    sink: &mut impl Sink<'p>,
+    dir: &mut Vec<&'p str>,
+) -> Result<Option<ObjectId>, WritePlanError> {
+    let mut entries = Vec::with_capacity(plan.entries.len());
+    for (name, entry) in &plan.entries {
+        if let Some(reason) = treefmt::invalid_name(name.as_bytes()) {
+            return Err(WritePlanError::InvalidName {
+                path: path_of(dir, name),
+                reason,
+            });
+        }
+        let (kind, id) = match entry {
+            PlanEntry::Existing { kind, id } => (git_kind(*kind), *id),
+            PlanEntry::File(bytes) => {
+                let id = hash(Kind::Blob, bytes).map_err(|source| WritePlanError::Hash {
+                    path: path_of(dir, name),
+                    source,
+                })?;
+                put(sink, dir, name, Kind::Blob, id, Cow::Borrowed(bytes))?;
+                (GitKind::Blob, id)
+            }
+            PlanEntry::Dir(sub) => {
+                dir.push(name);
+                let id = write_dir(sub, sink, dir)?;
+                dir.pop();
+                match id {
+                    Some(id) => (GitKind::Tree, id),
+                    None => continue,
+                }
+            }
+        };
+        entries.push(Entry {
+            name: name.as_bytes(),
+            kind,
+            id,
+        });
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    treefmt::sort(&mut entries);
+    if let Some(name) = treefmt::duplicate(&entries) {
+        return Err(WritePlanError::Duplicate {
+            path: path_of(dir, &String::from_utf8_lossy(name)),
+        });
+    }
+    let mut data = Vec::with_capacity(entries.len() * 48);
+    treefmt::encode(&entries, &mut data);
+    let id = hash(Kind::Tree, &data).map_err(|source| WritePlanError::Hash {
+        path: path_of(dir, ""),
+        source,
+    })?;
+    put(sink, dir, "", Kind::Tree, id, Cow::Owned(data))?;
+    Ok(Some(id))
+}
+
+fn put<'p>(
+    sink: &mut impl Sink<'p>,
+    dir: &[&str],
+    name: &str,
+    kind: Kind,
+    id: ObjectId,
+    data: Cow<'p, [u8]>,
+) -> Result<(), WritePlanError> {
+    sink.put(kind, id, data)
+        .map_err(|source| WritePlanError::Write {
+            path: path_of(dir, name),
+            kind,
+            id,
+            source,
+        })
+}
+
+pub(crate) fn git_kind(kind: EntryKind) -> GitKind {
+    match kind {
+        EntryKind::File => GitKind::Blob,
+        EntryKind::Dir => GitKind::Tree,
+    }
+}
+
+/// `dir/name` for error messages; the root shows as `/`.
+fn path_of(dir: &[&str], name: &str) -> String {
+    let mut parts: Vec<&str> = dir.to_vec();
+    if !name.is_empty() {
+        parts.push(name);
+    }
+    if parts.is_empty() {
+        "/".to_owned()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Writes each object as a loose file unless the store already has it.
+struct LooseSink<'r> {
+    repo: &'r gix::Repository,
+}
+
+impl<'p> Sink<'p> for LooseSink<'_> {
+    fn put(&mut self, kind: Kind, id: ObjectId, data: Cow<'p, [u8]>) -> Result<(), gix::Error> {
+        if self.repo.objects.exists_without_refresh(&id) {
+            return Ok(());
+        }
+        self.repo.objects.write_buf_with_known_id(kind, &data, id)?;
+        Ok(())
+    }
+}
+
+impl GitStore {
+    /// Writes the plan's new blobs and changed trees as loose objects and returns the root tree
+    /// id. `Existing` entries are referenced by id, so only changed subtrees are rewritten.
+    /// Empty directories are pruned; an empty plan gives the empty tree.
+    pub fn write_plan(&self, plan: &Plan) -> Result<ObjectId, WritePlanError> {
+        let repo = self.repo();
+        write_root(plan, &mut LooseSink { repo: &repo })
+    }
+}

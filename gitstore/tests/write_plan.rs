@@ -1,0 +1,352 @@
+//! Writing plans, loose and packed, checked by real git: same ids, fsck --strict, clones with
+//! exact bytes, and incremental writes that only touch changed subtrees.
+
+mod common;
+
+use common::*;
+use gitstore::{ObjectId, WritePlanError};
+use sync_core::tree::{EntryKind, PlanEntry};
+
+/// Names chosen so Git's "directory sorts as name/" order differs from plain byte order.
+fn nested_files() -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![
+        ("a/x".to_owned(), b"dir a".to_vec()),
+        ("a-b".to_owned(), b"file a-b".to_vec()),
+        ("a.txt".to_owned(), b"file a.txt".to_vec()),
+        ("a0/y".to_owned(), b"dir a0".to_vec()),
+        (
+            "areas/entries/deep/k1".to_owned(),
+            b"\x00\xffbinary\n".to_vec(),
+        ),
+        ("areas/entries/k2".to_owned(), Vec::new()),
+        ("areas/meta".to_owned(), b"same".to_vec()),
+        ("dup1".to_owned(), b"same".to_vec()),
+        ("unicode-\u{e9}".to_owned(), "caf\u{e9}".as_bytes().to_vec()),
+    ];
+    for i in 0..50 {
+        files.push((
+            format!("many/n{}/k{i}", i % 7),
+            format!("value {i}").into_bytes(),
+        ));
+    }
+    files
+}
+
+fn nested_plan() -> gitstore::Plan {
+    let files = nested_files();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    plan(&refs)
+}
+
+#[test]
+fn loose_and_packed_give_the_same_tree_and_git_accepts_both() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let loose_dir = tmp.path().join("loose");
+    let packed_dir = tmp.path().join("packed");
+    std::fs::create_dir_all(&loose_dir).expect("mkdir");
+    std::fs::create_dir_all(&packed_dir).expect("mkdir");
+    let loose = store(&loose_dir);
+    let packed = store(&packed_dir);
+
+    let tree_loose = loose.write_plan(&nested_plan()).expect("loose write");
+    let tree_packed = packed
+        .write_plan_packed(&nested_plan())
+        .expect("packed write");
+    assert_eq!(tree_loose, tree_packed);
+    assert_eq!(
+        loose_count(packed.git_dir()),
+        0,
+        "packed write leaves no loose objects"
+    );
+
+    // The packed objects are readable through the same handle right away.
+    let files = packed.files_under(tree_packed).expect("walk packed tree");
+    let expected = nested_files();
+    assert_eq!(files.len(), expected.len());
+    for (path, content) in &expected {
+        let id = files
+            .iter()
+            .find(|(p, _)| p == path)
+            .expect("file listed")
+            .1;
+        assert_eq!(
+            &packed.read_blob(id).expect("read packed blob"),
+            content,
+            "{path}"
+        );
+    }
+
+    for s in [&loose, &packed] {
+        let tree = s.write_plan(&nested_plan()).expect("rewrite is a no-op");
+        commit(s, tree, None, "first", 1_700_000_000);
+        fsck(s.git_dir());
+        let clone = s.git_dir().parent().expect("parent").join("clone");
+        git(
+            tmp.path(),
+            &[
+                "clone",
+                "-q",
+                s.git_dir().to_str().expect("utf8"),
+                clone.to_str().expect("utf8"),
+            ],
+        );
+        for (path, content) in &expected {
+            let got = std::fs::read(clone.join(path)).expect("checked out file");
+            assert_eq!(&got, content, "{path}");
+        }
+    }
+}
+
+#[test]
+fn packed_write_deduplicates_and_skips_existing_objects() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let p = plan(&[
+        ("a/k", b"same"),
+        ("b/k", b"same"),
+        ("c", b"same"),
+        ("d", b"other"),
+    ]);
+    s.write_plan_packed(&p).expect("packed write");
+    let count = git(s.git_dir(), &["count-objects", "-v"]);
+    // Blobs "same" and "other", trees a and b (identical: one object), root.
+    assert!(count.contains("in-pack: 4"), "{count}");
+
+    // Writing again adds no pack (every object exists).
+    s.write_plan_packed(&p).expect("packed rewrite");
+    let packs = std::fs::read_dir(s.git_dir().join("objects/pack"))
+        .expect("pack dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    assert_eq!(packs, 1);
+    fsck(s.git_dir());
+}
+
+#[test]
+fn incremental_write_touches_only_changed_subtrees() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let base = s.write_plan_packed(&nested_plan()).expect("base");
+    let areas = s
+        .subtree(base, "areas")
+        .expect("lookup")
+        .expect("areas dir");
+    let entries = s
+        .subtree(areas, "entries")
+        .expect("lookup")
+        .expect("entries dir");
+    let deep = s
+        .subtree(entries, "deep")
+        .expect("lookup")
+        .expect("deep dir");
+    let before = loose_count(s.git_dir());
+
+    // Change areas/entries/k2 only: keep every other dir by id.
+    let mut p = gitstore::Plan::default();
+    for item in sync_core::tree::TreeSource::list(&s, &base).expect("list root") {
+        if item.name != "areas" {
+            p.entries.push((
+                item.name,
+                PlanEntry::Existing {
+                    kind: item.kind,
+                    id: item.id,
+                },
+            ));
+        }
+    }
+    insert(
+        &mut p,
+        "areas/meta",
+        PlanEntry::Existing {
+            kind: EntryKind::File,
+            id: s.hash_blob(b"same").expect("hash"),
+        },
+    );
+    insert(&mut p, "areas/entries/deep", existing_dir(deep));
+    insert(
+        &mut p,
+        "areas/entries/k2",
+        PlanEntry::File(b"changed".to_vec()),
+    );
+    let tree = s.write_plan(&p).expect("incremental write");
+
+    // One blob and three trees (entries, areas, root).
+    assert_eq!(loose_count(s.git_dir()) - before, 4);
+    let changes = s.diff_files(Some(base), Some(tree)).expect("diff");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].path, "areas/entries/k2");
+    commit(&s, tree, None, "incremental", 1);
+    fsck(s.git_dir());
+}
+
+#[test]
+fn empty_dirs_are_pruned_and_an_empty_plan_is_the_empty_tree() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let mut p = plan(&[("k", b"v")]);
+    p.entries
+        .push(("empty".into(), PlanEntry::Dir(gitstore::Plan::default())));
+    let tree = s.write_plan(&p).expect("write");
+    assert_eq!(
+        s.files_under(tree).expect("walk"),
+        vec![("k".to_owned(), s.hash_blob(b"v").expect("hash"))]
+    );
+    assert!(s.subtree(tree, "empty").expect("lookup").is_none());
+
+    let empty = s
+        .write_plan(&gitstore::Plan::default())
+        .expect("empty plan");
+    assert_eq!(empty, ObjectId::empty_tree(gix::hash::Kind::Sha1));
+    assert_eq!(
+        empty,
+        s.write_plan_packed(&gitstore::Plan::default())
+            .expect("empty packed")
+    );
+    commit(&s, empty, None, "empty", 1);
+    fsck(s.git_dir());
+}
+
+#[test]
+fn bad_names_are_refused_with_their_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    for bad in ["a/.git/x", "a/../x", "a/./x"] {
+        let err = s.write_plan(&plan(&[(bad, b"v")])).expect_err(bad);
+        assert!(matches!(err, WritePlanError::InvalidName { .. }), "{err}");
+    }
+    let err = s.write_plan(&plan(&[("d/.GIT", b"v")])).expect_err(".GIT");
+    assert!(err.to_string().starts_with("d/.GIT:"), "{err}");
+
+    let mut p = plan(&[("x/k", b"v"), ("x", b"file too")]);
+    p.entries.push(("y".into(), PlanEntry::File(b"1".to_vec())));
+    p.entries.push(("y".into(), PlanEntry::File(b"2".to_vec())));
+    let err = s.write_plan(&p).expect_err("duplicates");
+    assert!(matches!(err, WritePlanError::Duplicate { .. }), "{err}");
+}
+
+fn packs(git_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut packs: Vec<_> = std::fs::read_dir(git_dir.join("objects/pack"))
+        .expect("pack dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    packs.sort();
+    packs
+}
+
+#[test]
+fn packs_pass_verify_pack_and_several_stay_readable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    // A loose object first: the packed write must not repeat it.
+    let loose_tree = s
+        .write_plan(&plan(&[("x/loose", b"loose")]))
+        .expect("loose");
+    let first = s.write_plan_packed(&nested_plan()).expect("first pack");
+    let more: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| (format!("b/{}/k{i}", i % 13), format!("v{i}").into_bytes()))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = more
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .chain([("x/loose", &b"loose"[..])])
+        .collect();
+    let second = s.write_plan_packed(&plan(&refs)).expect("second pack");
+
+    let all = packs(s.git_dir());
+    assert_eq!(all.len(), 2);
+    for pack in &all {
+        let idx = pack.with_extension("idx");
+        git(s.git_dir(), &["verify-pack", idx.to_str().expect("utf8")]);
+    }
+    let verbose = git(
+        s.git_dir(),
+        &[
+            "verify-pack",
+            "-v",
+            all[0].with_extension("idx").to_str().expect("utf8"),
+        ],
+    );
+    let verbose2 = git(
+        s.git_dir(),
+        &[
+            "verify-pack",
+            "-v",
+            all[1].with_extension("idx").to_str().expect("utf8"),
+        ],
+    );
+    let loose_blob = s.hash_blob(b"loose").expect("hash").to_string();
+    assert!(
+        !verbose.contains(&loose_blob) && !verbose2.contains(&loose_blob),
+        "loose object repeated in a pack"
+    );
+
+    // Both packs (and the loose objects) read through the same handle.
+    assert_eq!(
+        s.files_under(first).expect("first").len(),
+        nested_files().len()
+    );
+    let files = s.files_under(second).expect("second");
+    assert_eq!(files.len(), 3001);
+    for (path, id) in files.iter().step_by(97) {
+        let want = more
+            .iter()
+            .find(|(p, _)| p == path)
+            .map_or(&b"loose"[..], |(_, c)| c.as_slice());
+        assert_eq!(s.read_blob(*id).expect("blob"), want);
+    }
+    assert_eq!(s.files_under(loose_tree).expect("loose").len(), 1);
+    let root = s
+        .set_subtree(Some(first), "more", Some(second))
+        .expect("graft")
+        .expect("root");
+    commit(&s, root, None, "both", 1);
+    fsck(s.git_dir());
+}
+
+#[test]
+fn repack_folds_loose_objects_and_the_handle_keeps_reading() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let tree = s.write_plan(&nested_plan()).expect("loose write");
+    commit(&s, tree, None, "loose", 1);
+    assert!(loose_count(s.git_dir()) > 10);
+    s.repack().expect("repack");
+    assert_eq!(loose_count(s.git_dir()), 0);
+    let files = s.files_under(tree).expect("walk after repack");
+    for (path, content) in nested_files() {
+        let id = files.iter().find(|(p, _)| *p == path).expect("listed").1;
+        assert_eq!(s.read_blob(id).expect("read after repack"), content);
+    }
+    fsck(s.git_dir());
+}
+
+#[test]
+fn large_and_incompressible_blobs_round_trip_through_a_pack() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let zeros = vec![0u8; 5 << 20];
+    let tree = s
+        .write_plan_packed(&plan(&[("noise", &noise), ("zeros", &zeros)]))
+        .expect("packed");
+    let files = s.files_under(tree).expect("walk");
+    assert_eq!(s.read_blob(files[0].1).expect("noise"), noise);
+    assert_eq!(s.read_blob(files[1].1).expect("zeros"), zeros);
+    assert_eq!(s.blob_size(files[0].1).expect("size"), noise.len() as u64);
+    commit(&s, tree, None, "big", 1);
+    fsck(s.git_dir());
+}

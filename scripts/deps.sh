@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing kvgit needs on Debian/Ubuntu: etcd (server + etcdctl)
+# and protoc (etcd-client's build needs it). Does nothing when they are already there.
+set -euo pipefail
+missing=()
+[ -x /usr/bin/etcd ] || command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v git >/dev/null 2>&1 || missing+=(git)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian's package may start a system etcd on 2379; kvgit's tests start their own on free
+# loopback ports and never touch it.
+for tool in etcd etcdctl protoc git cargo; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/bin/$tool" ] || { echo "missing after install: $tool" >&2; exit 1; }
+done

@@ -1,0 +1,111 @@
+//! The command line: one binary, one verb per SPEC row, `-c/--config` on every verb.
+//! Each verb loads the config, connects what it needs and hands over to the engine.
+
+use crate::config;
+use crate::engine;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvgit",
+    version,
+    about = "Keeps etcd or Consul and a Git repository in step, both ways",
+    long_about = "kvgit keeps a key-value store (etcd or Consul) and a Git repository in step. \
+Git holds the desired state and the history; the KV store holds the live state. \
+On disagreement Git wins."
+)]
+pub struct Cli {
+    /// The config file (TOML; every setting can be overridden by KVGIT_… env variables).
+    #[arg(short, long, global = true, default_value = "kvgit.toml", value_name = "FILE")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service: watch, batch, commit, push, fetch, apply; HTTP endpoints.
+    Serve,
+    /// One pass KV -> Git now (one commit per changed area), then exit.
+    Export {
+        /// Only this area.
+        #[arg(long, value_name = "AREA")]
+        area: Option<String>,
+    },
+    /// Show what an apply would do: `+ key`, `~ key`, `- key` per line, then a summary.
+    Plan {
+        /// Only this area.
+        #[arg(long, value_name = "AREA")]
+        area: Option<String>,
+        /// The commit, tag or branch to plan from (default: the branch tip).
+        #[arg(long = "ref", value_name = "REV")]
+        rev: Option<String>,
+        /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Plan as if --allow-mass-delete were given to apply.
+        #[arg(long)]
+        allow_mass_delete: bool,
+    },
+    /// One pass Git -> KV now, by the sync rule; --ref restores any commit or tag.
+    Apply {
+        /// Only this area.
+        #[arg(long, value_name = "AREA")]
+        area: Option<String>,
+        /// The commit, tag or branch to apply (point-in-time restore).
+        #[arg(long = "ref", value_name = "REV")]
+        rev: Option<String>,
+        /// Validate and print the plan, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow an apply that empties an area or deletes more than sync.max_delete_fraction.
+        #[arg(long)]
+        allow_mass_delete: bool,
+    },
+    /// Per area: mode, checkpoint, base commit, owner, pending events, drift.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The history of one key from Git: commit, time, author, value size.
+    Log {
+        /// The full KV key, e.g. /sigil/entries/node-7/status
+        key: String,
+        /// At most this many entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+}
+
+/// Run one verb; the returned code is the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let cfg = config::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ctx = engine::Context::connect(cfg)
+        .await
+        .context("cannot start")?;
+    match cli.command {
+        Command::Serve => anyhow::bail!("serve is not built yet; use export/plan/apply"),
+        Command::Export { area } => engine::export::run(&ctx, area.as_deref()).await,
+        Command::Plan {
+            area,
+            rev,
+            detailed_exitcode,
+            allow_mass_delete,
+        } => {
+            engine::apply::plan_cmd(&ctx, area.as_deref(), rev.as_deref(), detailed_exitcode, allow_mass_delete)
+                .await
+        }
+        Command::Apply {
+            area,
+            rev,
+            dry_run,
+            allow_mass_delete,
+        } => engine::apply::apply_cmd(&ctx, area.as_deref(), rev.as_deref(), dry_run, allow_mass_delete).await,
+        Command::Status { json } => engine::status::run(&ctx, json).await,
+        Command::Log { key, limit } => engine::log::run(&ctx, &key, limit).await,
+    }
+}

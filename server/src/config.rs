@@ -1,0 +1,652 @@
+//! The config file: parsed with figment (TOML + `KVGIT_…` env), then validated without I/O,
+//! collecting every problem at once, each naming the file and the exact setting.
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use figment::Figment;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use sync_core::rule::{Mode, Rule};
+use sync_core::AreaName;
+
+/// A config that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub backend: BackendConfig,
+    pub git: GitConfig,
+    pub sync: SyncConfig,
+    pub server: ServerConfig,
+    pub areas: Vec<AreaConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Etcd,
+    Consul,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    pub endpoints: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub datacenter: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GitConfig {
+    /// Absolute, or relative to the config file's directory.
+    pub repo: PathBuf,
+    pub branch: String,
+    pub remote: Option<String>,
+    pub author_name: String,
+    pub author_email: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub node: String,
+    pub batch_window: Duration,
+    pub batch_max: usize,
+    pub push_interval: Duration,
+    pub fetch_interval: Duration,
+    pub max_delete_fraction: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub sync_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AreaConfig {
+    pub name: AreaName,
+    pub prefix: Vec<u8>,
+    /// Directory in the repository, '/'-separated, no leading or trailing '/'.
+    pub path: String,
+    pub rule: Rule,
+}
+
+/// Every problem found in a config, one line each.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// The raw shapes: every field optional or loosely typed so validation can report all
+// problems at once instead of stopping at serde's first.
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    #[serde(default)]
+    backend: RawBackend,
+    #[serde(default)]
+    git: RawGit,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    area: Vec<RawArea>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawBackend {
+    kind: Option<String>,
+    endpoints: Option<Vec<String>>,
+    user: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    token: Option<String>,
+    datacenter: Option<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawGit {
+    repo: Option<PathBuf>,
+    branch: Option<String>,
+    remote: Option<String>,
+    author_name: Option<String>,
+    author_email: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawSync {
+    node: Option<String>,
+    batch_window: Option<String>,
+    batch_max: Option<i64>,
+    push_interval: Option<String>,
+    fetch_interval: Option<String>,
+    max_delete_fraction: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawServer {
+    listen: Option<String>,
+    sync_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawArea {
+    name: Option<String>,
+    prefix: Option<String>,
+    path: Option<String>,
+    mode: Option<String>,
+    self_heal: Option<bool>,
+}
+
+/// The settings kvgit knows, per table; anything else is refused by name.
+const KNOWN: &[(&str, &[&str])] = &[
+    (
+        "backend",
+        &[
+            "kind",
+            "endpoints",
+            "user",
+            "password",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "token",
+            "datacenter",
+            "connect_timeout",
+            "request_timeout",
+        ],
+    ),
+    (
+        "git",
+        &["repo", "branch", "remote", "author_name", "author_email"],
+    ),
+    (
+        "sync",
+        &[
+            "node",
+            "batch_window",
+            "batch_max",
+            "push_interval",
+            "fetch_interval",
+            "max_delete_fraction",
+        ],
+    ),
+    ("server", &["listen", "sync_token"]),
+    ("area", &["name", "prefix", "path", "mode", "self_heal"]),
+];
+
+/// Load and validate `path` with `KVGIT_…` overrides from the environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    if !path.is_file() {
+        return Err(ConfigError {
+            problems: vec![format!("{file}: config file not found (pass -c/--config FILE)")],
+        });
+    }
+    let figment = Figment::new()
+        .merge(Toml::file(path))
+        .merge(Env::prefixed("KVGIT_").split("__"));
+    let mut problems = Vec::new();
+    match figment.extract::<Dict>() {
+        Ok(dict) => unknown_settings(&dict, &mut problems),
+        Err(e) => {
+            return Err(ConfigError {
+                problems: figment_problems(&file, e),
+            })
+        }
+    }
+    let raw: RawConfig = match figment.extract() {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.extend(figment_problems(&file, e));
+            return Err(ConfigError {
+                problems: prefix_all(&file, problems),
+            });
+        }
+    };
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let config = validate(raw, path, base_dir, &mut problems);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            problems: prefix_all(&file, problems),
+        })
+    }
+}
+
+fn prefix_all(file: &str, problems: Vec<String>) -> Vec<String> {
+    problems
+        .into_iter()
+        .map(|p| {
+            if p.starts_with(file) {
+                p
+            } else {
+                format!("{file}: {p}")
+            }
+        })
+        .collect()
+}
+
+fn figment_problems(file: &str, e: figment::Error) -> Vec<String> {
+    e.into_iter()
+        .map(|e| {
+            let setting = e.path.join(".");
+            let kind = e.kind.to_string();
+            if setting.is_empty() {
+                format!("{file}: {kind}")
+            } else {
+                format!("{file}: {setting}: {kind}")
+            }
+        })
+        .collect()
+}
+
+fn unknown_settings(dict: &Dict, problems: &mut Vec<String>) {
+    for (top, value) in dict {
+        let Some((_, known)) = KNOWN.iter().find(|(t, _)| t == top) else {
+            problems.push(format!(
+                "{top}: unknown setting (known tables: backend, git, sync, server, [[area]])"
+            ));
+            continue;
+        };
+        let tables: Vec<(String, &Dict)> = match value {
+            Value::Dict(_, d) => vec![(top.clone(), d)],
+            Value::Array(_, items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.as_dict().map(|d| (format!("{top}[{i}]"), d)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (name, table) in tables {
+            for key in table.keys() {
+                if !known.contains(&key.as_str()) {
+                    problems.push(format!(
+                        "{name}.{key}: unknown setting (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn duration(setting: &str, raw: Option<String>, default: &str, problems: &mut Vec<String>) -> Duration {
+    let text = raw.unwrap_or_else(|| default.to_string());
+    match humantime::parse_duration(&text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problems.push(format!("{setting}: must be longer than zero, got {text:?}"));
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{setting}: {text:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1m\""
+            ));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<String>) -> Config {
+    let kind = match raw.backend.kind.as_deref() {
+        None | Some("etcd") => BackendKind::Etcd,
+        Some("consul") => BackendKind::Consul,
+        Some(other) => {
+            problems.push(format!(
+                "backend.kind: {other:?} is not a backend (valid: \"etcd\", \"consul\")"
+            ));
+            BackendKind::Etcd
+        }
+    };
+    let default_endpoint = match kind {
+        BackendKind::Etcd => "http://127.0.0.1:2379",
+        BackendKind::Consul => "http://127.0.0.1:8500",
+    };
+    let endpoints = raw
+        .backend
+        .endpoints
+        .unwrap_or_else(|| vec![default_endpoint.to_string()]);
+    if endpoints.is_empty() {
+        problems.push("backend.endpoints: at least one endpoint is needed".into());
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            problems.push(format!(
+                "backend.endpoints[{i}]: {e:?} must start with http:// or https://"
+            ));
+        }
+    }
+    let etcd_only = [
+        ("user", raw.backend.user.is_some()),
+        ("password", raw.backend.password.is_some()),
+        ("ca_file", raw.backend.ca_file.is_some()),
+        ("cert_file", raw.backend.cert_file.is_some()),
+        ("key_file", raw.backend.key_file.is_some()),
+    ];
+    let consul_only = [
+        ("token", raw.backend.token.is_some()),
+        ("datacenter", raw.backend.datacenter.is_some()),
+    ];
+    let (wrong, for_kind) = match kind {
+        BackendKind::Etcd => (&consul_only[..], "consul"),
+        BackendKind::Consul => (&etcd_only[..], "etcd"),
+    };
+    for (name, set) in wrong {
+        if *set {
+            problems.push(format!(
+                "backend.{name}: only applies to kind = \"{for_kind}\""
+            ));
+        }
+    }
+    if raw.backend.user.is_some() != raw.backend.password.is_some() {
+        problems.push("backend.user and backend.password: set both or neither".into());
+    }
+    if raw.backend.cert_file.is_some() != raw.backend.key_file.is_some() {
+        problems.push("backend.cert_file and backend.key_file: set both or neither".into());
+    }
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+    let backend = BackendConfig {
+        kind,
+        endpoints,
+        user: raw.backend.user,
+        password: raw.backend.password,
+        ca_file: raw.backend.ca_file.map(resolve),
+        cert_file: raw.backend.cert_file.map(resolve),
+        key_file: raw.backend.key_file.map(resolve),
+        token: raw.backend.token,
+        datacenter: raw.backend.datacenter,
+        connect_timeout: duration("backend.connect_timeout", raw.backend.connect_timeout, "5s", problems),
+        request_timeout: duration("backend.request_timeout", raw.backend.request_timeout, "30s", problems),
+    };
+
+    let node = raw.sync.node.unwrap_or_else(default_node);
+    if node.is_empty() || node.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+        problems.push(format!("sync.node: {node:?} is not a usable node name"));
+    }
+    let batch_max = match raw.sync.batch_max {
+        None => 10_000,
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => {
+            problems.push(format!("sync.batch_max: must be at least 1, got {n}"));
+            1
+        }
+    };
+    let max_delete_fraction = raw.sync.max_delete_fraction.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&max_delete_fraction) {
+        problems.push(format!(
+            "sync.max_delete_fraction: must be between 0 and 1, got {max_delete_fraction}"
+        ));
+    }
+    let sync = SyncConfig {
+        batch_window: duration("sync.batch_window", raw.sync.batch_window, "1s", problems),
+        batch_max,
+        push_interval: duration("sync.push_interval", raw.sync.push_interval, "5s", problems),
+        fetch_interval: duration("sync.fetch_interval", raw.sync.fetch_interval, "30s", problems),
+        max_delete_fraction,
+        node: node.clone(),
+    };
+
+    let branch = raw.git.branch.unwrap_or_else(|| "main".into());
+    if branch.is_empty()
+        || branch.starts_with('-')
+        || branch.contains("..")
+        || branch.chars().any(|c| c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        problems.push(format!("git.branch: {branch:?} is not a valid branch name"));
+    }
+    let git = GitConfig {
+        repo: resolve(raw.git.repo.unwrap_or_else(|| PathBuf::from("state.git"))),
+        branch,
+        remote: raw.git.remote.filter(|r| !r.is_empty()),
+        author_name: raw.git.author_name.unwrap_or_else(|| format!("kvgit {node}")),
+        author_email: raw.git.author_email.unwrap_or_else(|| format!("kvgit@{node}")),
+    };
+
+    let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!(
+            "server.listen: {listen:?} is not an address:port (e.g. \"127.0.0.1:9464\")"
+        ));
+    }
+    let server = ServerConfig {
+        listen,
+        sync_token: raw.server.sync_token.filter(|t| !t.is_empty()),
+    };
+
+    let areas = validate_areas(raw.area, problems);
+    Config {
+        source: path.to_path_buf(),
+        backend,
+        git,
+        sync,
+        server,
+        areas,
+    }
+}
+
+fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConfig> {
+    if raw.is_empty() {
+        problems.push("[[area]]: no area is configured; add at least one [[area]] table".into());
+    }
+    let mut areas: Vec<AreaConfig> = Vec::new();
+    let mut names = BTreeMap::new();
+    for (i, a) in raw.into_iter().enumerate() {
+        let at = format!("area[{i}]");
+        let name = a.name.unwrap_or_default();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            problems.push(format!(
+                "{at}.name: {name:?} must be non-empty and use only [A-Za-z0-9._-]"
+            ));
+        } else if let Some(j) = names.insert(name.clone(), i) {
+            problems.push(format!("{at}.name: {name:?} is also the name of area[{j}]"));
+        }
+        let prefix = match a.prefix {
+            Some(p) if !p.is_empty() => p.into_bytes(),
+            _ => {
+                problems.push(format!("{at}.prefix: missing (e.g. prefix = \"/app/config/\")"));
+                Vec::new()
+            }
+        };
+        let path = a.path.unwrap_or_default();
+        if let Err(why) = check_repo_path(&path) {
+            problems.push(format!("{at}.path: {path:?} {why}"));
+        }
+        let mode = match a.mode.as_deref() {
+            Some("kv-to-git") => Mode::KvToGit,
+            Some("git-to-kv") => Mode::GitToKv,
+            Some("both") => Mode::Both,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}.mode: {other:?} is not a mode (valid: \"kv-to-git\", \"git-to-kv\", \"both\")"
+                ));
+                Mode::Both
+            }
+            None => {
+                problems.push(format!(
+                    "{at}.mode: missing (one of \"kv-to-git\", \"git-to-kv\", \"both\")"
+                ));
+                Mode::Both
+            }
+        };
+        let area = AreaConfig {
+            name: AreaName(name),
+            prefix,
+            path: path.trim_matches('/').to_string(),
+            rule: Rule {
+                mode,
+                self_heal: a.self_heal.unwrap_or(true),
+            },
+        };
+        for (j, other) in areas.iter().enumerate() {
+            if !area.prefix.is_empty()
+                && !other.prefix.is_empty()
+                && (area.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&area.prefix))
+            {
+                problems.push(format!(
+                    "{at}.prefix: {:?} overlaps area[{j}] ({}) prefix {:?}; areas never overlap",
+                    String::from_utf8_lossy(&area.prefix),
+                    other.name,
+                    String::from_utf8_lossy(&other.prefix)
+                ));
+            }
+            if !area.path.is_empty() && !other.path.is_empty() && paths_overlap(&area.path, &other.path) {
+                problems.push(format!(
+                    "{at}.path: {:?} overlaps area[{j}] ({}) path {:?}; areas never overlap",
+                    area.path, other.name, other.path
+                ));
+            }
+        }
+        areas.push(area);
+    }
+    areas
+}
+
+fn check_repo_path(path: &str) -> Result<(), &'static str> {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        return Err("must name a directory of the repository (e.g. \"entries\")");
+    }
+    for seg in trimmed.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err("must not contain empty, \".\" or \"..\" segments");
+        }
+        if seg.eq_ignore_ascii_case(".git") {
+            return Err("must not contain a \".git\" segment");
+        }
+        if seg.len() > 255 || seg.chars().any(|c| c.is_control() || c == '\\') {
+            return Err("has a segment over 255 bytes or with control characters");
+        }
+    }
+    Ok(())
+}
+
+fn paths_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
+}
+
+fn default_node() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kvgit".into())
+}
+
+impl Config {
+    /// The areas selected by `--area` (all when None); an unknown name is an error.
+    pub fn select_areas(&self, only: Option<&str>) -> Result<Vec<&AreaConfig>, String> {
+        match only {
+            None => Ok(self.areas.iter().collect()),
+            Some(name) => self
+                .areas
+                .iter()
+                .find(|a| a.name.0 == name)
+                .map(|a| vec![a])
+                .ok_or_else(|| {
+                    let known: Vec<&str> = self.areas.iter().map(|a| a.name.0.as_str()).collect();
+                    format!(
+                        "--area {name:?}: no such area in {} (areas: {})",
+                        self.source.display(),
+                        known.join(", ")
+                    )
+                }),
+        }
+    }
+
+    /// The area whose prefix holds `key`.
+    pub fn area_of_key(&self, key: &[u8]) -> Option<&AreaConfig> {
+        self.areas.iter().find(|a| key.starts_with(&a.prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kvgit.toml");
+        std::fs::write(&path, toml).expect("write config");
+        load(&path)
+    }
+
+    #[test]
+    fn every_problem_reported_at_once_naming_the_setting() {
+        let err = load_str(
+            r#"
+[backend]
+kind = "zookeeper"
+[sync]
+batch_window = "soon"
+colour = "blue"
+[[area]]
+name = "a"
+prefix = "/x/"
+path = "a"
+mode = "sideways"
+[[area]]
+name = "b"
+prefix = "/x/y/"
+path = "a/b"
+mode = "both"
+"#,
+        )
+        .expect_err("bad config must be refused");
+        let text = err.to_string();
+        for needle in [
+            "backend.kind: \"zookeeper\"",
+            "sync.batch_window: \"soon\" is not a duration",
+            "sync.colour: unknown setting",
+            "area[0].mode: \"sideways\"",
+            "area[1].prefix: \"/x/y/\" overlaps area[0]",
+            "area[1].path: \"a/b\" overlaps area[0]",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(text.lines().all(|l| l.contains("kvgit.toml")), "{text}");
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let cfg = load_str(
+            "[git]\nrepo = \"state.git\"\n[[area]]\nname = \"entries\"\nprefix = \"/sigil/entries/\"\npath = \"entries\"\nmode = \"both\"\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.backend.kind, BackendKind::Etcd);
+        assert_eq!(cfg.sync.batch_max, 10_000);
+        assert_eq!(cfg.sync.max_delete_fraction, 0.5);
+        assert!(cfg.git.repo.is_absolute() || cfg.git.repo.starts_with("/"));
+        assert_eq!(cfg.areas[0].prefix, b"/sigil/entries/");
+    }
+}

@@ -1,0 +1,382 @@
+//! `kvgit plan` and `kvgit apply`: Git -> KV by the sync rule. Every selected area is read,
+//! decided and validated (paths, value sizes, the mass-delete guard) before the first write.
+
+use super::checkpoint::{self, Checkpoint};
+use super::decide::{base_after, Outcome, Sides};
+use super::export::write_changes;
+use super::view::{area_tree, read_area};
+use super::writer;
+use super::Context;
+use crate::config::AreaConfig;
+use anyhow::{bail, Context as _};
+use gix::ObjectId;
+use std::collections::{BTreeMap, BTreeSet};
+use sync_core::rule::Base;
+use sync_core::{ClusterId, Key, KvEntry, Precondition, Value, WriteOp};
+
+/// How a planned write changes a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Add,
+    Change,
+    Delete,
+}
+
+impl OpKind {
+    fn sign(self) -> char {
+        match self {
+            OpKind::Add => '+',
+            OpKind::Change => '~',
+            OpKind::Delete => '-',
+        }
+    }
+}
+
+/// One write an apply would make.
+#[derive(Debug, Clone)]
+pub struct PlannedOp {
+    pub kind: OpKind,
+    pub key: Key,
+    pub value: Option<Value>,
+    /// The live value this write replaces although it changed too (Git wins).
+    pub overwrites: Option<Value>,
+    pub expect: Precondition,
+}
+
+/// Everything an apply of one area would do, validated.
+pub struct AreaPlan {
+    pub area: AreaConfig,
+    pub ops: Vec<PlannedOp>,
+    pub drift: Vec<Key>,
+    /// Keys only the KV store has a newer value for (they go to Git by export).
+    pub pending_export: usize,
+    pub live_keys: usize,
+    checkpoint: Option<Checkpoint>,
+    /// Base changes that hold once every op is written: relative key -> agreed value.
+    base_changes: BTreeMap<Vec<u8>, Option<Value>>,
+}
+
+impl AreaPlan {
+    pub fn count(&self, kind: OpKind) -> usize {
+        self.ops.iter().filter(|o| o.kind == kind).count()
+    }
+}
+
+/// Print the plan; exit 2 with --detailed-exitcode when there is something to do.
+pub async fn plan_cmd(
+    ctx: &Context,
+    only: Option<&str>,
+    rev: Option<&str>,
+    detailed: bool,
+    allow_mass_delete: bool,
+) -> anyhow::Result<u8> {
+    let plans = plan_all(ctx, only, rev, allow_mass_delete).await?;
+    print_plans(&plans);
+    let changes = plans.iter().any(|p| !p.ops.is_empty());
+    Ok(if detailed && changes { 2 } else { 0 })
+}
+
+pub async fn apply_cmd(
+    ctx: &Context,
+    only: Option<&str>,
+    rev: Option<&str>,
+    dry_run: bool,
+    allow_mass_delete: bool,
+) -> anyhow::Result<u8> {
+    let mut plans = plan_all(ctx, only, rev, allow_mass_delete).await?;
+    if dry_run {
+        print_plans(&plans);
+        println!("dry run: nothing written");
+        return Ok(0);
+    }
+    let backend = ctx.backend().await?;
+    // A key someone else changed after we read it is re-decided, never clobbered.
+    for round in 0..3 {
+        let mut raced_areas = Vec::new();
+        for plan in plans.drain(..) {
+            let report = write_plan(ctx, &plan).await.with_context(|| format!("area {}", plan.area.name))?;
+            print_applied(&plan, &report);
+            if !report.raced.is_empty() {
+                raced_areas.push(plan.area.name.0.clone());
+            }
+        }
+        if raced_areas.is_empty() {
+            return Ok(0);
+        }
+        if round == 2 {
+            bail!(
+                "keys in area(s) {} kept changing while applying; run apply again",
+                raced_areas.join(", ")
+            );
+        }
+        for name in raced_areas {
+            let cluster = backend.cluster_id().await?;
+            let area = ctx.cfg.select_areas(Some(&name)).map_err(anyhow::Error::msg)?[0].clone();
+            let commit = target_commit(ctx, rev).await?;
+            plans.push(plan_area(ctx, &area, commit, &cluster, allow_mass_delete).await?);
+        }
+    }
+    Ok(0)
+}
+
+async fn target_commit(ctx: &Context, rev: Option<&str>) -> anyhow::Result<Option<ObjectId>> {
+    let rev = rev.map(str::to_string);
+    let branch = ctx.cfg.git.branch.clone();
+    ctx.git_blocking(move |git| match rev {
+        Some(r) => Ok(Some(git.resolve_commit(&r).with_context(|| format!("--ref {r}"))?)),
+        None => {
+            let tip = git.tip()?;
+            if tip.is_none() {
+                tracing::info!("branch {branch} has no commits yet: desired state is empty");
+            }
+            Ok(tip)
+        }
+    })
+    .await
+}
+
+/// Plan every selected area; any invalid file or refused deletion fails the whole call.
+pub async fn plan_all(
+    ctx: &Context,
+    only: Option<&str>,
+    rev: Option<&str>,
+    allow_mass_delete: bool,
+) -> anyhow::Result<Vec<AreaPlan>> {
+    let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
+    let commit = target_commit(ctx, rev).await?;
+    let backend = ctx.backend().await?;
+    let cluster = backend.cluster_id().await.context("cannot read the cluster id")?;
+    let mut plans = Vec::new();
+    for area in areas {
+        let plan = plan_area(ctx, area, commit, &cluster, allow_mass_delete)
+            .await
+            .with_context(|| format!("area {}", area.name))?;
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+pub async fn plan_area(
+    ctx: &Context,
+    area: &AreaConfig,
+    commit: Option<ObjectId>,
+    cluster: &ClusterId,
+    allow_mass_delete: bool,
+) -> anyhow::Result<AreaPlan> {
+    let backend = ctx.backend().await?;
+    let limits = backend.write_limits();
+    let cp = checkpoint::load(ctx, &area.name).await?.filter(|c| &c.cluster == cluster);
+    let snap = backend.snapshot(&area.prefix, None).await?;
+    let area_cfg = area.clone();
+    let base_tree = cp.as_ref().map(|c| c.base_tree);
+    let mut plan = ctx
+        .git_blocking(move |git| {
+            let area = area_cfg;
+            let prefix_len = area.prefix.len();
+            let desired_tree = area_tree(git, commit, &area.path)?;
+            let desired = read_area(git, desired_tree, &area.path)?;
+            let base = match base_tree {
+                Some(t) => Some(read_area(git, t, &area.path)?),
+                None => None,
+            };
+            let live_keys = snap.entries.len();
+            let live: BTreeMap<Vec<u8>, (ObjectId, KvEntry)> = snap
+                .entries
+                .into_iter()
+                .map(|e| (e.key.0[prefix_len..].to_vec(), (gitstore::GitStore::hash_blob(&e.value), e)))
+                .collect();
+            let mut keys: BTreeSet<&Vec<u8>> = live.keys().chain(desired.keys()).collect();
+            if let Some(b) = &base {
+                keys.extend(b.keys());
+            }
+            let mut outcome = Outcome::default();
+            let mut agreed: BTreeMap<Vec<u8>, Option<ObjectId>> = BTreeMap::new();
+            for rel in keys {
+                let s = Sides {
+                    base: match &base {
+                        None => Base::Unknown,
+                        Some(b) => b.get(rel).map_or(Base::Absent, |f| Base::Present(f.id)),
+                    },
+                    live: live.get(rel).map(|(id, _)| *id),
+                    desired: desired.get(rel).map(|f| f.id),
+                };
+                outcome.add(area.rule, rel.clone(), &s);
+                let live_after = match outcome.kv.get(rel) {
+                    Some(a) => *a,
+                    None => s.live,
+                };
+                if base.is_some() {
+                    if let Some(v) = base_after(&s.base, live_after, s.desired) {
+                        agreed.insert(rel.clone(), v);
+                    }
+                }
+            }
+            let key_of = |rel: &[u8]| {
+                let mut k = area.prefix.clone();
+                k.extend_from_slice(rel);
+                Key(k)
+            };
+            let conflicts: BTreeSet<&Vec<u8>> = outcome.conflicts.iter().collect();
+            let mut ops = Vec::with_capacity(outcome.kv.len());
+            for (rel, target) in &outcome.kv {
+                let current = live.get(rel).map(|(_, e)| e);
+                let value = match target {
+                    Some(id) => {
+                        let v = git.read_blob(*id)?;
+                        if v.len() > limits.max_value_bytes {
+                            bail!(
+                                "{}/{}: the value of key {} is {} bytes, over the backend's limit of {} bytes",
+                                area.path,
+                                desired.get(rel).map_or("?", |f| f.path.as_str()),
+                                key_of(rel),
+                                v.len(),
+                                limits.max_value_bytes
+                            );
+                        }
+                        Some(v)
+                    }
+                    None => None,
+                };
+                let kind = match (current, &value) {
+                    (None, _) => OpKind::Add,
+                    (Some(_), Some(_)) => OpKind::Change,
+                    (Some(_), None) => OpKind::Delete,
+                };
+                ops.push(PlannedOp {
+                    kind,
+                    key: key_of(rel),
+                    overwrites: conflicts.contains(rel).then(|| current.map(|e| e.value.clone())).flatten(),
+                    expect: current.map_or(Precondition::Absent, |e| Precondition::ModRevision(e.mod_revision)),
+                    value,
+                });
+            }
+            // The base after a full apply: agreed values, read from the desired side.
+            let mut base_changes = BTreeMap::new();
+            for (rel, v) in agreed {
+                let bytes = match v {
+                    Some(id) => Some(git.read_blob(id)?),
+                    None => None,
+                };
+                base_changes.insert(rel, bytes);
+            }
+            Ok(AreaPlan {
+                drift: outcome.drift.iter().map(|r| key_of(r)).collect(),
+                pending_export: outcome.git.len(),
+                live_keys,
+                ops,
+                area,
+                checkpoint: None,
+                base_changes,
+            })
+        })
+        .await?;
+    plan.checkpoint = cp;
+    guard_mass_delete(&plan, ctx.cfg.sync.max_delete_fraction, allow_mass_delete)?;
+    Ok(plan)
+}
+
+/// Refuse an apply that empties an area holding keys, or deletes more than the fraction.
+fn guard_mass_delete(plan: &AreaPlan, fraction: f64, allowed: bool) -> anyhow::Result<()> {
+    if allowed || plan.live_keys == 0 {
+        return Ok(());
+    }
+    let deletes = plan.count(OpKind::Delete);
+    let adds = plan.count(OpKind::Add);
+    if deletes > 0 && deletes == plan.live_keys && adds == 0 {
+        bail!(
+            "refusing to delete all {} keys under {:?}: the apply would empty the area (pass --allow-mass-delete if that is intended)",
+            plan.live_keys,
+            String::from_utf8_lossy(&plan.area.prefix)
+        );
+    }
+    if deletes as f64 > fraction * plan.live_keys as f64 {
+        bail!(
+            "refusing to delete {deletes} of {} keys under {:?}, more than sync.max_delete_fraction = {fraction} (pass --allow-mass-delete if that is intended)",
+            plan.live_keys,
+            String::from_utf8_lossy(&plan.area.prefix)
+        );
+    }
+    Ok(())
+}
+
+fn print_plans(plans: &[AreaPlan]) {
+    let (mut add, mut change, mut delete) = (0, 0, 0);
+    for p in plans {
+        for op in &p.ops {
+            match &op.overwrites {
+                Some(v) => println!("{} {} (Git wins over live value {})", op.kind.sign(), op.key, preview(v)),
+                None => println!("{} {}", op.kind.sign(), op.key),
+            }
+        }
+        for k in &p.drift {
+            println!("# drift: {k} differs from Git");
+        }
+        if p.pending_export > 0 {
+            println!("# {}: {} keys changed in the KV store are not in Git yet (run export)", p.area.name, p.pending_export);
+        }
+        add += p.count(OpKind::Add);
+        change += p.count(OpKind::Change);
+        delete += p.count(OpKind::Delete);
+    }
+    if add + change + delete == 0 {
+        println!("No changes. The KV store matches Git.");
+    } else {
+        println!("Plan: {add} to add, {change} to change, {delete} to delete.");
+    }
+}
+
+fn preview(v: &[u8]) -> String {
+    let k = Key(v.iter().copied().take(64).collect());
+    let more = if v.len() > 64 { "…" } else { "" };
+    format!("\"{k}{more}\"")
+}
+
+fn print_applied(plan: &AreaPlan, w: &writer::Written) {
+    let rev = w.last_revision.map_or_else(|| "-".to_string(), |r| r.to_string());
+    println!(
+        "{}: {} added, {} changed, {} deleted ({} ops in {} transactions, revision {rev})",
+        plan.area.name,
+        plan.count(OpKind::Add),
+        plan.count(OpKind::Change),
+        plan.count(OpKind::Delete),
+        w.ops,
+        w.txns
+    );
+    for op in &plan.ops {
+        if let Some(v) = &op.overwrites {
+            println!("  ! {}: overwrote live value {}", op.key, preview(v));
+        }
+    }
+    for k in &w.raced {
+        println!("  ? {k}: changed by someone else meanwhile; re-deciding");
+    }
+}
+
+/// Write one area's plan, then move its base to what both sides now agree on.
+async fn write_plan(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<writer::Written> {
+    let backend = ctx.backend().await?;
+    let ops: Vec<WriteOp> = plan
+        .ops
+        .iter()
+        .map(|op| match &op.value {
+            Some(v) => WriteOp::Put { key: op.key.clone(), value: v.clone(), expect: op.expect },
+            None => WriteOp::Delete { key: op.key.clone(), expect: op.expect },
+        })
+        .collect();
+    let written = if ops.is_empty() { writer::Written::default() } else { writer::write_all(backend, ops).await? };
+    if let Some(cp) = &plan.checkpoint {
+        if written.raced.is_empty() && !plan.base_changes.is_empty() {
+            save_base(ctx, plan, cp).await?;
+        }
+    }
+    Ok(written)
+}
+
+async fn save_base(ctx: &Context, plan: &AreaPlan, cp: &Checkpoint) -> anyhow::Result<()> {
+    let changes = plan.base_changes.clone();
+    let base = cp.base_tree;
+    let new_base = ctx.git_blocking(move |git| write_changes(git, base.as_ref(), changes)).await?;
+    checkpoint::save(ctx, &plan.area.name, Some(cp.id), cp.revision, &cp.cluster, new_base, None).await?;
+    Ok(())
+}
+

@@ -1,0 +1,347 @@
+//! `kvgit export`: one pass KV -> Git. From a checkpoint of the same cluster only the keys
+//! changed since it are read (cost follows the changes); otherwise a full pass by the rule.
+
+use super::changes::{self, Delta};
+use super::checkpoint::{self, Checkpoint};
+use super::decide::{base_after, Outcome, Sides};
+use super::message::{commit_message, Trailers};
+use super::view::{area_tree, read_area};
+use super::Context;
+use crate::config::AreaConfig;
+use anyhow::Context as _;
+use gitstore::GitStore;
+use gix::ObjectId;
+use std::collections::{BTreeMap, BTreeSet};
+use sync_core::mapper::{self, Locator};
+use sync_core::rule::Base;
+use sync_core::tree::DirPlan;
+use sync_core::{ClusterId, Key, Revision, Value};
+
+/// Above this many new files a commit's objects go into one pack instead of loose files.
+const PACK_THRESHOLD: usize = 2_000;
+
+/// How an export pass read the live side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    /// Watch events since the checkpoint.
+    Incremental,
+    /// A full snapshot with no base (first export, or a checkpoint of another cluster).
+    NoBase,
+    /// A full snapshot against the checkpoint's base (its revision was compacted).
+    Resync,
+}
+
+/// What one area's export did.
+#[derive(Debug)]
+pub struct ExportReport {
+    pub area: String,
+    pub pass: PassKind,
+    pub commit: Option<ObjectId>,
+    pub changes: usize,
+    pub revision: Revision,
+    pub conflicts: Vec<Key>,
+    pub pending_apply: usize,
+}
+
+pub async fn run(ctx: &Context, only: Option<&str>) -> anyhow::Result<u8> {
+    let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
+    let backend = ctx.backend().await?;
+    let cluster = backend.cluster_id().await.context("cannot read the cluster id")?;
+    for area in areas {
+        let r = export_area(ctx, area, &cluster)
+            .await
+            .with_context(|| format!("area {}", area.name))?;
+        let what = match r.commit {
+            Some(c) => format!("committed {} ({} changes)", &c.to_string()[..12], r.changes),
+            None => "no changes".to_string(),
+        };
+        let pass = match r.pass {
+            PassKind::Incremental => "incremental",
+            PassKind::NoBase => "full, no base",
+            PassKind::Resync => "full resync, checkpoint compacted",
+        };
+        println!("{}: {what} up to revision {} ({pass})", r.area, r.revision);
+        for k in &r.conflicts {
+            println!("  ! {k}: live and Git both changed; Git wins on the next apply");
+        }
+        if r.pending_apply > 0 {
+            println!("  {} keys differ where Git wins: run `kvgit apply`", r.pending_apply);
+        }
+    }
+    Ok(0)
+}
+
+/// Export one area; the checkpoint moves only after the commit is on the branch.
+pub async fn export_area(ctx: &Context, area: &AreaConfig, cluster: &ClusterId) -> anyhow::Result<ExportReport> {
+    let backend = ctx.backend().await?;
+    let target = backend.current_revision().await?;
+    let cp = checkpoint::load(ctx, &area.name).await?;
+    let same_cluster = cp.clone().filter(|c| &c.cluster == cluster);
+    if let Some(cp) = same_cluster {
+        let delta = changes::since(
+            backend.as_ref(),
+            &area.prefix,
+            cp.revision.next(),
+            target,
+            ctx.cfg.backend.request_timeout,
+        )
+        .await?;
+        match delta {
+            Delta::Changes { upto, changes, .. } => {
+                return incremental(ctx, area, cluster, cp, upto, changes).await;
+            }
+            Delta::Resync(reason) => {
+                tracing::warn!(area = %area.name, ?reason, "checkpoint history gone; resyncing");
+                return full_pass(ctx, area, cluster, Some(cp), PassKind::Resync).await;
+            }
+        }
+    }
+    full_pass(ctx, area, cluster, cp, PassKind::NoBase).await
+}
+
+async fn incremental(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    cp: Checkpoint,
+    upto: Revision,
+    changes: BTreeMap<Key, Option<Value>>,
+) -> anyhow::Result<ExportReport> {
+    let prefix_len = area.prefix.len();
+    let live: BTreeMap<Vec<u8>, Option<Value>> = changes
+        .into_iter()
+        .map(|(k, v)| (k.0[prefix_len..].to_vec(), v))
+        .collect();
+    let path = area.path.clone();
+    let rule = area.rule;
+    let base_tree = cp.base_tree;
+    let step = ctx
+        .git_blocking(move |git| {
+            let tip = git.tip()?;
+            let desired_tree = area_tree(git, tip, &path)?;
+            let mut base_loc = Locator::default();
+            let mut desired_loc = Locator::default();
+            let mut sides = Vec::with_capacity(live.len());
+            for (rel, value) in &live {
+                let b = mapper::lookup(git, base_tree.as_ref(), rel, &mut base_loc)?;
+                let d = mapper::lookup(git, desired_tree.as_ref(), rel, &mut desired_loc)?;
+                let s = Sides {
+                    base: b.map_or(Base::Absent, Base::Present),
+                    live: value.as_deref().map(GitStore::hash_blob),
+                    desired: d,
+                };
+                sides.push((rel.clone(), s));
+            }
+            finish(git, rule, tip, desired_tree, base_tree, sides, &live)
+        })
+        .await?;
+    record(ctx, area, cluster, Some(cp), upto, step, PassKind::Incremental).await
+}
+
+async fn full_pass(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    cp: Option<Checkpoint>,
+    pass: PassKind,
+) -> anyhow::Result<ExportReport> {
+    let backend = ctx.backend().await?;
+    let snap = backend.snapshot(&area.prefix, None).await?;
+    let revision = snap.revision;
+    let prefix_len = area.prefix.len();
+    let path = area.path.clone();
+    let rule = area.rule;
+    let base_tree = cp.as_ref().and_then(|c| c.base_tree);
+    let base_known = pass == PassKind::Resync;
+    let step = ctx
+        .git_blocking(move |git| {
+            let live: BTreeMap<Vec<u8>, Option<Value>> = snap
+                .entries
+                .into_iter()
+                .map(|e| (e.key.0[prefix_len..].to_vec(), Some(e.value)))
+                .collect();
+            let tip = git.tip()?;
+            let desired_tree = area_tree(git, tip, &path)?;
+            let desired = read_area(git, desired_tree, &path)?;
+            let base = if base_known { Some(read_area(git, base_tree, &path)?) } else { None };
+            let mut keys: BTreeSet<&Vec<u8>> = live.keys().chain(desired.keys()).collect();
+            if let Some(b) = &base {
+                keys.extend(b.keys());
+            }
+            let sides = keys
+                .into_iter()
+                .map(|rel| {
+                    let s = Sides {
+                        base: match &base {
+                            None => Base::Unknown,
+                            Some(b) => b.get(rel).map_or(Base::Absent, |f| Base::Present(f.id)),
+                        },
+                        live: live.get(rel).and_then(|v| v.as_deref()).map(GitStore::hash_blob),
+                        desired: desired.get(rel).map(|f| f.id),
+                    };
+                    (rel.clone(), s)
+                })
+                .collect();
+            let base_start = if base_known { base_tree } else { None };
+            finish(git, rule, tip, desired_tree, base_start, sides, &live)
+        })
+        .await?;
+    let previous = cp;
+    record(ctx, area, cluster, previous, revision, step, pass).await
+}
+
+/// The Git side of a pass, computed in one blocking step.
+struct Step {
+    tip: Option<ObjectId>,
+    new_area_tree: Option<ObjectId>,
+    changed: bool,
+    changes: usize,
+    base_tree: Option<ObjectId>,
+    outcome: Outcome,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    git: &GitStore,
+    rule: sync_core::rule::Rule,
+    tip: Option<ObjectId>,
+    desired_tree: Option<ObjectId>,
+    base_tree: Option<ObjectId>,
+    sides: Vec<(Vec<u8>, Sides)>,
+    live: &BTreeMap<Vec<u8>, Option<Value>>,
+) -> anyhow::Result<Step> {
+    let mut outcome = Outcome::default();
+    let mut base_changes: BTreeMap<Vec<u8>, Option<Value>> = BTreeMap::new();
+    for (rel, s) in &sides {
+        outcome.add(rule, rel.clone(), s);
+        let git_after = match outcome.git.get(rel) {
+            Some(a) => *a,
+            None => s.desired,
+        };
+        if let Some(new_base) = base_after(&s.base, s.live, git_after) {
+            let value = new_base.and_then(|_| live.get(rel).cloned().flatten());
+            base_changes.insert(rel.clone(), value);
+        }
+    }
+    let git_changes: BTreeMap<Vec<u8>, Option<Value>> = outcome
+        .git
+        .keys()
+        .map(|rel| (rel.clone(), live.get(rel).cloned().flatten()))
+        .collect();
+    let changes = git_changes.len();
+    let new_area_tree = if git_changes.is_empty() {
+        desired_tree
+    } else {
+        write_changes(git, desired_tree.as_ref(), git_changes.clone())?
+    };
+    // The base usually equals the new area tree (nothing pending either way): the same
+    // edits from the same start give the same tree, so reuse it instead of writing twice.
+    let new_base = if base_changes.is_empty() {
+        base_tree
+    } else if base_tree == desired_tree && base_changes == git_changes {
+        new_area_tree
+    } else {
+        write_changes(git, base_tree.as_ref(), base_changes)?
+    };
+    Ok(Step {
+        tip,
+        changed: new_area_tree != desired_tree,
+        new_area_tree,
+        changes,
+        base_tree: new_base,
+        outcome,
+    })
+}
+
+/// The area tree `base` with `changes` applied, written loose or, when large, as one pack.
+pub fn write_changes(
+    git: &GitStore,
+    base: Option<&ObjectId>,
+    changes: BTreeMap<Vec<u8>, Option<Value>>,
+) -> anyhow::Result<Option<ObjectId>> {
+    let big = changes.len() >= PACK_THRESHOLD;
+    let plan: Option<DirPlan<ObjectId, Value>> = match base {
+        None if changes.values().all(|v| v.is_some()) => {
+            let all = changes.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+            let plan = mapper::layout_all(all);
+            (!plan.is_empty()).then_some(plan)
+        }
+        _ => mapper::plan_changes(git, base, changes)?,
+    };
+    let Some(plan) = plan else { return Ok(None) };
+    let id = if big { git.write_plan_packed(&plan)? } else { git.write_plan(&plan)? };
+    Ok(Some(id))
+}
+
+/// Commit the new area tree on the branch (compare-and-swap on the tip), then move the
+/// checkpoint. A crash between the two only repeats work that then commits nothing.
+async fn record(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    previous: Option<Checkpoint>,
+    revision: Revision,
+    step: Step,
+    pass: PassKind,
+) -> anyhow::Result<ExportReport> {
+    let mut commit = None;
+    if step.changed {
+        let path = area.path.clone();
+        let msg = commit_message(
+            &Trailers { area: &area.name, revision, cluster, node: &ctx.cfg.sync.node },
+            step.changes,
+            "",
+        );
+        let author = ctx.author();
+        let (tip, new_area_tree) = (step.tip, step.new_area_tree);
+        let branch = ctx.cfg.git.branch.clone();
+        commit = Some(
+            ctx.git_blocking(move |git| {
+                let root = match tip {
+                    Some(t) => Some(git.commit_info(t)?.tree),
+                    None => None,
+                };
+                let new_root = git.set_subtree(root, &path, new_area_tree)?;
+                let new_root = match new_root {
+                    Some(r) => r,
+                    None => git.empty_tree()?,
+                };
+                let parents: Vec<ObjectId> = tip.into_iter().collect();
+                let id = git.write_commit(new_root, &parents, &msg, &author, std::time::SystemTime::now())?;
+                git.update_ref(&format!("refs/heads/{branch}"), id, tip, "kvgit: export")
+                    .with_context(|| format!("branch {branch} moved while exporting; run again"))?;
+                Ok(id)
+            })
+            .await?,
+        );
+    }
+    let moved = previous.as_ref().map(|p| p.revision) != Some(revision)
+        || previous.as_ref().map(|p| p.base_tree) != Some(step.base_tree)
+        || previous.as_ref().map(|p| &p.cluster) != Some(cluster);
+    if moved {
+        checkpoint::save(
+            ctx,
+            &area.name,
+            previous.as_ref().map(|p| p.id),
+            revision,
+            cluster,
+            step.base_tree,
+            commit.or(step.tip),
+        )
+        .await?;
+    }
+    let rel_key = |rel: &Vec<u8>| {
+        let mut k = area.prefix.clone();
+        k.extend_from_slice(rel);
+        Key(k)
+    };
+    Ok(ExportReport {
+        area: area.name.0.clone(),
+        pass,
+        commit,
+        changes: step.changes,
+        revision,
+        conflicts: step.outcome.conflicts.iter().map(rel_key).collect(),
+        pending_apply: step.outcome.kv.len(),
+    })
+}

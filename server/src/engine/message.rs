@@ -1,0 +1,80 @@
+//! Commit and checkpoint messages: the SPEC's one-line summary plus `Kvgit-*` trailers,
+//! written and parsed in one place so both stay in step.
+
+use std::collections::BTreeMap;
+use sync_core::{AreaName, ClusterId, Revision};
+
+pub const AREA: &str = "Kvgit-Area";
+pub const REVISION: &str = "Kvgit-Revision";
+pub const CLUSTER: &str = "Kvgit-Cluster";
+pub const NODE: &str = "Kvgit-Node";
+pub const COMMIT: &str = "Kvgit-Commit";
+
+/// The trailers every kvgit commit carries.
+pub struct Trailers<'a> {
+    pub area: &'a AreaName,
+    pub revision: Revision,
+    pub cluster: &'a ClusterId,
+    pub node: &'a str,
+}
+
+impl Trailers<'_> {
+    fn write(&self, out: &mut String) {
+        out.push_str(&format!("{AREA}: {}\n", self.area));
+        out.push_str(&format!("{REVISION}: {}\n", self.revision));
+        out.push_str(&format!("{CLUSTER}: {}\n", self.cluster));
+        out.push_str(&format!("{NODE}: {}\n", self.node));
+    }
+}
+
+/// `entries: 42 changes up to revision 1234`, an optional body, then the trailers.
+pub fn commit_message(t: &Trailers<'_>, changes: usize, body: &str) -> String {
+    let noun = if changes == 1 { "change" } else { "changes" };
+    let mut msg = format!("{}: {changes} {noun} up to revision {}\n\n", t.area, t.revision);
+    if !body.is_empty() {
+        msg.push_str(body.trim_end());
+        msg.push_str("\n\n");
+    }
+    t.write(&mut msg);
+    msg
+}
+
+/// The message of a checkpoint commit (kept on `refs/kvgit/checkpoints/<area>`).
+pub fn checkpoint_message(t: &Trailers<'_>, branch_commit: Option<&str>) -> String {
+    let mut msg = format!("kvgit checkpoint: {} at revision {}\n\n", t.area, t.revision);
+    t.write(&mut msg);
+    if let Some(c) = branch_commit {
+        msg.push_str(&format!("{COMMIT}: {c}\n"));
+    }
+    msg
+}
+
+/// The `Key: value` trailers of the last paragraph of a message.
+pub fn parse_trailers(message: &str) -> BTreeMap<String, String> {
+    let last = message.trim_end().rsplit("\n\n").next().unwrap_or("");
+    last.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.starts_with("Kvgit-"))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_has_summary_blank_line_and_trailers() {
+        let area = AreaName("entries".into());
+        let cluster = ClusterId("abc".into());
+        let t = Trailers { area: &area, revision: Revision(1234), cluster: &cluster, node: "core-1" };
+        let msg = commit_message(&t, 42, "");
+        assert_eq!(
+            msg,
+            "entries: 42 changes up to revision 1234\n\nKvgit-Area: entries\nKvgit-Revision: 1234\nKvgit-Cluster: abc\nKvgit-Node: core-1\n"
+        );
+        let parsed = parse_trailers(&msg);
+        assert_eq!(parsed[REVISION], "1234");
+        assert_eq!(parsed[NODE], "core-1");
+    }
+}

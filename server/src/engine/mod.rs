@@ -1,0 +1,96 @@
+//! The one-shot engine behind the CLI verbs: reading the three sides of an area (live,
+//! base, desired), deciding by the sync rule, and writing Git or the KV store.
+
+pub mod apply;
+pub mod changes;
+pub mod checkpoint;
+pub mod decide;
+pub mod export;
+pub mod log;
+pub mod message;
+pub mod status;
+pub mod view;
+pub mod writer;
+
+use crate::config::{BackendKind, Config};
+use anyhow::{anyhow, Context as _};
+use backend_etcd::{EtcdBackend, EtcdConfig};
+use gitstore::{Author, GitStore};
+use std::sync::Arc;
+use sync_core::KvBackend;
+use tokio::sync::OnceCell;
+
+/// What every verb works with: the config, the repository, and (on first use) the backend.
+pub struct Context {
+    pub cfg: Config,
+    git: Arc<GitStore>,
+    /// Connected lazily so Git-only verbs (`log`) work while the backend is down.
+    backend: OnceCell<Arc<dyn KvBackend>>,
+}
+
+impl Context {
+    pub async fn connect(cfg: Config) -> anyhow::Result<Context> {
+        let repo = cfg.git.repo.clone();
+        let branch = cfg.git.branch.clone();
+        let git = tokio::task::spawn_blocking(move || GitStore::open_or_init(&repo, &branch))
+            .await
+            .context("git task panicked")?
+            .with_context(|| format!("git.repo {}", cfg.git.repo.display()))?;
+        Ok(Context {
+            cfg,
+            git: Arc::new(git),
+            backend: OnceCell::new(),
+        })
+    }
+
+    /// The backend, connected on first use.
+    pub async fn backend(&self) -> anyhow::Result<Arc<dyn KvBackend>> {
+        self.backend
+            .get_or_try_init(|| async {
+                let b = &self.cfg.backend;
+                match b.kind {
+                    BackendKind::Etcd => {
+                        let cfg = EtcdConfig {
+                            endpoints: b.endpoints.clone(),
+                            user: b.user.clone(),
+                            password: b.password.clone(),
+                            ca_file: b.ca_file.clone(),
+                            cert_file: b.cert_file.clone(),
+                            key_file: b.key_file.clone(),
+                            connect_timeout: b.connect_timeout,
+                            request_timeout: b.request_timeout,
+                            ..EtcdConfig::default()
+                        };
+                        let backend = EtcdBackend::connect(cfg)
+                            .await
+                            .with_context(|| format!("backend.endpoints {}", b.endpoints.join(",")))?;
+                        Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+                    }
+                    BackendKind::Consul => Err(anyhow!(
+                        "backend.kind = \"consul\": the Consul backend is not available in this build yet"
+                    )),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// Run blocking Git work off the async threads.
+    pub async fn git_blocking<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&GitStore) -> anyhow::Result<T> + Send + 'static,
+    {
+        let git = self.git.clone();
+        tokio::task::spawn_blocking(move || f(&git))
+            .await
+            .context("git task panicked")?
+    }
+
+    pub fn author(&self) -> Author {
+        Author {
+            name: self.cfg.git.author_name.clone(),
+            email: self.cfg.git.author_email.clone(),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `kvgit status`: per area its mode, checkpoint, base commit, owner, pending events and
+//! drift, as a table or JSON (the same data `GET /status` serves).
+
+use super::apply::plan_area;
+use super::changes::{self, Delta};
+use super::checkpoint;
+use super::Context;
+use anyhow::Context as _;
+use serde_json::{json, Value as Json};
+
+pub async fn run(ctx: &Context, as_json: bool) -> anyhow::Result<u8> {
+    let report = collect(ctx).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<16} {:<10} {:>12} {:<14} {:<12} {:>8} {:>6} {:>8}",
+        "AREA", "MODE", "CHECKPOINT", "BASE COMMIT", "OWNER", "PENDING", "DRIFT", "TO APPLY"
+    );
+    for a in report["areas"].as_array().into_iter().flatten() {
+        let s = |v: &Json| match v {
+            Json::Null => "-".to_string(),
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let commit = s(&a["base_commit"]);
+        println!(
+            "{:<16} {:<10} {:>12} {:<14} {:<12} {:>8} {:>6} {:>8}",
+            s(&a["area"]),
+            s(&a["mode"]),
+            s(&a["checkpoint"]["revision"]),
+            &commit[..commit.len().min(12)],
+            s(&a["owner"]),
+            s(&a["pending_events"]),
+            s(&a["drift"]),
+            s(&a["pending_apply"]),
+        );
+        if let Some(e) = a["error"].as_str() {
+            println!("  error: {e}");
+        }
+    }
+    Ok(0)
+}
+
+/// The status document: one entry per area, each with what went wrong if anything did.
+pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
+    let backend = ctx.backend().await?;
+    let cluster = backend.cluster_id().await.context("cannot read the cluster id")?;
+    let current = backend.current_revision().await?;
+    let tip = ctx.git_blocking(|git| Ok(git.tip()?)).await?;
+    let mut areas = Vec::new();
+    for area in &ctx.cfg.areas {
+        let cp = checkpoint::load(ctx, &area.name).await?;
+        let same = cp.as_ref().is_some_and(|c| c.cluster == cluster);
+        let pending = match &cp {
+            Some(c) if same => match changes::since(
+                backend.as_ref(),
+                &area.prefix,
+                c.revision.next(),
+                current,
+                ctx.cfg.backend.request_timeout,
+            )
+            .await?
+            {
+                Delta::Changes { events, .. } => json!(events),
+                Delta::Resync(r) => json!(format!("resync needed ({})", r.label())),
+            },
+            _ => Json::Null,
+        };
+        let mut entry = json!({
+            "area": area.name.0,
+            "mode": area.rule.mode.as_str(),
+            "prefix": String::from_utf8_lossy(&area.prefix),
+            "path": area.path,
+            "checkpoint": cp.as_ref().map(|c| json!({
+                "revision": c.revision.0,
+                "cluster": c.cluster.0,
+                "same_cluster": same,
+                "node": c.node,
+                "commit": c.id.to_string(),
+            })),
+            "base_commit": cp.as_ref().and_then(|c| c.branch_commit.clone()),
+            "owner": Json::Null,
+            "pending_events": pending,
+            "drift": Json::Null,
+            "pending_apply": Json::Null,
+            "pending_export": Json::Null,
+            "error": Json::Null,
+        });
+        match plan_area(ctx, area, tip, &cluster, true).await {
+            Ok(plan) => {
+                entry["drift"] = json!(plan.drift.len());
+                entry["pending_apply"] = json!(plan.ops.len());
+                entry["pending_export"] = json!(plan.pending_export);
+            }
+            Err(e) => entry["error"] = json!(format!("{e:#}")),
+        }
+        areas.push(entry);
+    }
+    Ok(json!({
+        "node": ctx.cfg.sync.node,
+        "backend": { "kind": backend.kind(), "cluster": cluster.0, "revision": current.0 },
+        "branch": ctx.cfg.git.branch,
+        "tip": tip.map(|t| t.to_string()),
+        "areas": areas,
+    }))
+}

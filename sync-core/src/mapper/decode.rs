@@ -1,0 +1,130 @@
+//! Path -> key: decoding one file path relative to the area directory, and a whole set of
+//! paths with detection of two paths that hold the same key.
+
+use super::error::{MapError, NameProblem};
+use super::name::{decode_name, Name};
+use crate::types::Key;
+
+/// The relative key whose value the file at `rel_path` holds.
+pub fn decode_path(rel_path: &str) -> Result<Vec<u8>, MapError> {
+    let bad = |name: &str, problem| MapError::BadName {
+        path: rel_path.to_string(),
+        name: name.to_string(),
+        problem,
+    };
+    let mut key = Vec::new();
+    // Whether the previous component continues its segment; None before the first one.
+    let mut prev: Option<bool> = None;
+    let mut names = rel_path.split('/').peekable();
+    while let Some(name) = names.next() {
+        let last = names.peek().is_none();
+        match decode_name(name).map_err(|p| bad(name, p))? {
+            Name::SelfValue => {
+                let problem = match prev {
+                    None => Some(NameProblem::SelfAtRoot),
+                    Some(_) if !last => Some(NameProblem::SelfNotFile),
+                    Some(true) => Some(NameProblem::SelfInContinuation),
+                    Some(false) => None,
+                };
+                if let Some(problem) = problem {
+                    return Err(bad(name, problem));
+                }
+            }
+            Name::Comp(comp) => {
+                if comp.continues && last {
+                    return Err(bad(name, NameProblem::ContinuationNotDir));
+                }
+                if prev == Some(false) {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(&comp.raw);
+                prev = Some(comp.continues);
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// Decodes every path and returns `(relative key, index of its path)` sorted by key.
+/// Fails on the first bad path, or when two paths decode to one key (naming both).
+pub fn decode_paths<I, P>(paths: I) -> Result<Vec<(Vec<u8>, usize)>, MapError>
+where
+    I: IntoIterator<Item = P>,
+    P: AsRef<str>,
+{
+    let paths: Vec<P> = paths.into_iter().collect();
+    let mut keys = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| decode_path(p.as_ref()).map(|k| (k, i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(MapError::Duplicate {
+            key: Key(pair[0].0.clone()),
+            first: paths[pair[0].1].as_ref().to_string(),
+            second: paths[pair[1].1].as_ref().to_string(),
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(path: &str) -> NameProblem {
+        match decode_path(path) {
+            Err(MapError::BadName { problem, .. }) => problem,
+            other => panic!("{path}: expected a bad name, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes() {
+        assert_eq!(
+            decode_path("node-7/status").as_deref(),
+            Ok(&b"node-7/status"[..])
+        );
+        assert_eq!(decode_path("a/%self").as_deref(), Ok(&b"a"[..]));
+        assert_eq!(decode_path("%empty").as_deref(), Ok(&b""[..]));
+        assert_eq!(decode_path("a/%empty").as_deref(), Ok(&b"a/"[..]));
+        assert_eq!(decode_path("ab%+/cd").as_deref(), Ok(&b"abcd"[..]));
+        assert_eq!(decode_path("ab%+/cd%+/e/f").as_deref(), Ok(&b"abcde/f"[..]));
+    }
+
+    #[test]
+    fn refuses() {
+        assert_eq!(problem("%self"), NameProblem::SelfAtRoot);
+        assert_eq!(problem("a/%self/b"), NameProblem::SelfNotFile);
+        assert_eq!(problem("a%+/%self"), NameProblem::SelfInContinuation);
+        assert_eq!(problem("a/b%+"), NameProblem::ContinuationNotDir);
+        assert_eq!(problem("a//b"), NameProblem::Empty);
+        assert_eq!(problem(""), NameProblem::Empty);
+        assert_eq!(problem("a/./b"), NameProblem::Dot);
+        assert_eq!(problem("a%2e"), NameProblem::BadEscape);
+    }
+
+    #[test]
+    fn duplicates_name_both_paths() {
+        let err = decode_paths(["x", "a", "node", "a/%self"]).unwrap_err();
+        assert_eq!(
+            err,
+            MapError::Duplicate {
+                key: Key::from("a"),
+                first: "a".into(),
+                second: "a/%self".into()
+            }
+        );
+        assert!(err.to_string().contains("`a/%self`"));
+        let ok = decode_paths(["b", "Node", "node~0/x"]).unwrap();
+        assert_eq!(
+            ok,
+            vec![
+                (b"Node".to_vec(), 1),
+                (b"b".to_vec(), 0),
+                (b"node/x".to_vec(), 2)
+            ]
+        );
+    }
+}

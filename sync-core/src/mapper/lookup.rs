@@ -1,0 +1,105 @@
+//! Finding the file that holds one key's value in an existing area tree, by decoded
+//! component (so tags and `%self` are handled), listing each directory at most once.
+
+use std::collections::hash_map::{Entry, HashMap};
+
+use super::component::{component_at, extend_dir_prefix, spans};
+use super::error::PlanError;
+use super::listing::{duplicate, read_dir, DirKind, DirListing, Src};
+use crate::tree::TreeSource;
+
+/// A cache for `lookup`: every directory listed so far (by key prefix), so many lookups in
+/// one large directory list it once. It belongs to one tree: used with another `base`, it
+/// forgets what it holds.
+pub struct Locator<Id> {
+    base: Option<Id>,
+    dirs: HashMap<Vec<u8>, DirListing<Id>>,
+}
+
+impl<Id> Default for Locator<Id> {
+    fn default() -> Self {
+        Locator {
+            base: None,
+            dirs: HashMap::new(),
+        }
+    }
+}
+
+/// The id of the file holding relative key `rel`'s value in the area tree `base` (None:
+/// empty area); None if the key is absent.
+pub fn lookup<S: TreeSource>(
+    source: &S,
+    base: Option<&S::Id>,
+    rel: &[u8],
+    cache: &mut Locator<S::Id>,
+) -> Result<Option<S::Id>, PlanError<S::Error>> {
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    if cache.base.as_ref() != Some(base) {
+        cache.dirs.clear();
+        cache.base = Some(base.clone());
+    }
+    let mut dirs = vec![Src {
+        id: base.clone(),
+        path: String::new(),
+    }];
+    let mut kind = DirKind::Root;
+    let mut prefix = Vec::new();
+    let spans = spans(rel);
+    for (i, &span) in spans.iter().enumerate() {
+        let comp = component_at(rel, span);
+        let Some(found) = cache
+            .listing(source, &prefix, kind, &dirs)?
+            .children
+            .get(&comp)
+        else {
+            return Ok(None);
+        };
+        let (file, below) = (found.file.clone(), found.dirs.clone());
+        let node_key_len = prefix.len() + comp.raw.len();
+        extend_dir_prefix(&mut prefix, &comp);
+        kind = DirKind::of(&comp);
+        if i + 1 < spans.len() {
+            if below.is_empty() {
+                return Ok(None);
+            }
+            dirs = below;
+            continue;
+        }
+        // The last component: its value is its file, or `%self` in its directory.
+        let self_file = if below.is_empty() {
+            None
+        } else {
+            cache
+                .listing(source, &prefix, kind, &below)?
+                .self_file
+                .clone()
+        };
+        return match (file, self_file) {
+            (Some(f), Some(s)) => Err(duplicate(&prefix[..node_key_len], &f, &s).into()),
+            (f, s) => Ok(f.or(s).map(|src| src.id)),
+        };
+    }
+    Ok(None)
+}
+
+impl<Id: Clone> Locator<Id> {
+    fn listing<S: TreeSource<Id = Id>>(
+        &mut self,
+        source: &S,
+        prefix: &[u8],
+        kind: DirKind,
+        dirs: &[Src<Id>],
+    ) -> Result<&DirListing<Id>, PlanError<S::Error>> {
+        match self.dirs.entry(prefix.to_vec()) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let mut listing = read_dir(source, dirs, prefix, kind)?;
+                // Only names are needed here; the raw listing is for planning.
+                listing.single = None;
+                Ok(e.insert(listing))
+            }
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! Property and scenario tests of the key <-> path mapper, over an in-memory,
+//! content-addressed tree store that plays the part of Git.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proptest::collection::{btree_map, vec};
+use proptest::prelude::*;
+use proptest::sample::select;
+use sync_core::mapper::{
+    components, decode_path, decode_paths, layout_all, lookup, plan_changes, Locator, MapError,
+    NameProblem, PlanError,
+};
+use sync_core::tree::{DirPlan, EntryKind, ListedEntry, PlanEntry, TreeSource};
+use sync_core::Key;
+
+// ---------------------------------------------------------------- in-memory store
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Obj {
+    Blob(Vec<u8>),
+    Tree(Vec<(String, EntryKind, u64)>),
+}
+
+/// Content-addressed like Git: equal trees get equal ids, so comparing two roots compares
+/// the whole trees.
+#[derive(Default)]
+struct Store {
+    objs: Vec<Obj>,
+    ids: HashMap<Obj, u64>,
+    lists: Cell<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("object {0} is not a tree")]
+struct NotATree(u64);
+
+impl TreeSource for Store {
+    type Id = u64;
+    type Error = NotATree;
+
+    fn list(&self, id: &u64) -> Result<Vec<ListedEntry<u64>>, NotATree> {
+        self.lists.set(self.lists.get() + 1);
+        match self.objs.get(*id as usize) {
+            Some(Obj::Tree(entries)) => Ok(entries
+                .iter()
+                .map(|(name, kind, id)| ListedEntry {
+                    name: name.clone(),
+                    kind: *kind,
+                    id: *id,
+                })
+                .collect()),
+            _ => Err(NotATree(*id)),
+        }
+    }
+}
+
+impl Store {
+    fn put(&mut self, obj: Obj) -> u64 {
+        if let Some(&id) = self.ids.get(&obj) {
+            return id;
+        }
+        let id = self.objs.len() as u64;
+        self.objs.push(obj.clone());
+        self.ids.insert(obj, id);
+        id
+    }
+
+    fn blob(&mut self, content: &[u8]) -> u64 {
+        self.put(Obj::Blob(content.to_vec()))
+    }
+
+    /// Writes a plan as Git would, checking what a writer relies on.
+    fn write(&mut self, plan: DirPlan<u64, Vec<u8>>) -> u64 {
+        assert!(!plan.is_empty(), "planned directories are never empty");
+        let mut entries = Vec::new();
+        for (name, entry) in plan.entries {
+            let (kind, id) = match entry {
+                PlanEntry::Existing { kind, id } => {
+                    let actual = match self.objs[id as usize] {
+                        Obj::Blob(_) => EntryKind::File,
+                        Obj::Tree(_) => EntryKind::Dir,
+                    };
+                    assert_eq!(actual, kind, "existing {name} has the wrong kind");
+                    (kind, id)
+                }
+                PlanEntry::File(v) => (EntryKind::File, self.blob(&v)),
+                PlanEntry::Dir(sub) => (EntryKind::Dir, self.write(sub)),
+            };
+            entries.push((name, kind, id));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let before = entries.len();
+        entries.dedup_by(|a, b| a.0 == b.0);
+        assert_eq!(before, entries.len(), "duplicate names in one directory");
+        self.put(Obj::Tree(entries))
+    }
+
+    fn write_opt(&mut self, plan: Option<DirPlan<u64, Vec<u8>>>) -> Option<u64> {
+        plan.map(|p| self.write(p))
+    }
+
+    fn tree(&self, id: u64) -> &[(String, EntryKind, u64)] {
+        match &self.objs[id as usize] {
+            Obj::Tree(entries) => entries,
+            Obj::Blob(_) => panic!("{id} is a blob"),
+        }
+    }
+
+    fn content(&self, id: u64) -> &[u8] {
+        match &self.objs[id as usize] {
+            Obj::Blob(v) => v,
+            Obj::Tree(_) => panic!("{id} is a tree"),
+        }
+    }
+
+    /// Every directory as (path, entries).
+    fn dirs(&self, root: Option<u64>) -> Vec<(String, Vec<(String, EntryKind, u64)>)> {
+        let mut out = Vec::new();
+        let mut todo: Vec<(String, u64)> = root.map(|r| (String::new(), r)).into_iter().collect();
+        while let Some((path, id)) = todo.pop() {
+            let entries = self.tree(id).to_vec();
+            for (name, kind, sub) in &entries {
+                if *kind == EntryKind::Dir {
+                    todo.push((join(&path, name), *sub));
+                }
+            }
+            out.push((path, entries));
+        }
+        out
+    }
+
+    /// Every file as path -> content.
+    fn files(&self, root: Option<u64>) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for (dir, entries) in self.dirs(root) {
+            for (name, kind, id) in entries {
+                if kind == EntryKind::File {
+                    out.insert(join(&dir, &name), self.content(id).to_vec());
+                }
+            }
+        }
+        out
+    }
+
+    /// The key set the tree holds, read back through `decode_paths`.
+    fn read_back(&self, root: Option<u64>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let files: Vec<(String, Vec<u8>)> = self.files(root).into_iter().collect();
+        let keys = decode_paths(files.iter().map(|(p, _)| p)).expect("a written tree decodes");
+        keys.into_iter()
+            .map(|(key, i)| (key, files[i].1.clone()))
+            .collect()
+    }
+
+    /// Builds a tree by hand from (path, content), for non-canonical trees.
+    fn hand_written(&mut self, files: &[(&str, &str)]) -> u64 {
+        fn insert(plan: &mut DirPlan<u64, Vec<u8>>, names: &[&str], content: &str) {
+            if let [name] = names {
+                plan.entries
+                    .push((name.to_string(), PlanEntry::File(content.into())));
+                return;
+            }
+            let pos = plan
+                .entries
+                .iter()
+                .position(|(n, _)| n == names[0])
+                .unwrap_or_else(|| {
+                    plan.entries
+                        .push((names[0].to_string(), PlanEntry::Dir(DirPlan::default())));
+                    plan.entries.len() - 1
+                });
+            match &mut plan.entries[pos].1 {
+                PlanEntry::Dir(sub) => insert(sub, &names[1..], content),
+                _ => panic!("{} is a file", names[0]),
+            }
+        }
+        let mut plan = DirPlan::default();
+        for (path, content) in files {
+            insert(&mut plan, &path.split('/').collect::<Vec<_>>(), content);
+        }
+        self.write(plan)
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn layout(store: &mut Store, set: &BTreeMap<Vec<u8>, Vec<u8>>) -> Option<u64> {
+    let plan = layout_all::<u64, Vec<u8>>(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    (!plan.is_empty()).then(|| store.write(plan))
+}
+
+/// Rule 7 of the scheme, plus Git's own refusals.
+fn assert_checkout_safe(name: &str) {
+    assert!(!name.is_empty());
+    assert!(name.len() <= 255, "{name} is {} bytes", name.len());
+    assert!(name != "." && name != "..");
+    assert!(!name.eq_ignore_ascii_case(".git"));
+    assert!(!name.eq_ignore_ascii_case("git~1"), "{name}");
+    assert!(!name.starts_with('.'), "{name}");
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-%~+".contains(&b)),
+        "{name}"
+    );
+}
+
+fn assert_canonical_shape(store: &Store, root: Option<u64>) {
+    for (dir, entries) in store.dirs(root) {
+        assert!(
+            dir.is_empty() || !entries.is_empty(),
+            "empty directory {dir}"
+        );
+        let mut folded = HashSet::new();
+        for (name, kind, _) in &entries {
+            assert_checkout_safe(name);
+            assert!(
+                folded.insert(name.to_ascii_lowercase()),
+                "{dir}: {name} collides ignoring case"
+            );
+            if name == "%self" {
+                assert!(!dir.is_empty(), "%self at the root");
+                assert_eq!(*kind, EntryKind::File);
+                assert!(
+                    entries.len() > 1,
+                    "{dir}: a lone %self should be a plain file"
+                );
+            }
+            if name.ends_with("%+") {
+                assert_eq!(*kind, EntryKind::Dir);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- strategies
+
+/// Bytes that exercise every rule: case, dots, escapes, tags, non-UTF-8.
+const ALPHABET: &[u8] = b"aAbBgGiItT.%~ -/\xff\xc3";
+
+fn segment() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => vec(select(ALPHABET.to_vec()), 0..4),
+        1 => (select(b"xX.\xff".to_vec()), 170usize..620).prop_map(|(b, n)| vec![b; n]),
+        1 => vec(any::<u8>(), 150..420),
+        1 => select(vec![&b".git"[..], b".", b"..", "café".as_bytes(), b"Git", b"GIT", b"%self", b"%empty"])
+            .prop_map(<[u8]>::to_vec),
+    ]
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    vec(segment(), 1..4).prop_map(|segs| segs.join(&b'/'))
+}
+
+/// Keys plus relatives of them (case variants, keys below them, their parents), so case
+/// groups, `%self` and shared chunks come up often.
+fn related_keys(max: usize) -> impl Strategy<Value = Vec<Vec<u8>>> {
+    (
+        vec(key(), 1..max.max(2)),
+        vec(
+            (
+                any::<prop::sample::Index>(),
+                0u8..3,
+                any::<u64>(),
+                segment(),
+            ),
+            0..max,
+        ),
+    )
+        .prop_map(|(mut keys, relatives)| {
+            for (i, how, seed, seg) in relatives {
+                let k = i.get(&keys).clone();
+                let relative = match how {
+                    0 => k
+                        .iter()
+                        .enumerate()
+                        .map(|(j, b)| {
+                            if seed >> (j % 64) & 1 == 1 {
+                                flip_case(*b)
+                            } else {
+                                *b
+                            }
+                        })
+                        .collect(),
+                    1 => [&k[..], b"/", &seg].concat(),
+                    _ => k[..k.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec(),
+                };
+                keys.push(relative);
+            }
+            keys.sort();
+            keys.dedup();
+            keys
+        })
+}
+
+fn flip_case(b: u8) -> u8 {
+    if b.is_ascii_alphabetic() {
+        b ^ 0x20
+    } else {
+        b
+    }
+}
+
+fn key_set() -> impl Strategy<Value = BTreeMap<Vec<u8>, Vec<u8>>> {
+    related_keys(8).prop_map(|keys| {
+        keys.into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, format!("v{i}").into_bytes()))
+            .collect()
+    })
+}
+
+type Batch = Vec<(usize, Option<u8>)>;
+
+fn history() -> impl Strategy<Value = (Vec<Vec<u8>>, BTreeMap<usize, u8>, Vec<Batch>)> {
+    related_keys(6).prop_flat_map(|pool| {
+        let n = pool.len();
+        (
+            Just(pool),
+            btree_map(0..n, any::<u8>(), 0..n),
+            vec(
+                vec((0..n, proptest::option::weighted(0.6, any::<u8>())), 0..5),
+                1..5,
+            ),
+        )
+    })
+}
+
+// ---------------------------------------------------------------- properties
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_single_key_round_trips(k in prop_oneof![key(), vec(any::<u8>(), 0..700)]) {
+        let plan = layout_all::<u64, Vec<u8>>([(k.clone(), b"v".to_vec())]);
+        let mut store = Store::default();
+        let root = Some(store.write(plan));
+        assert_canonical_shape(&store, root);
+        let files = store.files(root);
+        prop_assert_eq!(files.len(), 1);
+        let (path, _) = files.into_iter().next().unwrap();
+        prop_assert_eq!(decode_path(&path).unwrap(), k.clone(), "path {}", path);
+        let found = lookup(&store, root.as_ref(), &k, &mut Locator::default()).unwrap();
+        prop_assert_eq!(found.map(|id| store.content(id).to_vec()), Some(b"v".to_vec()));
+        let comps = components(&k);
+        prop_assert!(!comps.last().unwrap().continues);
+    }
+
+    #[test]
+    fn a_key_set_is_laid_out_safely_and_reads_back(set in key_set()) {
+        let mut store = Store::default();
+        let root = layout(&mut store, &set);
+        prop_assert_eq!(root.is_none(), set.is_empty());
+        assert_canonical_shape(&store, root);
+        prop_assert_eq!(&store.read_back(root), &set);
+        let mut locator = Locator::default();
+        for (k, v) in &set {
+            let id = lookup(&store, root.as_ref(), k, &mut locator).unwrap();
+            prop_assert_eq!(id.map(|id| store.content(id)), Some(&v[..]), "key {}", Key(k.clone()));
+            let mut absent = k.clone();
+            absent.push(b'!');
+            if !set.contains_key(&absent) {
+                prop_assert_eq!(lookup(&store, root.as_ref(), &absent, &mut locator).unwrap(), None);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(160))]
+
+    #[test]
+    fn incremental_equals_from_scratch((pool, initial, batches) in history()) {
+        let mut store = Store::default();
+        let mut set: BTreeMap<Vec<u8>, Vec<u8>> =
+            initial.iter().map(|(&i, &v)| (pool[i].clone(), vec![v])).collect();
+        let mut root = layout(&mut store, &set);
+        for batch in batches {
+            let mut changes = BTreeMap::new();
+            for (i, op) in batch {
+                changes.insert(pool[i].clone(), op.map(|v| vec![v]));
+            }
+            for (k, op) in &changes {
+                match op {
+                    Some(v) => set.insert(k.clone(), v.clone()),
+                    None => set.remove(k),
+                };
+            }
+            let plan = plan_changes(&store, root.as_ref(), changes).unwrap();
+            root = store.write_opt(plan);
+            let scratch = layout(&mut store, &set);
+            prop_assert_eq!(root, scratch, "trees differ for {:?}", set.keys().map(|k| Key(k.clone())).collect::<Vec<_>>());
+            prop_assert_eq!(&store.read_back(root), &set);
+        }
+    }
+
+    #[test]
+    fn no_op_changes_keep_every_object((set, extra) in (key_set(), vec(key(), 0..4))) {
+        let mut store = Store::default();
+        let root = layout(&mut store, &set);
+        let changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = extra
+            .into_iter()
+            .filter(|k| !set.contains_key(k))
+            .map(|k| (k, None))
+            .collect();
+        let plan = plan_changes(&store, root.as_ref(), changes).unwrap();
+        if let Some(plan) = &plan {
+            for (name, entry) in &plan.entries {
+                prop_assert!(matches!(entry, PlanEntry::Existing { .. }), "{} was rebuilt", name);
+            }
+        }
+        prop_assert_eq!(store.write_opt(plan), root);
+    }
+
+    #[test]
+    fn from_nothing_equals_layout(set in key_set()) {
+        let mut store = Store::default();
+        let changes = set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+        let plan = plan_changes(&store, None, changes).unwrap();
+        let root = store.write_opt(plan);
+        prop_assert_eq!(root, layout(&mut store, &set));
+    }
+}
+
+// ---------------------------------------------------------------- scenarios
+
+fn set_of(pairs: &[(&str, &str)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn changes_of(pairs: &[(&str, Option<&str>)]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+        .collect()
+}
+
+fn entry<'p>(plan: &'p DirPlan<u64, Vec<u8>>, name: &str) -> &'p PlanEntry<u64, Vec<u8>> {
+    &plan
+        .entries
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name} in {plan:?}"))
+        .1
+}
+
+fn id_at(store: &Store, root: u64, path: &str) -> u64 {
+    let mut id = root;
+    for name in path.split('/') {
+        id = store
+            .tree(id)
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no {path}"))
+            .2;
+    }
+    id
+}
+
+#[test]
+fn a_case_sibling_renames_the_existing_file_without_rewriting_it() {
+    let mut store = Store::default();
+    let root = layout(&mut store, &set_of(&[("node", "n")])).unwrap();
+    let old = id_at(&store, root, "node");
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("Node", Some("N"))]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        entry(&plan, "node~0"),
+        &PlanEntry::Existing {
+            kind: EntryKind::File,
+            id: old
+        }
+    );
+    assert_eq!(entry(&plan, "Node"), &PlanEntry::File(b"N".to_vec()));
+    assert_eq!(plan.entries.len(), 2);
+
+    // And back: with `Node` gone, `node` is plain again.
+    let root = store.write(plan);
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("Node", None)]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        plan.entries,
+        vec![(
+            "node".to_string(),
+            PlanEntry::Existing {
+                kind: EntryKind::File,
+                id: old
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_moved_subtree_stays_one_existing_object() {
+    let mut store = Store::default();
+    let root = layout(&mut store, &set_of(&[("x/y", "1"), ("x/z", "2")])).unwrap();
+    let x = id_at(&store, root, "x");
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("X/q", Some("3"))]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        entry(&plan, "x~0"),
+        &PlanEntry::Existing {
+            kind: EntryKind::Dir,
+            id: x
+        }
+    );
+    assert!(matches!(entry(&plan, "X"), PlanEntry::Dir(_)));
+}
+
+#[test]
+fn a_value_moves_into_self_and_collapses_back() {
+    let mut store = Store::default();
+    let root = layout(&mut store, &set_of(&[("a", "va")])).unwrap();
+    let va = id_at(&store, root, "a");
+
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("a/b", Some("vb"))]))
+        .unwrap()
+        .unwrap();
+    let PlanEntry::Dir(a) = entry(&plan, "a") else {
+        panic!("a is not a directory: {plan:?}")
+    };
+    assert_eq!(
+        entry(a, "%self"),
+        &PlanEntry::Existing {
+            kind: EntryKind::File,
+            id: va
+        }
+    );
+    assert_eq!(entry(a, "b"), &PlanEntry::File(b"vb".to_vec()));
+    let root = store.write(plan);
+    assert_eq!(
+        store.files(Some(root)).keys().collect::<Vec<_>>(),
+        ["a/%self", "a/b"]
+    );
+
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("a/b", None)]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        plan.entries,
+        vec![(
+            "a".to_string(),
+            PlanEntry::Existing {
+                kind: EntryKind::File,
+                id: va
+            }
+        )]
+    );
+
+    // Deleting the value only keeps the directory, without `%self`.
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("a", None)]))
+        .unwrap()
+        .unwrap();
+    let root = store.write(plan);
+    assert_eq!(store.files(Some(root)).keys().collect::<Vec<_>>(), ["a/b"]);
+}
+
+#[test]
+fn emptying_the_area_gives_none() {
+    let mut store = Store::default();
+    let root = layout(&mut store, &set_of(&[("a", "1"), ("a/b", "2")])).unwrap();
+    let plan = plan_changes(
+        &store,
+        Some(&root),
+        changes_of(&[("a", None), ("a/b", None)]),
+    )
+    .unwrap();
+    assert!(plan.is_none());
+    let plan = plan_changes::<_, Vec<u8>>(&store, None, changes_of(&[("gone", None)])).unwrap();
+    assert!(plan.is_none());
+}
+
+#[test]
+fn lookups_list_each_directory_once() {
+    let mut store = Store::default();
+    let set: BTreeMap<Vec<u8>, Vec<u8>> = (0..25_000)
+        .map(|i| (format!("big/k{i}").into_bytes(), i.to_string().into_bytes()))
+        .chain([(b"big".to_vec(), b"self".to_vec())])
+        .collect();
+    let root = layout(&mut store, &set).unwrap();
+    store.lists.set(0);
+    let mut locator = Locator::default();
+    let mut find = |rel: &[u8]| lookup(&store, Some(&root), rel, &mut locator).unwrap();
+    for i in (0..25_000).step_by(250) {
+        let id = find(format!("big/k{i}").as_bytes()).unwrap();
+        assert_eq!(store.content(id), i.to_string().as_bytes());
+    }
+    assert_eq!(find(b"big/nope"), None);
+    assert_eq!(find(b"big/k1/deeper"), None);
+    let id = find(b"big").unwrap();
+    assert_eq!(store.content(id), b"self");
+    assert_eq!(store.lists.get(), 2, "root and big/ are listed once each");
+}
+
+#[test]
+fn hand_written_spellings_decode_and_get_canonical_when_touched() {
+    let mut store = Store::default();
+    // `node~0` and `node` spell one component; `café` is a literal (unescaped) name.
+    let root = store.hand_written(&[
+        ("Node", "N"),
+        ("node/x", "x"),
+        ("node~0/y", "y"),
+        ("café", "c"),
+    ]);
+    assert_eq!(
+        store.read_back(Some(root)),
+        set_of(&[
+            ("Node", "N"),
+            ("node/x", "x"),
+            ("node/y", "y"),
+            ("café", "c")
+        ])
+    );
+    assert_eq!(
+        lookup(&store, Some(&root), b"node/y", &mut Locator::default())
+            .unwrap()
+            .map(|id| store.content(id).to_vec()),
+        Some(b"y".to_vec())
+    );
+
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("z", Some("z"))])).unwrap();
+    let root = store.write_opt(plan);
+    assert_eq!(
+        store.files(root).keys().collect::<Vec<_>>(),
+        ["Node", "caf%C3%A9", "node~0/x", "node~0/y", "z"]
+    );
+}
+
+#[test]
+fn a_key_stored_twice_is_reported_with_both_paths() {
+    let mut store = Store::default();
+    let root = store.hand_written(&[("a", "1"), ("a~0/%self", "2"), ("a~0/b", "3")]);
+    let want = MapError::Duplicate {
+        key: Key::from("a"),
+        first: "a".into(),
+        second: "a~0/%self".into(),
+    };
+    let err = plan_changes(&store, Some(&root), changes_of(&[("c", Some("c"))])).unwrap_err();
+    assert!(matches!(&err, PlanError::Map(e) if *e == want), "{err}");
+    let err = lookup(&store, Some(&root), b"a", &mut Locator::default()).unwrap_err();
+    assert!(matches!(&err, PlanError::Map(e) if *e == want), "{err}");
+    let err = decode_paths(["a", "a~0/%self", "a~0/b"]).unwrap_err();
+    assert_eq!(err, want);
+    assert_eq!(
+        err.to_string(),
+        "key `a` is stored twice: at `a` and at `a~0/%self`"
+    );
+}
+
+#[test]
+fn bad_names_in_a_tree_are_reported_with_their_path() {
+    let mut store = Store::default();
+    let root = store.hand_written(&[("d/x~1", "1")]);
+    let err = plan_changes(&store, Some(&root), changes_of(&[("d/y", Some("2"))])).unwrap_err();
+    match err {
+        PlanError::Map(MapError::BadName {
+            path,
+            name,
+            problem,
+        }) => {
+            assert_eq!(path, "d/x~1");
+            assert_eq!(name, "x~1");
+            assert_eq!(
+                problem,
+                NameProblem::BadTag {
+                    found: "1".into(),
+                    expected: "0".into()
+                }
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let root = store.hand_written(&[("%self", "1")]);
+    let err = lookup(&store, Some(&root), b"x", &mut Locator::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`%self` cannot be at the area root"),
+        "{err}"
+    );
+    let root = store.hand_written(&[("a%+", "1")]);
+    let err = lookup(&store, Some(&root), b"a", &mut Locator::default()).unwrap_err();
+    assert!(err.to_string().contains("must be a directory"), "{err}");
+}
+
+#[test]
+fn a_failing_source_is_reported_with_the_directory() {
+    let mut store = Store::default();
+    let blob = store.blob(b"not a tree");
+    let err = plan_changes(&store, Some(&blob), changes_of(&[("a", Some("1"))])).unwrap_err();
+    assert!(matches!(err, PlanError::List { ref path, .. } if path.is_empty()));
+    assert_eq!(
+        err.to_string(),
+        "cannot list directory `<area root>` of the area tree"
+    );
+}
+

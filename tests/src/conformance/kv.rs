@@ -1,0 +1,307 @@
+//! Conformance cases for reads and writes: identity, paged and pinned snapshots, raw bytes,
+//! compare-and-swap, atomicity, size limits and exact deletes.
+
+use super::support::{commit, contents, key, put};
+use std::collections::BTreeMap;
+use sync_core::{BackendError, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp};
+
+/// Cluster id is stable and non-empty; the current revision covers the last commit.
+pub async fn identity(b: &dyn KvBackend, prefix: &[u8]) {
+    let id = b.cluster_id().await.expect("cluster_id");
+    assert!(!id.0.is_empty(), "empty cluster id");
+    assert_eq!(
+        b.cluster_id().await.expect("cluster_id again"),
+        id,
+        "cluster id changed"
+    );
+    let r = commit(b, vec![put(key(prefix, "k"), "v")]).await;
+    let current = b.current_revision().await.expect("current_revision");
+    assert!(current >= r, "current revision {current} below commit {r}");
+}
+
+/// `n` keys written in full-size transactions read back exactly (the read must page).
+pub async fn snapshot_pages(b: &dyn KvBackend, prefix: &[u8], n: usize) {
+    let limits = b.write_limits();
+    let mut expected = BTreeMap::new();
+    let mut ops = Vec::new();
+    let mut last = Revision(0);
+    for i in 0..n {
+        let k = key(prefix, format!("k{i:07}"));
+        ops.push(put(k, format!("value-{i}")));
+        if ops.len() == limits.max_ops || i + 1 == n {
+            let batch = std::mem::take(&mut ops);
+            last = commit(b, batch.clone()).await;
+            for op in batch {
+                if let WriteOp::Put { key, value, .. } = op {
+                    expected.insert(key, (value, last));
+                }
+            }
+        }
+    }
+    let snap = b.snapshot(prefix, None).await.expect("snapshot");
+    assert!(
+        snap.revision >= last,
+        "snapshot revision {} below last write {last}",
+        snap.revision
+    );
+    assert_eq!(
+        snap.entries.len(),
+        n,
+        "snapshot holds {} of {n} keys",
+        snap.entries.len()
+    );
+    let got: BTreeMap<_, _> = snap
+        .entries
+        .into_iter()
+        .map(|e| (e.key, (e.value, e.mod_revision)))
+        .collect();
+    for ((k, want), (gk, have)) in expected.iter().zip(got.iter()) {
+        assert_eq!(k, gk, "keys differ");
+        assert_eq!(want, have, "value or mod revision of {k} differs");
+    }
+
+    // Writes while the snapshot pages through the prefix must not leak into it: every page is
+    // read at the first page's revision.
+    let writer = async {
+        for i in 0..20 {
+            let doomed = key(prefix, format!("k{:07}", n - 1 - i));
+            let ops = vec![
+                put(key(prefix, format!("z-late-{i}")), "late"),
+                WriteOp::Delete {
+                    key: doomed,
+                    expect: Precondition::Any,
+                },
+            ];
+            commit(b, ops).await;
+        }
+    };
+    let (during, ()) = futures::join!(b.snapshot(prefix, None), writer);
+    let during = during.expect("snapshot during writes");
+    let pinned = b
+        .snapshot(prefix, Some(during.revision))
+        .await
+        .expect("snapshot at its revision");
+    assert!(
+        during.entries == pinned.entries,
+        "a snapshot read while writing differs from the state at its revision {}",
+        during.revision
+    );
+}
+
+/// A snapshot at an older revision shows that revision's state, not today's.
+pub async fn snapshot_at_older_revision(b: &dyn KvBackend, prefix: &[u8]) {
+    let (a, c) = (key(prefix, "a"), key(prefix, "c"));
+    let r1 = commit(b, vec![put(a.clone(), "1"), put(c.clone(), "c")]).await;
+    let r2 = commit(b, vec![put(a.clone(), "2"), put(key(prefix, "b"), "new")]).await;
+    commit(
+        b,
+        vec![WriteOp::Delete {
+            key: c.clone(),
+            expect: Precondition::Any,
+        }],
+    )
+    .await;
+    let old = b.snapshot(prefix, Some(r1)).await.expect("snapshot at r1");
+    assert_eq!(
+        old.revision, r1,
+        "snapshot at r1 reports revision {}",
+        old.revision
+    );
+    let old: BTreeMap<_, _> = old
+        .entries
+        .into_iter()
+        .map(|e| (e.key, (e.value, e.mod_revision)))
+        .collect();
+    let want: BTreeMap<_, _> = [(a.clone(), (b"1".to_vec(), r1)), (c, (b"c".to_vec(), r1))].into();
+    assert_eq!(old, want, "state at r1");
+    let now = contents(b, prefix, None).await;
+    assert_eq!(now.get(&a), Some(&(b"2".to_vec(), r2)));
+    assert_eq!(now.len(), 2, "a and b now, c deleted: {now:?}");
+}
+
+/// Keys and values are bytes: non-UTF-8, NUL and 0xff survive; an empty value is a value.
+pub async fn binary_keys_and_values(b: &dyn KvBackend, prefix: &[u8]) {
+    let entries: Vec<(Key, Vec<u8>)> = vec![
+        (
+            key(prefix, [0xff, 0xfe, 0x00, 0x80]),
+            vec![0x00, 0xc3, 0x28, 0xff],
+        ),
+        (key(prefix, [0x00]), b"nul key".to_vec()),
+        (key(prefix, "empty"), Vec::new()),
+        (
+            key(prefix, "caf\u{e9}/\u{1f600}"),
+            "utf-8 too \u{2713}".as_bytes().to_vec(),
+        ),
+    ];
+    let r = commit(
+        b,
+        entries
+            .iter()
+            .map(|(k, v)| put(k.clone(), v.clone()))
+            .collect(),
+    )
+    .await;
+    let got = contents(b, prefix, None).await;
+    let want: BTreeMap<_, _> = entries.into_iter().map(|(k, v)| (k, (v, r))).collect();
+    assert_eq!(got, want);
+}
+
+/// Absent fails when present; ModRevision fails when stale, succeeds when current.
+pub async fn cas(b: &dyn KvBackend, prefix: &[u8]) {
+    let k = key(prefix, "k");
+    let absent = |v: &str| WriteOp::Put {
+        key: k.clone(),
+        value: v.into(),
+        expect: Precondition::Absent,
+    };
+    let at = |r, v: &str| WriteOp::Put {
+        key: k.clone(),
+        value: v.into(),
+        expect: Precondition::ModRevision(r),
+    };
+    let r1 = commit(b, vec![absent("1")]).await;
+    let failed = b.write(&[absent("2")]).await.expect("write");
+    assert_eq!(
+        failed,
+        TxnOutcome::PreconditionFailed,
+        "Absent on an existing key"
+    );
+    let r2 = commit(b, vec![at(r1, "2")]).await;
+    assert!(r2 > r1);
+    let stale = b.write(&[at(r1, "3")]).await.expect("write");
+    assert_eq!(
+        stale,
+        TxnOutcome::PreconditionFailed,
+        "ModRevision with a stale revision"
+    );
+    let del_stale = WriteOp::Delete {
+        key: k.clone(),
+        expect: Precondition::ModRevision(r1),
+    };
+    assert_eq!(
+        b.write(&[del_stale]).await.expect("write"),
+        TxnOutcome::PreconditionFailed
+    );
+    let got = contents(b, prefix, None).await;
+    assert_eq!(
+        got.get(&k),
+        Some(&(b"2".to_vec(), r2)),
+        "failed writes changed nothing"
+    );
+    let missing = WriteOp::Put {
+        key: key(prefix, "missing"),
+        value: vec![],
+        expect: Precondition::ModRevision(r2),
+    };
+    assert_eq!(
+        b.write(&[missing]).await.expect("write"),
+        TxnOutcome::PreconditionFailed,
+        "ModRevision on a missing key"
+    );
+    let del = WriteOp::Delete {
+        key: k.clone(),
+        expect: Precondition::ModRevision(r2),
+    };
+    commit(b, vec![del]).await;
+    let r4 = commit(b, vec![absent("again")]).await;
+    assert_eq!(
+        contents(b, prefix, None).await.get(&k),
+        Some(&(b"again".to_vec(), r4))
+    );
+}
+
+/// When one precondition fails, none of the transaction's ops is applied.
+pub async fn failed_txn_applies_nothing(b: &dyn KvBackend, prefix: &[u8]) {
+    let (x, y, z) = (key(prefix, "x"), key(prefix, "y"), key(prefix, "z"));
+    let r = commit(b, vec![put(y.clone(), "y"), put(z.clone(), "z")]).await;
+    let ops = vec![
+        put(x.clone(), "x"),
+        WriteOp::Delete {
+            key: z.clone(),
+            expect: Precondition::Any,
+        },
+        WriteOp::Put {
+            key: y.clone(),
+            value: b"y2".to_vec(),
+            expect: Precondition::Absent,
+        },
+    ];
+    assert_eq!(
+        b.write(&ops).await.expect("write"),
+        TxnOutcome::PreconditionFailed
+    );
+    let want: BTreeMap<_, _> = [(y, (b"y".to_vec(), r)), (z, (b"z".to_vec(), r))].into();
+    assert_eq!(
+        contents(b, prefix, None).await,
+        want,
+        "nothing of the failed txn applied"
+    );
+}
+
+/// Writes over the limits are refused with TooLarge before anything is written.
+pub async fn over_limits_is_refused(b: &dyn KvBackend, prefix: &[u8]) {
+    let limits = b.write_limits();
+    let too_many: Vec<_> = (0..=limits.max_ops)
+        .map(|i| put(key(prefix, format!("n{i}")), "v"))
+        .collect();
+    match b.write(&too_many).await {
+        Err(BackendError::TooLarge { ops, .. }) => assert_eq!(ops, limits.max_ops + 1),
+        other => panic!("{} ops: expected TooLarge, got {other:?}", too_many.len()),
+    }
+    let big_value = vec![put(
+        key(prefix, "big"),
+        vec![7u8; limits.max_value_bytes + 1],
+    )];
+    assert!(
+        matches!(
+            b.write(&big_value).await,
+            Err(BackendError::TooLarge { .. })
+        ),
+        "a value over max_value_bytes must be refused"
+    );
+    let n = limits.max_ops.min(8);
+    let each = limits.max_bytes / n + 1;
+    let too_big: Vec<_> = (0..n)
+        .map(|i| {
+            put(
+                key(prefix, format!("b{i}")),
+                vec![1u8; each.min(limits.max_value_bytes)],
+            )
+        })
+        .collect();
+    if too_big.iter().map(WriteOp::payload_len).sum::<usize>() > limits.max_bytes {
+        assert!(
+            matches!(b.write(&too_big).await, Err(BackendError::TooLarge { .. })),
+            "a txn over max_bytes must be refused"
+        );
+    }
+    assert!(
+        contents(b, prefix, None).await.is_empty(),
+        "nothing of a refused write is stored"
+    );
+    let at_limit: Vec<_> = (0..limits.max_ops)
+        .map(|i| put(key(prefix, format!("n{i}")), "v"))
+        .collect();
+    commit(b, at_limit).await;
+    assert_eq!(contents(b, prefix, None).await.len(), limits.max_ops);
+}
+
+/// Deleting `app` removes exactly that key, not `app-dev`, `app2` or `app/x`.
+pub async fn delete_is_exact(b: &dyn KvBackend, prefix: &[u8]) {
+    let names = ["app", "app-dev", "app2", "app/x"];
+    let r = commit(b, names.iter().map(|n| put(key(prefix, n), *n)).collect()).await;
+    commit(
+        b,
+        vec![WriteOp::Delete {
+            key: key(prefix, "app"),
+            expect: Precondition::Any,
+        }],
+    )
+    .await;
+    let got = contents(b, prefix, None).await;
+    let want: BTreeMap<_, _> = names[1..]
+        .iter()
+        .map(|n| (key(prefix, n), (n.as_bytes().to_vec(), r)))
+        .collect();
+    assert_eq!(got, want);
+}

@@ -1,0 +1,107 @@
+//! The backend conformance suite against a real etcd started by the test, plus the
+//! etcd-specific promises: connection failures are fast and clear, ids are hex.
+
+use backend_etcd::{ConnectError, EtcdBackend, EtcdConfig};
+use futures::FutureExt;
+use kvgit_tests::conformance::{self, CompactFn};
+use kvgit_tests::etcd::EtcdServer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sync_core::{KvBackend, Revision};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_passes_the_conformance_suite() {
+    let server = Arc::new(EtcdServer::start());
+    let backend: Arc<dyn KvBackend> = Arc::new(server.backend().await);
+    let compact: CompactFn = {
+        let server = server.clone();
+        Arc::new(move |rev: Revision| {
+            let server = server.clone();
+            async move { server.compact(rev).await }.boxed()
+        })
+    };
+    conformance::run_all(backend, "/kvgit-conformance", Some(compact)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_server_gone_is_an_error() {
+    let mut server = EtcdServer::start();
+    let backend = EtcdBackend::connect(EtcdConfig {
+        request_timeout: Duration::from_secs(3),
+        ..server.config()
+    })
+    .await
+    .expect("connect");
+    let pid = server.pid();
+    conformance::server_gone_is_an_error(&backend, b"/kvgit-gone/", || server.stop()).await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "etcd {pid} still running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_ids_are_lowercase_hex() {
+    let server = EtcdServer::start();
+    let backend = server.backend().await;
+    let id = backend.cluster_id().await.expect("cluster_id");
+    assert!(
+        !id.0.is_empty()
+            && id
+                .0
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "cluster id {id} is not lowercase hex"
+    );
+    assert_eq!(backend.kind(), "etcd");
+    let limits = backend.write_limits();
+    assert_eq!(limits.max_ops, 128);
+    assert!(limits.max_bytes < 1536 * 1024 && limits.max_value_bytes <= limits.max_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_nothing_fails_fast_and_clearly() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let cfg = EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        ..EtcdConfig::default()
+    };
+    let started = Instant::now();
+    let err = EtcdBackend::connect(cfg)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(
+        err.to_string().contains(&port.to_string()),
+        "message names the endpoint: {err}"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_tls_file_is_named() {
+    let cfg = EtcdConfig {
+        endpoints: vec!["https://127.0.0.1:1".into()],
+        ca_file: Some("/nonexistent/kvgit-ca.pem".into()),
+        ..EtcdConfig::default()
+    };
+    let err = EtcdBackend::connect(cfg)
+        .await
+        .expect_err("missing CA file");
+    assert!(matches!(err, ConnectError::TlsFile { .. }), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/kvgit-ca.pem"),
+        "{err}"
+    );
+}
