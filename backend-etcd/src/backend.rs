@@ -3,7 +3,7 @@
 
 use crate::config::{connect_options, ConnectError, EtcdConfig};
 use crate::errors::{missing_header, rev, Ctx, KIND};
-use crate::{snapshot, txn, watch};
+use crate::{delta, snapshot, txn, watch};
 use async_trait::async_trait;
 use etcd_client::{Client, KvClient, MaintenanceClient, WatchClient};
 use std::time::Duration;
@@ -151,6 +151,15 @@ impl KvBackend for EtcdBackend {
 
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError> {
         watch::open(&self.conn, prefix, from).await
+    }
+
+    async fn changes_between(
+        &self,
+        prefix: &[u8],
+        after: Revision,
+        upto: Revision,
+    ) -> Result<Option<Vec<sync_core::KvChange>>, BackendError> {
+        delta::changes_between(&self.conn, prefix, after, upto).await
     }
 
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError> {

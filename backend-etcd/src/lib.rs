@@ -3,6 +3,7 @@
 
 mod backend;
 mod config;
+mod delta;
 mod errors;
 mod keys;
 mod progress;

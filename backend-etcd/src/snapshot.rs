@@ -17,16 +17,32 @@ pub(crate) async fn read(
     prefix: &[u8],
     at: Option<Revision>,
 ) -> Result<Snapshot, BackendError> {
+    Ok(read_filtered(conn, prefix, at, None).await?.0)
+}
+
+/// Like `read`, keeping only keys last written after `modified_after` (etcd filters
+/// server-side, so only the matches travel); also says how many of them were created
+/// after it (etcd's `count_only` ignores revision filters, so this is the way to count).
+pub(crate) async fn read_filtered(
+    conn: &Conn,
+    prefix: &[u8],
+    at: Option<Revision>,
+    modified_after: Option<Revision>,
+) -> Result<(Snapshot, usize), BackendError> {
+    let mut created = 0;
     let (mut start, end) = prefix_range(prefix);
     // 0 asks etcd for the current revision; the first page's header then pins the rest.
     let mut pinned: Option<i64> = at.map(wire_rev).transpose()?;
     let mut limit = PAGE_KEYS;
     let mut entries = Vec::new();
     loop {
-        let opts = GetOptions::new()
+        let mut opts = GetOptions::new()
             .with_range(end.clone())
             .with_limit(limit)
             .with_revision(pinned.unwrap_or(0));
+        if let Some(after) = modified_after {
+            opts = opts.with_min_mod_revision(wire_rev(after.next())?);
+        }
         let mut resp = match page(conn, start.clone(), opts).await? {
             Page::Got(resp) => resp,
             Page::TooBig if limit > 1 => {
@@ -58,6 +74,9 @@ pub(crate) async fn read(
         let next = kvs.last().map(|kv| key_after(kv.key()));
         entries.reserve(kvs.len());
         for kv in kvs {
+            if modified_after.is_some_and(|after| rev(kv.create_revision()) > after) {
+                created += 1;
+            }
             let mod_revision = rev(kv.mod_revision());
             let (key, value) = kv.into_key_value();
             entries.push(KvEntry {
@@ -69,10 +88,13 @@ pub(crate) async fn read(
         match (more, next) {
             (true, Some(next)) => start = next,
             _ => {
-                return Ok(Snapshot {
-                    revision: rev(pinned_rev),
-                    entries,
-                })
+                return Ok((
+                    Snapshot {
+                        revision: rev(pinned_rev),
+                        entries,
+                    },
+                    created,
+                ))
             }
         }
     }

@@ -149,6 +149,16 @@ impl GitStore {
         hash(Kind::Blob, bytes)
     }
 
+    /// The id of the empty tree (the tree of an empty directory).
+    pub fn empty_tree_id() -> ObjectId {
+        ObjectId::empty_tree(gix::hash::Kind::Sha1)
+    }
+
+    /// Whether `id` is the empty tree.
+    pub fn is_empty_tree(&self, id: ObjectId) -> bool {
+        id == Self::empty_tree_id()
+    }
+
     /// Whether the object exists in the store.
     pub fn has_object(&self, id: ObjectId) -> bool {
         self.repo().has_object(id)

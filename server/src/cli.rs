@@ -18,7 +18,13 @@ On disagreement Git wins."
 )]
 pub struct Cli {
     /// The config file (TOML; every setting can be overridden by KVGIT_… env variables).
-    #[arg(short, long, global = true, default_value = "kvgit.toml", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "kvgit.toml",
+        value_name = "FILE"
+    )]
     pub config: PathBuf,
 
     #[command(subcommand)]
@@ -96,15 +102,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             detailed_exitcode,
             allow_mass_delete,
         } => {
-            engine::apply::plan_cmd(&ctx, area.as_deref(), rev.as_deref(), detailed_exitcode, allow_mass_delete)
-                .await
+            engine::apply::plan_cmd(
+                &ctx,
+                area.as_deref(),
+                rev.as_deref(),
+                detailed_exitcode,
+                allow_mass_delete,
+            )
+            .await
         }
         Command::Apply {
             area,
             rev,
             dry_run,
             allow_mass_delete,
-        } => engine::apply::apply_cmd(&ctx, area.as_deref(), rev.as_deref(), dry_run, allow_mass_delete).await,
+        } => {
+            engine::apply::apply_cmd(
+                &ctx,
+                area.as_deref(),
+                rev.as_deref(),
+                dry_run,
+                allow_mass_delete,
+            )
+            .await
+        }
         Command::Status { json } => engine::status::run(&ctx, json).await,
         Command::Log { key, limit } => engine::log::run(&ctx, &key, limit).await,
     }

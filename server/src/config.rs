@@ -201,12 +201,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     if !path.is_file() {
         return Err(ConfigError {
-            problems: vec![format!("{file}: config file not found (pass -c/--config FILE)")],
+            problems: vec![format!(
+                "{file}: config file not found (pass -c/--config FILE)"
+            )],
         });
     }
     let figment = Figment::new()
         .merge(Toml::file(path))
-        .merge(Env::prefixed("KVGIT_").split("__"));
+        // KVGIT_LOG is the log filter, not a setting.
+        .merge(Env::prefixed("KVGIT_").ignore(&["log"]).split("__"));
     let mut problems = Vec::new();
     match figment.extract::<Dict>() {
         Ok(dict) => unknown_settings(&dict, &mut problems),
@@ -296,7 +299,12 @@ fn unknown_settings(dict: &Dict, problems: &mut Vec<String>) {
     }
 }
 
-fn duration(setting: &str, raw: Option<String>, default: &str, problems: &mut Vec<String>) -> Duration {
+fn duration(
+    setting: &str,
+    raw: Option<String>,
+    default: &str,
+    problems: &mut Vec<String>,
+) -> Duration {
     let text = raw.unwrap_or_else(|| default.to_string());
     match humantime::parse_duration(&text) {
         Ok(d) if !d.is_zero() => d,
@@ -381,8 +389,18 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
         key_file: raw.backend.key_file.map(resolve),
         token: raw.backend.token,
         datacenter: raw.backend.datacenter,
-        connect_timeout: duration("backend.connect_timeout", raw.backend.connect_timeout, "5s", problems),
-        request_timeout: duration("backend.request_timeout", raw.backend.request_timeout, "30s", problems),
+        connect_timeout: duration(
+            "backend.connect_timeout",
+            raw.backend.connect_timeout,
+            "5s",
+            problems,
+        ),
+        request_timeout: duration(
+            "backend.request_timeout",
+            raw.backend.request_timeout,
+            "30s",
+            problems,
+        ),
     };
 
     let node = raw.sync.node.unwrap_or_else(default_node);
@@ -407,7 +425,12 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
         batch_window: duration("sync.batch_window", raw.sync.batch_window, "1s", problems),
         batch_max,
         push_interval: duration("sync.push_interval", raw.sync.push_interval, "5s", problems),
-        fetch_interval: duration("sync.fetch_interval", raw.sync.fetch_interval, "30s", problems),
+        fetch_interval: duration(
+            "sync.fetch_interval",
+            raw.sync.fetch_interval,
+            "30s",
+            problems,
+        ),
         max_delete_fraction,
         node: node.clone(),
     };
@@ -416,7 +439,9 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
     if branch.is_empty()
         || branch.starts_with('-')
         || branch.contains("..")
-        || branch.chars().any(|c| c.is_whitespace() || "~^:?*[\\".contains(c))
+        || branch
+            .chars()
+            .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c))
     {
         problems.push(format!("git.branch: {branch:?} is not a valid branch name"));
     }
@@ -424,8 +449,14 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
         repo: resolve(raw.git.repo.unwrap_or_else(|| PathBuf::from("state.git"))),
         branch,
         remote: raw.git.remote.filter(|r| !r.is_empty()),
-        author_name: raw.git.author_name.unwrap_or_else(|| format!("kvgit {node}")),
-        author_email: raw.git.author_email.unwrap_or_else(|| format!("kvgit@{node}")),
+        author_name: raw
+            .git
+            .author_name
+            .unwrap_or_else(|| format!("kvgit {node}")),
+        author_email: raw
+            .git
+            .author_email
+            .unwrap_or_else(|| format!("kvgit@{node}")),
     };
 
     let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
@@ -473,7 +504,9 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
         let prefix = match a.prefix {
             Some(p) if !p.is_empty() => p.into_bytes(),
             _ => {
-                problems.push(format!("{at}.prefix: missing (e.g. prefix = \"/app/config/\")"));
+                problems.push(format!(
+                    "{at}.prefix: missing (e.g. prefix = \"/app/config/\")"
+                ));
                 Vec::new()
             }
         };
@@ -510,7 +543,8 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
         for (j, other) in areas.iter().enumerate() {
             if !area.prefix.is_empty()
                 && !other.prefix.is_empty()
-                && (area.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&area.prefix))
+                && (area.prefix.starts_with(&other.prefix)
+                    || other.prefix.starts_with(&area.prefix))
             {
                 problems.push(format!(
                     "{at}.prefix: {:?} overlaps area[{j}] ({}) prefix {:?}; areas never overlap",
@@ -519,7 +553,10 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
                     String::from_utf8_lossy(&other.prefix)
                 ));
             }
-            if !area.path.is_empty() && !other.path.is_empty() && paths_overlap(&area.path, &other.path) {
+            if !area.path.is_empty()
+                && !other.path.is_empty()
+                && paths_overlap(&area.path, &other.path)
+            {
                 problems.push(format!(
                     "{at}.path: {:?} overlaps area[{j}] ({}) path {:?}; areas never overlap",
                     area.path, other.name, other.path

@@ -12,5 +12,9 @@ fn main() {
         .collect();
     let start = std::time::Instant::now();
     let plan = layout_all::<u64, Vec<u8>>(keys);
-    println!("layout_all of 1M keys: {:?} ({} top-level entries)", start.elapsed(), plan.entries.len());
+    println!(
+        "layout_all of 1M keys: {:?} ({} top-level entries)",
+        start.elapsed(),
+        plan.entries.len()
+    );
 }

@@ -18,7 +18,10 @@ pub enum BackendError {
         detail: String,
     },
     #[error("{backend} refused access (permission denied): {detail}")]
-    PermissionDenied { backend: &'static str, detail: String },
+    PermissionDenied {
+        backend: &'static str,
+        detail: String,
+    },
     #[error("{backend}: revision {requested} is compacted (oldest kept: {compact_revision})")]
     Compacted {
         backend: &'static str,
@@ -26,7 +29,10 @@ pub enum BackendError {
         compact_revision: Revision,
     },
     #[error("{backend} refused the request: {detail}")]
-    Refused { backend: &'static str, detail: String },
+    Refused {
+        backend: &'static str,
+        detail: String,
+    },
     #[error("{backend} write of {ops} ops / {bytes} bytes is over the limit of {max_ops} ops / {max_bytes} bytes")]
     TooLarge {
         backend: &'static str,
@@ -36,7 +42,10 @@ pub enum BackendError {
         max_bytes: usize,
     },
     #[error("{backend}: {detail}")]
-    Other { backend: &'static str, detail: String },
+    Other {
+        backend: &'static str,
+        detail: String,
+    },
 }
 
 impl BackendError {
@@ -70,6 +79,19 @@ pub trait KvBackend: Send + Sync + 'static {
     /// yields `Progress` with that revision, and again whenever it is idle for a while.
     /// A compacted `from` yields `ResyncNeeded(Compacted)`, never an `Err` nor a silent gap.
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError>;
+
+    /// The value at `upto` of every key under `prefix` changed after `after` (`Put` with the
+    /// final value, `Delete` when gone), when the backend can answer exactly without a
+    /// watch; `Ok(None)` means "not cheaply: read `watch` instead". A compacted `after` is
+    /// `Err(Compacted)`.
+    async fn changes_between(
+        &self,
+        _prefix: &[u8],
+        _after: Revision,
+        _upto: Revision,
+    ) -> Result<Option<Vec<KvChange>>, BackendError> {
+        Ok(None)
+    }
 
     /// One atomic transaction: all ops apply, or none (`PreconditionFailed`).
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError>;

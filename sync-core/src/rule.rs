@@ -239,7 +239,10 @@ mod tests {
         let mut failures = Vec::new();
         for &(b, l, d, e1, e2, e3) in TABLE {
             for (mode, expected) in modes.iter().zip([e1, e2, e3]) {
-                let rule = Rule { mode: *mode, self_heal: true };
+                let rule = Rule {
+                    mode: *mode,
+                    self_heal: true,
+                };
                 let got = run(rule, b, l, d);
                 if got != expected {
                     failures.push(format!(
@@ -257,7 +260,11 @@ mod tests {
         // live: absent, equal to base, different; desired: absent, equal to base, equal to
         // live, different from both; under a base holding A, a base without the key, no base.
         for b in ["A", "-", "?"] {
-            let lives: &[&str] = if b == "A" { &["-", "A", "B"] } else { &["-", "B"] };
+            let lives: &[&str] = if b == "A" {
+                &["-", "A", "B"]
+            } else {
+                &["-", "B"]
+            };
             for &l in lives {
                 let mut desireds = vec!["-", l];
                 if b == "A" {
@@ -277,20 +284,34 @@ mod tests {
 
     #[test]
     fn self_heal_off_reports_drift_but_keeps_git_changes() {
-        let rule = Rule { mode: Mode::GitToKv, self_heal: false };
+        let rule = Rule {
+            mode: Mode::GitToKv,
+            self_heal: false,
+        };
         assert_eq!(run(rule, "A", "B", "A"), "~", "live edit only reported");
         assert_eq!(run(rule, "A", "-", "A"), "~", "live delete only reported");
-        assert_eq!(run(rule, "A", "B", "C"), "kv=C ~", "a Git change is still applied");
+        assert_eq!(
+            run(rule, "A", "B", "C"),
+            "kv=C ~",
+            "a Git change is still applied"
+        );
         assert_eq!(run(rule, "A", "A", "C"), "kv=C");
     }
 
     #[test]
     fn nothing_is_deleted_without_a_base() {
         for mode in [Mode::KvToGit, Mode::GitToKv, Mode::Both] {
-            let rule = Rule { mode, self_heal: true };
+            let rule = Rule {
+                mode,
+                self_heal: true,
+            };
             for (l, d) in [("B", "-"), ("-", "B"), ("B", "C")] {
                 let out = run(rule, "?", l, d);
-                assert!(!out.contains("=-"), "{} deleted with no base: {out}", mode.as_str());
+                assert!(
+                    !out.contains("=-"),
+                    "{} deleted with no base: {out}",
+                    mode.as_str()
+                );
             }
         }
     }

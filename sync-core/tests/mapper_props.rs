@@ -705,4 +705,3 @@ fn a_failing_source_is_reported_with_the_directory() {
         "cannot list directory `<area root>` of the area tree"
     );
 }
-

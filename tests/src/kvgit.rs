@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 /// The built `kvgit` binary (target/<profile>/kvgit next to the test's deps dir).
 pub fn kvgit_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("KVGIT_BIN") {
+    if let Ok(p) = std::env::var("TEST_KVGIT_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -43,7 +43,11 @@ pub struct Run {
 impl Run {
     /// Panics with the whole output unless the command exited 0.
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "command failed:\n{}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -121,17 +125,31 @@ impl Workspace {
         if !out.status.success() {
             return 0;
         }
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a count")
     }
 
     /// Commit `files` (path -> Some(content) or None to delete) on main as a person would:
     /// in a clone, pushed back to the bare repository.
     pub fn person_commits(&self, files: &[(&str, Option<&[u8]>)], message: &str) {
-        let clone = self.dir.path().join(format!("clone-{}", std::process::id()));
+        let clone = self
+            .dir
+            .path()
+            .join(format!("clone-{}", std::process::id()));
         if clone.exists() {
             std::fs::remove_dir_all(&clone).expect("remove old clone");
         }
-        run_git(None, &["clone", "-q", self.repo.to_str().expect("utf-8 path"), clone.to_str().expect("utf-8 path")]);
+        run_git(
+            None,
+            &[
+                "clone",
+                "-q",
+                self.repo.to_str().expect("utf-8 path"),
+                clone.to_str().expect("utf-8 path"),
+            ],
+        );
         for (path, content) in files {
             let p = clone.join(path);
             match content {
@@ -139,13 +157,23 @@ impl Workspace {
                     std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
                     std::fs::write(&p, c).expect("write file");
                 }
-                None => std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display())),
+                None => std::fs::remove_file(&p)
+                    .unwrap_or_else(|e| panic!("remove {}: {e}", p.display())),
             }
         }
         run_git(Some(&clone), &["add", "-A"]);
         run_git(
             Some(&clone),
-            &["-c", "user.name=A Person", "-c", "user.email=person@example.org", "commit", "-q", "-m", message],
+            &[
+                "-c",
+                "user.name=A Person",
+                "-c",
+                "user.email=person@example.org",
+                "commit",
+                "-q",
+                "-m",
+                message,
+            ],
         );
         run_git(Some(&clone), &["push", "-q", "origin", "HEAD:main"]);
         std::fs::remove_dir_all(&clone).expect("remove clone");

@@ -9,7 +9,7 @@ use super::writer;
 use super::Context;
 use crate::config::AreaConfig;
 use anyhow::{bail, Context as _};
-use gix::ObjectId;
+use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::rule::Base;
 use sync_core::{ClusterId, Key, KvEntry, Precondition, Value, WriteOp};
@@ -94,7 +94,9 @@ pub async fn apply_cmd(
     for round in 0..3 {
         let mut raced_areas = Vec::new();
         for plan in plans.drain(..) {
-            let report = write_plan(ctx, &plan).await.with_context(|| format!("area {}", plan.area.name))?;
+            let report = write_plan(ctx, &plan)
+                .await
+                .with_context(|| format!("area {}", plan.area.name))?;
             print_applied(&plan, &report);
             if !report.raced.is_empty() {
                 raced_areas.push(plan.area.name.0.clone());
@@ -111,7 +113,11 @@ pub async fn apply_cmd(
         }
         for name in raced_areas {
             let cluster = backend.cluster_id().await?;
-            let area = ctx.cfg.select_areas(Some(&name)).map_err(anyhow::Error::msg)?[0].clone();
+            let area = ctx
+                .cfg
+                .select_areas(Some(&name))
+                .map_err(anyhow::Error::msg)?[0]
+                .clone();
             let commit = target_commit(ctx, rev).await?;
             plans.push(plan_area(ctx, &area, commit, &cluster, allow_mass_delete).await?);
         }
@@ -123,7 +129,10 @@ async fn target_commit(ctx: &Context, rev: Option<&str>) -> anyhow::Result<Optio
     let rev = rev.map(str::to_string);
     let branch = ctx.cfg.git.branch.clone();
     ctx.git_blocking(move |git| match rev {
-        Some(r) => Ok(Some(git.resolve_commit(&r).with_context(|| format!("--ref {r}"))?)),
+        Some(r) => Ok(Some(
+            git.resolve_commit(&r)
+                .with_context(|| format!("--ref {r}"))?,
+        )),
         None => {
             let tip = git.tip()?;
             if tip.is_none() {
@@ -145,7 +154,10 @@ pub async fn plan_all(
     let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
     let commit = target_commit(ctx, rev).await?;
     let backend = ctx.backend().await?;
-    let cluster = backend.cluster_id().await.context("cannot read the cluster id")?;
+    let cluster = backend
+        .cluster_id()
+        .await
+        .context("cannot read the cluster id")?;
     let mut plans = Vec::new();
     for area in areas {
         let plan = plan_area(ctx, area, commit, &cluster, allow_mass_delete)
@@ -165,7 +177,9 @@ pub async fn plan_area(
 ) -> anyhow::Result<AreaPlan> {
     let backend = ctx.backend().await?;
     let limits = backend.write_limits();
-    let cp = checkpoint::load(ctx, &area.name).await?.filter(|c| &c.cluster == cluster);
+    let cp = checkpoint::load(ctx, &area.name)
+        .await?
+        .filter(|c| &c.cluster == cluster);
     let snap = backend.snapshot(&area.prefix, None).await?;
     let area_cfg = area.clone();
     let base_tree = cp.as_ref().map(|c| c.base_tree);
@@ -183,8 +197,8 @@ pub async fn plan_area(
             let live: BTreeMap<Vec<u8>, (ObjectId, KvEntry)> = snap
                 .entries
                 .into_iter()
-                .map(|e| (e.key.0[prefix_len..].to_vec(), (gitstore::GitStore::hash_blob(&e.value), e)))
-                .collect();
+                .map(|e| Ok((e.key.0[prefix_len..].to_vec(), (git.hash_blob(&e.value)?, e))))
+                .collect::<anyhow::Result<_>>()?;
             let mut keys: BTreeSet<&Vec<u8>> = live.keys().chain(desired.keys()).collect();
             if let Some(b) = &base {
                 keys.extend(b.keys());
@@ -304,7 +318,12 @@ fn print_plans(plans: &[AreaPlan]) {
     for p in plans {
         for op in &p.ops {
             match &op.overwrites {
-                Some(v) => println!("{} {} (Git wins over live value {})", op.kind.sign(), op.key, preview(v)),
+                Some(v) => println!(
+                    "{} {} (Git wins over live value {})",
+                    op.kind.sign(),
+                    op.key,
+                    preview(v)
+                ),
                 None => println!("{} {}", op.kind.sign(), op.key),
             }
         }
@@ -312,7 +331,10 @@ fn print_plans(plans: &[AreaPlan]) {
             println!("# drift: {k} differs from Git");
         }
         if p.pending_export > 0 {
-            println!("# {}: {} keys changed in the KV store are not in Git yet (run export)", p.area.name, p.pending_export);
+            println!(
+                "# {}: {} keys changed in the KV store are not in Git yet (run export)",
+                p.area.name, p.pending_export
+            );
         }
         add += p.count(OpKind::Add);
         change += p.count(OpKind::Change);
@@ -332,7 +354,9 @@ fn preview(v: &[u8]) -> String {
 }
 
 fn print_applied(plan: &AreaPlan, w: &writer::Written) {
-    let rev = w.last_revision.map_or_else(|| "-".to_string(), |r| r.to_string());
+    let rev = w
+        .last_revision
+        .map_or_else(|| "-".to_string(), |r| r.to_string());
     println!(
         "{}: {} added, {} changed, {} deleted ({} ops in {} transactions, revision {rev})",
         plan.area.name,
@@ -359,11 +383,22 @@ async fn write_plan(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<writer::Wr
         .ops
         .iter()
         .map(|op| match &op.value {
-            Some(v) => WriteOp::Put { key: op.key.clone(), value: v.clone(), expect: op.expect },
-            None => WriteOp::Delete { key: op.key.clone(), expect: op.expect },
+            Some(v) => WriteOp::Put {
+                key: op.key.clone(),
+                value: v.clone(),
+                expect: op.expect,
+            },
+            None => WriteOp::Delete {
+                key: op.key.clone(),
+                expect: op.expect,
+            },
         })
         .collect();
-    let written = if ops.is_empty() { writer::Written::default() } else { writer::write_all(backend, ops).await? };
+    let written = if ops.is_empty() {
+        writer::Written::default()
+    } else {
+        writer::write_all(backend, ops).await?
+    };
     if let Some(cp) = &plan.checkpoint {
         if written.raced.is_empty() && !plan.base_changes.is_empty() {
             save_base(ctx, plan, cp).await?;
@@ -375,8 +410,18 @@ async fn write_plan(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<writer::Wr
 async fn save_base(ctx: &Context, plan: &AreaPlan, cp: &Checkpoint) -> anyhow::Result<()> {
     let changes = plan.base_changes.clone();
     let base = cp.base_tree;
-    let new_base = ctx.git_blocking(move |git| write_changes(git, base.as_ref(), changes)).await?;
-    checkpoint::save(ctx, &plan.area.name, Some(cp.id), cp.revision, &cp.cluster, new_base, None).await?;
+    let new_base = ctx
+        .git_blocking(move |git| write_changes(git, base.as_ref(), changes))
+        .await?;
+    checkpoint::save(
+        ctx,
+        &plan.area.name,
+        Some(cp.id),
+        cp.revision,
+        &cp.cluster,
+        new_base,
+        None,
+    )
+    .await?;
     Ok(())
 }
-

@@ -4,7 +4,9 @@
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use sync_core::{ChangeKind, Key, KvBackend, ResyncReason, Revision, Value, WatchEvent};
+use sync_core::{
+    BackendError, ChangeKind, Key, KvBackend, ResyncReason, Revision, Value, WatchEvent,
+};
 
 /// What happened in an area since a revision.
 pub enum Delta {
@@ -29,27 +31,68 @@ pub async fn since(
     let mut changes = BTreeMap::new();
     let mut events = 0;
     if from > target {
-        return Ok(Delta::Changes { upto: target, changes, events });
+        return Ok(Delta::Changes {
+            upto: target,
+            changes,
+            events,
+        });
+    }
+    // Exact and cheap where the backend can answer without a watch.
+    match backend
+        .changes_between(prefix, Revision(from.0 - 1), target)
+        .await
+    {
+        Ok(Some(list)) => {
+            let events = list.len();
+            for c in list {
+                let v = match c.kind {
+                    ChangeKind::Put(v) => Some(v),
+                    ChangeKind::Delete => None,
+                };
+                changes.insert(c.key, v);
+            }
+            return Ok(Delta::Changes {
+                upto: target,
+                changes,
+                events,
+            });
+        }
+        Ok(None) => {}
+        Err(BackendError::Compacted {
+            compact_revision, ..
+        }) => {
+            return Ok(Delta::Resync(ResyncReason::Compacted { compact_revision }));
+        }
+        Err(e) => return Err(e.into()),
     }
     let mut stream = backend.watch(prefix, from).await?;
     loop {
-        let next = tokio::time::timeout(timeout, stream.next()).await.map_err(|_| {
-            anyhow::anyhow!(
-                "{} watch of {:?} made no progress within {timeout:?}",
-                backend.kind(),
-                String::from_utf8_lossy(prefix)
-            )
-        })?;
+        let next = tokio::time::timeout(timeout, stream.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{} watch of {:?} made no progress within {timeout:?}",
+                    backend.kind(),
+                    String::from_utf8_lossy(prefix)
+                )
+            })?;
         match next {
             None => anyhow::bail!("{} watch ended before revision {target}", backend.kind()),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(WatchEvent::ResyncNeeded(reason))) => return Ok(Delta::Resync(reason)),
             Some(Ok(WatchEvent::Progress { revision })) => {
                 if revision >= target {
-                    return Ok(Delta::Changes { upto: revision, changes, events });
+                    return Ok(Delta::Changes {
+                        upto: revision,
+                        changes,
+                        events,
+                    });
                 }
             }
-            Some(Ok(WatchEvent::Changes { revision, changes: batch })) => {
+            Some(Ok(WatchEvent::Changes {
+                revision,
+                changes: batch,
+            })) => {
                 for c in batch {
                     events += 1;
                     let v = match c.kind {
@@ -59,7 +102,11 @@ pub async fn since(
                     changes.insert(c.key, v);
                 }
                 if revision >= target {
-                    return Ok(Delta::Changes { upto: revision, changes, events });
+                    return Ok(Delta::Changes {
+                        upto: revision,
+                        changes,
+                        events,
+                    });
                 }
             }
         }

@@ -7,7 +7,7 @@
 use super::message::{self, Trailers};
 use super::Context;
 use anyhow::{anyhow, Context as _};
-use gix::ObjectId;
+use gitstore::ObjectId;
 use sync_core::{AreaName, ClusterId, Revision};
 
 /// Where an area's sync stands.
@@ -41,12 +41,22 @@ pub async fn load(ctx: &Context, area: &AreaName) -> anyhow::Result<Option<Check
             .get(message::REVISION)
             .and_then(|r| r.parse().ok())
             .map(Revision)
-            .ok_or_else(|| anyhow!("{name}: checkpoint commit {id} has no {} trailer", message::REVISION))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{name}: checkpoint commit {id} has no {} trailer",
+                    message::REVISION
+                )
+            })?;
         let cluster = t
             .get(message::CLUSTER)
             .cloned()
             .map(ClusterId)
-            .ok_or_else(|| anyhow!("{name}: checkpoint commit {id} has no {} trailer", message::CLUSTER))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{name}: checkpoint commit {id} has no {} trailer",
+                    message::CLUSTER
+                )
+            })?;
         let empty = git.is_empty_tree(info.tree);
         Ok(Some(Checkpoint {
             id,
@@ -72,17 +82,22 @@ pub async fn save(
 ) -> anyhow::Result<ObjectId> {
     let name = ref_name(area);
     let msg = message::checkpoint_message(
-        &Trailers { area, revision, cluster, node: &ctx.cfg.sync.node },
+        &Trailers {
+            area,
+            revision,
+            cluster,
+            node: &ctx.cfg.sync.node,
+        },
         branch_commit.map(|c| c.to_string()).as_deref(),
     );
     let author = ctx.author();
     ctx.git_blocking(move |git| {
         let tree = match base_tree {
             Some(t) => t,
-            None => git.empty_tree()?,
+            None => git.write_plan(&Default::default())?,
         };
         let parents: Vec<ObjectId> = previous.into_iter().collect();
-        let id = git.write_commit(tree, &parents, &msg, &author, std::time::SystemTime::now())?;
+        let id = git.write_commit(tree, &parents, &msg, &author, super::now_unix())?;
         git.update_ref(&name, id, previous, "kvgit: checkpoint")
             .with_context(|| format!("cannot move {name}"))?;
         Ok(id)

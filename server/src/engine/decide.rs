@@ -1,7 +1,7 @@
 //! Deciding a set of keys by the sync rule on blob ids (no value is read to compare), and
 //! collecting what each side must receive and what the base becomes.
 
-use gix::ObjectId;
+use gitstore::ObjectId;
 use std::collections::BTreeMap;
 use sync_core::rule::{decide, Action, Base, Rule};
 
@@ -63,7 +63,11 @@ pub fn base_after(
         Base::Present(id) => Some(*id),
         _ => None,
     };
-    let new_value = if live_after == git_after { live_after } else { old_value };
+    let new_value = if live_after == git_after {
+        live_after
+    } else {
+        old_value
+    };
     // Some(change) when the base tree must change for this key.
     let changed = match old {
         Base::Unknown => new_value.is_some(),

@@ -10,7 +10,7 @@ use super::Context;
 use crate::config::AreaConfig;
 use anyhow::Context as _;
 use gitstore::GitStore;
-use gix::ObjectId;
+use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::mapper::{self, Locator};
 use sync_core::rule::Base;
@@ -46,7 +46,10 @@ pub struct ExportReport {
 pub async fn run(ctx: &Context, only: Option<&str>) -> anyhow::Result<u8> {
     let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
     let backend = ctx.backend().await?;
-    let cluster = backend.cluster_id().await.context("cannot read the cluster id")?;
+    let cluster = backend
+        .cluster_id()
+        .await
+        .context("cannot read the cluster id")?;
     for area in areas {
         let r = export_area(ctx, area, &cluster)
             .await
@@ -65,17 +68,26 @@ pub async fn run(ctx: &Context, only: Option<&str>) -> anyhow::Result<u8> {
             println!("  ! {k}: live and Git both changed; Git wins on the next apply");
         }
         if r.pending_apply > 0 {
-            println!("  {} keys differ where Git wins: run `kvgit apply`", r.pending_apply);
+            println!(
+                "  {} keys differ where Git wins: run `kvgit apply`",
+                r.pending_apply
+            );
         }
     }
     Ok(0)
 }
 
 /// Export one area; the checkpoint moves only after the commit is on the branch.
-pub async fn export_area(ctx: &Context, area: &AreaConfig, cluster: &ClusterId) -> anyhow::Result<ExportReport> {
+pub async fn export_area(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+) -> anyhow::Result<ExportReport> {
+    let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
     let target = backend.current_revision().await?;
     let cp = checkpoint::load(ctx, &area.name).await?;
+    tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "checkpoint loaded");
     let same_cluster = cp.clone().filter(|c| &c.cluster == cluster);
     if let Some(cp) = same_cluster {
         let delta = changes::since(
@@ -86,6 +98,7 @@ pub async fn export_area(ctx: &Context, area: &AreaConfig, cluster: &ClusterId) 
             ctx.cfg.backend.request_timeout,
         )
         .await?;
+        tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "live delta read");
         match delta {
             Delta::Changes { upto, changes, .. } => {
                 return incremental(ctx, area, cluster, cp, upto, changes).await;
@@ -127,7 +140,7 @@ async fn incremental(
                 let d = mapper::lookup(git, desired_tree.as_ref(), rel, &mut desired_loc)?;
                 let s = Sides {
                     base: b.map_or(Base::Absent, Base::Present),
-                    live: value.as_deref().map(GitStore::hash_blob),
+                    live: value.as_deref().map(|v| git.hash_blob(v)).transpose()?,
                     desired: d,
                 };
                 sides.push((rel.clone(), s));
@@ -135,7 +148,16 @@ async fn incremental(
             finish(git, rule, tip, desired_tree, base_tree, sides, &live)
         })
         .await?;
-    record(ctx, area, cluster, Some(cp), upto, step, PassKind::Incremental).await
+    record(
+        ctx,
+        area,
+        cluster,
+        Some(cp),
+        upto,
+        step,
+        PassKind::Incremental,
+    )
+    .await
 }
 
 async fn full_pass(
@@ -163,25 +185,33 @@ async fn full_pass(
             let tip = git.tip()?;
             let desired_tree = area_tree(git, tip, &path)?;
             let desired = read_area(git, desired_tree, &path)?;
-            let base = if base_known { Some(read_area(git, base_tree, &path)?) } else { None };
+            let base = if base_known {
+                Some(read_area(git, base_tree, &path)?)
+            } else {
+                None
+            };
             let mut keys: BTreeSet<&Vec<u8>> = live.keys().chain(desired.keys()).collect();
             if let Some(b) = &base {
                 keys.extend(b.keys());
             }
             let sides = keys
                 .into_iter()
-                .map(|rel| {
+                .map(|rel| -> anyhow::Result<(Vec<u8>, Sides)> {
                     let s = Sides {
                         base: match &base {
                             None => Base::Unknown,
                             Some(b) => b.get(rel).map_or(Base::Absent, |f| Base::Present(f.id)),
                         },
-                        live: live.get(rel).and_then(|v| v.as_deref()).map(GitStore::hash_blob),
+                        live: live
+                            .get(rel)
+                            .and_then(|v| v.as_deref())
+                            .map(|v| git.hash_blob(v))
+                            .transpose()?,
                         desired: desired.get(rel).map(|f| f.id),
                     };
-                    (rel.clone(), s)
+                    Ok((rel.clone(), s))
                 })
-                .collect();
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let base_start = if base_known { base_tree } else { None };
             finish(git, rule, tip, desired_tree, base_start, sides, &live)
         })
@@ -269,7 +299,11 @@ pub fn write_changes(
         _ => mapper::plan_changes(git, base, changes)?,
     };
     let Some(plan) = plan else { return Ok(None) };
-    let id = if big { git.write_plan_packed(&plan)? } else { git.write_plan(&plan)? };
+    let id = if big {
+        git.write_plan_packed(&plan)?
+    } else {
+        git.write_plan(&plan)?
+    };
     Ok(Some(id))
 }
 
@@ -288,7 +322,12 @@ async fn record(
     if step.changed {
         let path = area.path.clone();
         let msg = commit_message(
-            &Trailers { area: &area.name, revision, cluster, node: &ctx.cfg.sync.node },
+            &Trailers {
+                area: &area.name,
+                revision,
+                cluster,
+                node: &ctx.cfg.sync.node,
+            },
             step.changes,
             "",
         );
@@ -304,10 +343,10 @@ async fn record(
                 let new_root = git.set_subtree(root, &path, new_area_tree)?;
                 let new_root = match new_root {
                     Some(r) => r,
-                    None => git.empty_tree()?,
+                    None => git.write_plan(&Default::default())?,
                 };
                 let parents: Vec<ObjectId> = tip.into_iter().collect();
-                let id = git.write_commit(new_root, &parents, &msg, &author, std::time::SystemTime::now())?;
+                let id = git.write_commit(new_root, &parents, &msg, &author, super::now_unix())?;
                 git.update_ref(&format!("refs/heads/{branch}"), id, tip, "kvgit: export")
                     .with_context(|| format!("branch {branch} moved while exporting; run again"))?;
                 Ok(id)

@@ -4,7 +4,7 @@
 use super::view::area_tree;
 use super::Context;
 use anyhow::anyhow;
-use gix::ObjectId;
+use gitstore::ObjectId;
 use std::collections::{BTreeSet, BinaryHeap};
 use sync_core::mapper::{self, Locator};
 
@@ -26,7 +26,9 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> anyhow::Resu
     let limit = limit.unwrap_or(usize::MAX);
     let entries = ctx
         .git_blocking(move |git| {
-            let Some(tip) = git.tip()? else { return Ok(Vec::new()) };
+            let Some(tip) = git.tip()? else {
+                return Ok(Vec::new());
+            };
             // Newest first by commit time over all parents; each commit compared with its parents.
             let mut heap = BinaryHeap::new();
             let mut seen = BTreeSet::new();
@@ -65,7 +67,9 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> anyhow::Resu
         return Ok(0);
     }
     for (info, size) in entries {
-        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.time.max(0) as u64));
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.time.max(0) as u64),
+        );
         let what = match size {
             Some(n) => format!("{n} bytes"),
             None => "deleted".to_string(),
@@ -81,7 +85,17 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> anyhow::Resu
     Ok(0)
 }
 
-fn blob_at(git: &gitstore::GitStore, commit: Option<ObjectId>, path: &str, rel: &[u8]) -> anyhow::Result<Option<ObjectId>> {
+fn blob_at(
+    git: &gitstore::GitStore,
+    commit: Option<ObjectId>,
+    path: &str,
+    rel: &[u8],
+) -> anyhow::Result<Option<ObjectId>> {
     let tree = area_tree(git, commit, path)?;
-    Ok(mapper::lookup(git, tree.as_ref(), rel, &mut Locator::default())?)
+    Ok(mapper::lookup(
+        git,
+        tree.as_ref(),
+        rel,
+        &mut Locator::default(),
+    )?)
 }

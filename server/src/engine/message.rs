@@ -30,7 +30,10 @@ impl Trailers<'_> {
 /// `entries: 42 changes up to revision 1234`, an optional body, then the trailers.
 pub fn commit_message(t: &Trailers<'_>, changes: usize, body: &str) -> String {
     let noun = if changes == 1 { "change" } else { "changes" };
-    let mut msg = format!("{}: {changes} {noun} up to revision {}\n\n", t.area, t.revision);
+    let mut msg = format!(
+        "{}: {changes} {noun} up to revision {}\n\n",
+        t.area, t.revision
+    );
     if !body.is_empty() {
         msg.push_str(body.trim_end());
         msg.push_str("\n\n");
@@ -41,7 +44,10 @@ pub fn commit_message(t: &Trailers<'_>, changes: usize, body: &str) -> String {
 
 /// The message of a checkpoint commit (kept on `refs/kvgit/checkpoints/<area>`).
 pub fn checkpoint_message(t: &Trailers<'_>, branch_commit: Option<&str>) -> String {
-    let mut msg = format!("kvgit checkpoint: {} at revision {}\n\n", t.area, t.revision);
+    let mut msg = format!(
+        "kvgit checkpoint: {} at revision {}\n\n",
+        t.area, t.revision
+    );
     t.write(&mut msg);
     if let Some(c) = branch_commit {
         msg.push_str(&format!("{COMMIT}: {c}\n"));
@@ -67,7 +73,12 @@ mod tests {
     fn message_has_summary_blank_line_and_trailers() {
         let area = AreaName("entries".into());
         let cluster = ClusterId("abc".into());
-        let t = Trailers { area: &area, revision: Revision(1234), cluster: &cluster, node: "core-1" };
+        let t = Trailers {
+            area: &area,
+            revision: Revision(1234),
+            cluster: &cluster,
+            node: "core-1",
+        };
         let msg = commit_message(&t, 42, "");
         assert_eq!(
             msg,

@@ -94,3 +94,10 @@ impl Context {
         }
     }
 }
+
+/// Seconds since the Unix epoch, for commit times.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

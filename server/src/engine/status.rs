@@ -46,7 +46,10 @@ pub async fn run(ctx: &Context, as_json: bool) -> anyhow::Result<u8> {
 /// The status document: one entry per area, each with what went wrong if anything did.
 pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
     let backend = ctx.backend().await?;
-    let cluster = backend.cluster_id().await.context("cannot read the cluster id")?;
+    let cluster = backend
+        .cluster_id()
+        .await
+        .context("cannot read the cluster id")?;
     let current = backend.current_revision().await?;
     let tip = ctx.git_blocking(|git| Ok(git.tip()?)).await?;
     let mut areas = Vec::new();

@@ -3,7 +3,7 @@
 
 use anyhow::anyhow;
 use gitstore::GitStore;
-use gix::ObjectId;
+use gitstore::ObjectId;
 use std::collections::BTreeMap;
 
 /// One file of an area tree.
@@ -18,22 +18,38 @@ pub struct AreaFile {
 pub type AreaFiles = BTreeMap<Vec<u8>, AreaFile>;
 
 /// The area's directory in the tree of `commit` (None when the area has no directory).
-pub fn area_tree(git: &GitStore, commit: Option<ObjectId>, path: &str) -> anyhow::Result<Option<ObjectId>> {
-    let Some(commit) = commit else { return Ok(None) };
+pub fn area_tree(
+    git: &GitStore,
+    commit: Option<ObjectId>,
+    path: &str,
+) -> anyhow::Result<Option<ObjectId>> {
+    let Some(commit) = commit else {
+        return Ok(None);
+    };
     let root = git.commit_info(commit)?.tree;
     Ok(git.subtree(root, path)?)
 }
 
 /// Every file of an area tree, decoded to its relative key. A path that is not a valid
 /// kvgit path, or two paths naming one key, is an error naming the file(s).
-pub fn read_area(git: &GitStore, tree: Option<ObjectId>, area_path: &str) -> anyhow::Result<AreaFiles> {
-    let Some(tree) = tree else { return Ok(AreaFiles::new()) };
+pub fn read_area(
+    git: &GitStore,
+    tree: Option<ObjectId>,
+    area_path: &str,
+) -> anyhow::Result<AreaFiles> {
+    let Some(tree) = tree else {
+        return Ok(AreaFiles::new());
+    };
     let files = git.files_under(tree)?;
     let decoded = sync_core::mapper::decode_paths(files.iter().map(|(p, _)| p.as_str()))
         .map_err(|e| anyhow!("{area_path}: {e}"))?;
     let mut files: Vec<Option<(String, ObjectId)>> = files.into_iter().map(Some).collect();
     Ok(decoded
         .into_iter()
-        .filter_map(|(rel, i)| files[i].take().map(|(path, id)| (rel, AreaFile { id, path })))
+        .filter_map(|(rel, i)| {
+            files[i]
+                .take()
+                .map(|(path, id)| (rel, AreaFile { id, path }))
+        })
         .collect())
 }

@@ -60,7 +60,9 @@ pub async fn write_all(backend: Arc<dyn KvBackend>, ops: Vec<WriteOp>) -> anyhow
                 written.last_revision = written.last_revision.max(Some(revision));
             }
             TxnOutcome::PreconditionFailed => {
-                written.raced.extend(chunk.iter().map(|op| op.key().clone()));
+                written
+                    .raced
+                    .extend(chunk.iter().map(|op| op.key().clone()));
             }
         }
     }
@@ -73,7 +75,11 @@ mod tests {
 
     #[test]
     fn chunks_respect_ops_and_bytes() {
-        let limits = WriteLimits { max_ops: 128, max_bytes: 10_000, max_value_bytes: 5_000 };
+        let limits = WriteLimits {
+            max_ops: 128,
+            max_bytes: 10_000,
+            max_value_bytes: 5_000,
+        };
         let ops: Vec<WriteOp> = (0..300)
             .map(|i| WriteOp::Put {
                 key: Key(format!("k{i}").into_bytes()),
@@ -83,7 +89,9 @@ mod tests {
             .collect();
         let chunks = chunk(ops, limits);
         assert!(chunks.iter().all(|c| c.len() <= 128));
-        assert!(chunks.iter().all(|c| c.iter().map(|o| o.payload_len() + 64).sum::<usize>() <= 10_000));
+        assert!(chunks
+            .iter()
+            .all(|c| c.iter().map(|o| o.payload_len() + 64).sum::<usize>() <= 10_000));
         assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 300);
     }
 }

@@ -14,7 +14,11 @@ const AREAS: usize = 4;
 const VALUE_BYTES: usize = 200;
 
 fn key(i: usize) -> String {
-    format!("/bench/a{}/node-{:04}/key-{i:07}", i % AREAS, (i / AREAS) / 100)
+    format!(
+        "/bench/a{}/node-{:04}/key-{i:07}",
+        i % AREAS,
+        (i / AREAS) / 100
+    )
 }
 
 fn value(i: usize, salt: &str) -> Vec<u8> {
@@ -30,7 +34,11 @@ fn value(i: usize, salt: &str) -> Vec<u8> {
 async fn raw_write(endpoint: &str, n: usize) -> Duration {
     let client = Client::connect([endpoint], None).await.expect("connect");
     let start = Instant::now();
-    let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(128).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(128)
+        .map(|c| c.to_vec())
+        .collect();
     let per_task = chunks.len().div_ceil(8);
     let mut tasks = Vec::new();
     for part in chunks.chunks(per_task.max(1)) {
@@ -38,7 +46,10 @@ async fn raw_write(endpoint: &str, n: usize) -> Duration {
         let mut kv = client.kv_client();
         tasks.push(tokio::spawn(async move {
             for chunk in part {
-                let ops: Vec<TxnOp> = chunk.iter().map(|&i| TxnOp::put(key(i), value(i, "v1"), None)).collect();
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|&i| TxnOp::put(key(i), value(i, "v1"), None))
+                    .collect();
                 kv.txn(Txn::new().and_then(ops)).await.expect("raw txn");
             }
         }));
@@ -59,18 +70,25 @@ fn config(dir: &Path, endpoint: &str, repo: &Path) -> PathBuf {
             "[[area]]\nname = \"a{a}\"\nprefix = \"/bench/a{a}/\"\npath = \"a{a}\"\nmode = \"both\"\n"
         ));
     }
-    let path = dir.join(format!("kvgit-{}.toml", endpoint.rsplit(':').next().unwrap_or("x")));
+    let path = dir.join(format!(
+        "kvgit-{}.toml",
+        endpoint.rsplit(':').next().unwrap_or("x")
+    ));
     std::fs::write(&path, toml).expect("write config");
     path
 }
 
 fn kvgit_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("KVGIT_BIN") {
+    if let Ok(p) = std::env::var("TEST_KVGIT_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe.with_file_name("kvgit");
-    assert!(bin.exists(), "{} not found: build it with `cargo build --release -p kvgit`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build --release -p kvgit`",
+        bin.display()
+    );
     bin
 }
 
@@ -109,7 +127,14 @@ git -c user.name=cron -c user.email=cron@localhost commit -q -m "etcd export $(d
 "#;
 
 fn cron(endpoint: &str, tree: &Path) -> Duration {
-    timed(Command::new("bash").arg("-c").arg(CRON_SCRIPT).arg("cron").arg(endpoint).arg(tree))
+    timed(
+        Command::new("bash")
+            .arg("-c")
+            .arg(CRON_SCRIPT)
+            .arg("cron")
+            .arg(endpoint)
+            .arg(tree),
+    )
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -123,8 +148,14 @@ fn secs(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n: usize = std::env::var("BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let kvgit = kvgit_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     println!("kvgit-bench: {n} keys of {VALUE_BYTES} bytes over {AREAS} areas, {runs} runs for the incremental figures");
@@ -132,7 +163,10 @@ async fn main() {
     let etcd = EtcdServer::start();
     let raw = raw_write(etcd.endpoint(), n).await;
     let raw_rate = n as f64 / raw.as_secs_f64();
-    println!("raw etcd load (128-op txns, 8 tasks) into an empty etcd: {} ({raw_rate:.0} keys/s)", secs(raw));
+    println!(
+        "raw etcd load (128-op txns, 8 tasks) into an empty etcd: {} ({raw_rate:.0} keys/s)",
+        secs(raw)
+    );
 
     // 1. First export vs the cron script.
     let repo = dir.path().join("state.git");
@@ -150,7 +184,9 @@ async fn main() {
     );
 
     // 2. Incremental export of 100 changed keys.
-    let client = Client::connect([etcd.endpoint()], None).await.expect("connect");
+    let client = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect");
     let (mut inc, mut cron_inc) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let ops: Vec<TxnOp> = (0..100)
@@ -159,8 +195,14 @@ async fn main() {
                 TxnOp::put(key(i), value(i, &format!("run{run}")), None)
             })
             .collect();
-        client.kv_client().txn(Txn::new().and_then(ops)).await.expect("change 100 keys");
-        inc.push(timed(Command::new(&kvgit).arg("-c").arg(&cfg).arg("export")));
+        client
+            .kv_client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .expect("change 100 keys");
+        inc.push(timed(
+            Command::new(&kvgit).arg("-c").arg(&cfg).arg("export"),
+        ));
         cron_inc.push(cron(etcd.endpoint(), &tree));
     }
     let (inc, cron_inc) = (median(inc), median(cron_inc));
@@ -178,7 +220,14 @@ async fn main() {
     let count = Client::connect([empty.endpoint()], None)
         .await
         .expect("connect")
-        .get("/bench/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "/bench/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
         .await
         .expect("count")
         .count();
