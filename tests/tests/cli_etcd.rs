@@ -1,0 +1,677 @@
+//! Every one-shot `kvgit` verb end to end: the real binary against a real etcd started by the
+//! test, checked the way an operator would (etcdctl-level reads, plain `git`).
+
+use etcd_client::{Client, DeleteOptions, GetOptions};
+use kvgit_tests::etcd::EtcdServer;
+use kvgit_tests::kvgit::{git_in, Area, Workspace};
+use std::collections::BTreeMap;
+
+const BOTH: Area<'static> = Area {
+    name: "entries",
+    prefix: "/sigil/entries/",
+    path: "entries",
+    mode: "both",
+};
+const ROUTES: Area<'static> = Area {
+    name: "routes",
+    prefix: "/sigil/routes/",
+    path: "routes",
+    mode: "git-to-kv",
+};
+
+async fn put(c: &mut Client, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) {
+    c.put(k.into(), v.into(), None).await.expect("put");
+}
+
+async fn all(c: &mut Client, prefix: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let resp = c
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+        .collect()
+}
+
+async fn get(c: &mut Client, k: &str) -> Option<Vec<u8>> {
+    let resp = c.get(k, None).await.expect("get");
+    resp.kvs().first().map(|kv| kv.value().to_vec())
+}
+
+fn show(ws: &Workspace, path: &str) -> Vec<u8> {
+    ws.git_bytes(&["show", &format!("main:{path}")])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_commits_per_area_follows_changes_and_logs_history() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH, ROUTES]);
+    for i in 1..=3 {
+        put(&mut c, format!("/sigil/entries/node-{i}/status"), "up").await;
+    }
+    put(&mut c, "/sigil/routes/api", "node-1,node-2").await;
+    put(&mut c, "/sigil/other/untouched", "x").await;
+
+    let out = ws.kvgit(&["export"]).ok();
+    assert!(out.stdout.contains("entries: committed"), "{}", out.stdout);
+    assert_eq!(ws.commit_count(), 2, "one commit per changed area");
+    assert_eq!(show(&ws, "entries/node-2/status"), b"up");
+    assert_eq!(show(&ws, "routes/api"), b"node-1,node-2");
+    let files = ws.git(&["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        !files.contains("untouched"),
+        "keys outside every area stay out: {files}"
+    );
+
+    // The SPEC's message: summary, blank line, trailers.
+    let msg = ws.git(&["log", "-1", "--format=%B", "main", "--", "entries"]);
+    assert!(
+        msg.starts_with("entries: 3 changes up to revision "),
+        "{msg}"
+    );
+    for trailer in [
+        "\n\nKvgit-Area: entries\n",
+        "Kvgit-Revision: ",
+        "Kvgit-Cluster: ",
+        "Kvgit-Node: test-node",
+    ] {
+        assert!(msg.contains(trailer), "missing {trailer:?} in {msg}");
+    }
+
+    // Nothing changed: no commit.
+    let out = ws.kvgit(&["export"]).ok();
+    assert!(out.stdout.contains("entries: no changes"), "{}", out.stdout);
+    assert_eq!(ws.commit_count(), 2);
+
+    // A put and a delete in one area: one commit touching only that area's files.
+    put(&mut c, "/sigil/entries/node-2/status", "down").await;
+    c.delete("/sigil/entries/node-3/status", None)
+        .await
+        .expect("delete");
+    ws.kvgit(&["export"]).ok();
+    assert_eq!(ws.commit_count(), 3);
+    let stat = ws.git(&["show", "--name-status", "--format=", "main"]);
+    assert_eq!(
+        stat.trim(),
+        "M\tentries/node-2/status\nD\tentries/node-3/status",
+        "{stat}"
+    );
+    assert_eq!(show(&ws, "entries/node-2/status"), b"down");
+
+    // History of one key, newest first.
+    let log = ws
+        .kvgit(&["log", "/sigil/entries/node-2/status"])
+        .ok()
+        .stdout;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains("4 bytes") && lines[1].contains("2 bytes"),
+        "{log}"
+    );
+    assert!(lines[0].contains("kvgit test <kvgit@test>"), "{log}");
+    let gone = ws
+        .kvgit(&["log", "/sigil/entries/node-3/status"])
+        .ok()
+        .stdout;
+    assert!(
+        gone.lines().next().is_some_and(|l| l.contains("deleted")),
+        "{gone}"
+    );
+
+    // Status: checkpoint at the current revision, nothing pending.
+    let status = ws.kvgit(&["status", "--json"]).ok().stdout;
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    let entries = &doc["areas"][0];
+    assert_eq!(entries["area"], "entries");
+    assert_eq!(entries["mode"], "both");
+    assert_eq!(
+        entries["checkpoint"]["revision"],
+        doc["backend"]["revision"]
+    );
+    assert_eq!(entries["pending_events"], 0);
+    assert_eq!(entries["pending_apply"], 0);
+    let table = ws.kvgit(&["status"]).ok().stdout;
+    assert!(
+        table.contains("entries") && table.contains("git-to-kv"),
+        "{table}"
+    );
+
+    // The repository is sound for plain git.
+    ws.git(&["fsck", "--strict"]);
+}
+
+/// Keys every mapping rule has to get right, with awkward values.
+fn tricky() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut keys: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"/t/".to_vec(), b"the prefix itself".to_vec()),
+        (b"/t/a".to_vec(), b"a is a value".to_vec()),
+        (b"/t/a/b".to_vec(), b"and a prefix".to_vec()),
+        (b"/t/a//c".to_vec(), b"empty segment".to_vec()),
+        (b"/t/trailing/".to_vec(), b"trailing slash".to_vec()),
+        (b"/t/.".to_vec(), b"dot".to_vec()),
+        (b"/t/..".to_vec(), b"dotdot".to_vec()),
+        (b"/t/.git".to_vec(), b"not a repo".to_vec()),
+        (b"/t/x/.git/config".to_vec(), b"[core]".to_vec()),
+        (b"/t/bin\xff\xfe\x00".to_vec(), vec![0, 159, 146, 150, 255]),
+        (b"/t/empty-value".to_vec(), Vec::new()),
+        (b"/t/Node".to_vec(), b"N".to_vec()),
+        (b"/t/node".to_vec(), b"n".to_vec()),
+        (b"/t/NODE".to_vec(), b"NN".to_vec()),
+        (b"/t/Git".to_vec(), b"g".to_vec()),
+        (b"/t/GIT".to_vec(), b"G".to_vec()),
+        ("/t/café".as_bytes().to_vec(), "crème".as_bytes().to_vec()),
+        (b"/t/with space:and\\back".to_vec(), b"x".to_vec()),
+        (b"/t/ctl\n\t".to_vec(), b"control".to_vec()),
+    ];
+    keys.push((
+        format!("/t/{}", "L".repeat(300)).into_bytes(),
+        b"long upper".to_vec(),
+    ));
+    keys.push((
+        format!("/t/{}", "l".repeat(300)).into_bytes(),
+        b"long lower".to_vec(),
+    ));
+    keys.push((
+        format!("/t/{}/leaf", "s".repeat(600)).into_bytes(),
+        vec![7; 3000],
+    ));
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tricky_keys_round_trip_byte_identical() {
+    let area = Area {
+        name: "t",
+        prefix: "/t/",
+        path: "state/t",
+        mode: "git-to-kv",
+    };
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    for (k, v) in tricky() {
+        put(&mut c, k, v).await;
+    }
+    let before = all(&mut c, "/t/").await;
+    assert_eq!(before.len(), tricky().len());
+    let ws = Workspace::new(etcd.endpoint(), &[area]);
+    ws.kvgit(&["export"]).ok();
+    ws.git(&["fsck", "--strict"]);
+
+    // A plain clone checks out one file per key.
+    let clone = ws.dir.path().join("checkout");
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&ws.repo)
+        .arg(&clone)
+        .output()
+        .expect("git clone");
+    assert!(
+        out.status.success(),
+        "clone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = String::from_utf8_lossy(&git_in(&clone.join(".git"), &["ls-files"]))
+        .lines()
+        .count();
+    assert_eq!(files, before.len(), "one checked-out file per key");
+
+    // Wipe the keys: in a git-to-kv area that is drift, and apply restores every byte.
+    c.delete("/t/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .expect("wipe");
+    assert!(all(&mut c, "/t/").await.is_empty());
+    let out = ws.kvgit(&["apply"]).ok();
+    assert!(
+        out.stdout.contains(&format!("{} added", before.len())),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        all(&mut c, "/t/").await,
+        before,
+        "same keys, same bytes after wipe + apply"
+    );
+
+    // And onto a fresh cluster (a restore): the no-base pass writes everything.
+    let fresh = EtcdServer::start();
+    ws.write_config(
+        fresh.endpoint(),
+        &[Area {
+            name: "t",
+            prefix: "/t/",
+            path: "state/t",
+            mode: "git-to-kv",
+        }],
+        "",
+    );
+    ws.kvgit(&["apply"]).ok();
+    let mut c2 = fresh.client().await;
+    assert_eq!(
+        all(&mut c2, "/t/").await,
+        before,
+        "same keys, same bytes on a fresh cluster"
+    );
+    let plan = ws.kvgit(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "nothing left to do: {}", plan.stdout);
+    assert!(plan.stdout.contains("No changes"), "{}", plan.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_and_apply_a_persons_commit() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH, ROUTES]);
+    put(&mut c, "/sigil/routes/api", "v1").await;
+    put(&mut c, "/sigil/routes/web", "v1").await;
+    put(&mut c, "/sigil/routes/old", "v1").await;
+    put(&mut c, "/sigil/routes/keep", "v1").await;
+    ws.kvgit(&["export"]).ok();
+    let plan = ws.kvgit(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "in step after export: {}", plan.stdout);
+
+    ws.person_commits(
+        &[
+            ("routes/api", Some(b"v2")),
+            ("routes/new", Some(b"fresh")),
+            ("routes/old", None),
+        ],
+        "rotate routes",
+    );
+    let plan = ws.kvgit(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        plan.code, 2,
+        "changes pending: {}{}",
+        plan.stdout, plan.stderr
+    );
+    let lines: Vec<&str> = plan.stdout.lines().collect();
+    for want in [
+        "~ /sigil/routes/api",
+        "+ /sigil/routes/new",
+        "- /sigil/routes/old",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "missing {want:?} in:\n{}",
+            plan.stdout
+        );
+    }
+    assert!(
+        plan.stdout
+            .contains("Plan: 1 to add, 1 to change, 1 to delete."),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(
+        ws.kvgit(&["plan"]).code,
+        0,
+        "without the flag, changes exit 0"
+    );
+
+    ws.kvgit(&["apply", "--dry-run"]).ok();
+    assert_eq!(
+        get(&mut c, "/sigil/routes/api").await.as_deref(),
+        Some(&b"v1"[..]),
+        "dry run writes nothing"
+    );
+
+    let out = ws.kvgit(&["apply"]).ok();
+    assert!(
+        out.stdout.contains("routes: 1 added, 1 changed, 1 deleted"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        get(&mut c, "/sigil/routes/api").await.as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert_eq!(
+        get(&mut c, "/sigil/routes/new").await.as_deref(),
+        Some(&b"fresh"[..])
+    );
+    assert_eq!(get(&mut c, "/sigil/routes/old").await, None);
+    assert_eq!(
+        get(&mut c, "/sigil/routes/keep").await.as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(ws.kvgit(&["plan", "--detailed-exitcode"]).code, 0);
+
+    // The applied writes are no live change: exporting them commits nothing (no echo).
+    let commits = ws.commit_count();
+    let out = ws.kvgit(&["export"]).ok();
+    assert_eq!(ws.commit_count(), commits, "no echo commit: {}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_wins_a_conflict_and_names_the_overwritten_value() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH]);
+    put(&mut c, "/sigil/entries/node-1/status", "up").await;
+    put(&mut c, "/sigil/entries/node-2/status", "up").await;
+    ws.kvgit(&["export"]).ok();
+    ws.person_commits(
+        &[("entries/node-1/status", Some(b"maintenance"))],
+        "drain node-1",
+    );
+    put(&mut c, "/sigil/entries/node-1/status", "flapping").await;
+    put(&mut c, "/sigil/entries/node-2/status", "down").await;
+
+    let plan = ws.kvgit(&["plan"]).ok().stdout;
+    assert!(
+        plan.contains("~ /sigil/entries/node-1/status (Git wins over live value \"flapping\")"),
+        "{plan}"
+    );
+    let out = ws.kvgit(&["apply"]).ok().stdout;
+    assert!(
+        out.contains("! /sigil/entries/node-1/status: overwrote live value \"flapping\""),
+        "{out}"
+    );
+    assert_eq!(
+        get(&mut c, "/sigil/entries/node-1/status").await.as_deref(),
+        Some(&b"maintenance"[..])
+    );
+    // The live-only change is not Git's business on apply; export commits it.
+    assert_eq!(
+        get(&mut c, "/sigil/entries/node-2/status").await.as_deref(),
+        Some(&b"down"[..])
+    );
+    ws.kvgit(&["export"]).ok();
+    assert_eq!(show(&ws, "entries/node-2/status"), b"down");
+    assert_eq!(show(&ws, "entries/node-1/status"), b"maintenance");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn point_in_time_restore_with_ref() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH]);
+    put(&mut c, "/sigil/entries/a", "1").await;
+    put(&mut c, "/sigil/entries/b", "1").await;
+    put(&mut c, "/sigil/entries/c", "1").await;
+    ws.kvgit(&["export"]).ok();
+    let good = ws.git(&["rev-parse", "main"]).trim().to_string();
+    ws.git(&["tag", "known-good", &good]);
+    put(&mut c, "/sigil/entries/a", "2").await;
+    put(&mut c, "/sigil/entries/d", "new").await;
+    ws.kvgit(&["export"]).ok();
+
+    let out = ws.kvgit(&["apply", "--ref", "known-good"]).ok().stdout;
+    assert!(out.contains("0 added, 1 changed, 1 deleted"), "{out}");
+    let now = all(&mut c, "/sigil/entries/").await;
+    let expect: BTreeMap<Vec<u8>, Vec<u8>> = [("a", "1"), ("b", "1"), ("c", "1")]
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("/sigil/entries/{k}").into_bytes(),
+                v.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(now, expect, "state of the tag");
+    let bad = ws.kvgit(&["apply", "--ref", "no-such-tag"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("no-such-tag"), "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_fails_before_any_write_naming_the_culprit() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+
+    // A bad config: every problem named, nothing created.
+    let ws = Workspace::with_extra(
+        etcd.endpoint(),
+        &[BOTH],
+        "batch_window = \"soon\"\ncolour = \"blue\"",
+    );
+    let out = ws.kvgit(&["export"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("sync.batch_window: \"soon\" is not a duration"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("sync.colour: unknown setting"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("kvgit.toml"), "{}", out.stderr);
+    assert!(!ws.repo.exists(), "nothing written for a bad config");
+    let overlap = Workspace::new(
+        etcd.endpoint(),
+        &[
+            BOTH,
+            Area {
+                name: "sub",
+                prefix: "/sigil/entries/sub/",
+                path: "sub",
+                mode: "both",
+            },
+        ],
+    );
+    let out = overlap.kvgit(&["plan"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("area[1].prefix") && out.stderr.contains("overlaps"),
+        "{}",
+        out.stderr
+    );
+    let env = std::process::Command::new(kvgit_tests::kvgit::kvgit_bin())
+        .arg("-c")
+        .arg(&overlap.config)
+        .arg("plan")
+        .env("KVGIT_BACKEND__KIND", "zookeeper")
+        .output()
+        .expect("spawn");
+    assert!(String::from_utf8_lossy(&env.stderr).contains("backend.kind: \"zookeeper\""));
+
+    // An oversized value and a bad path in one commit: nothing of it is applied.
+    let ws = Workspace::new(etcd.endpoint(), &[ROUTES]);
+    put(&mut c, "/sigil/routes/api", "v1").await;
+    ws.kvgit(&["export"]).ok();
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    ws.person_commits(
+        &[("routes/api", Some(b"v2")), ("routes/huge", Some(&big))],
+        "too big",
+    );
+    let out = ws.kvgit(&["apply"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("routes/huge") && out.stderr.contains("over the backend's limit"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        get(&mut c, "/sigil/routes/api").await.as_deref(),
+        Some(&b"v1"[..]),
+        "nothing half-applied"
+    );
+
+    ws.person_commits(
+        &[("routes/huge", None), ("routes/bad%ZZname", Some(b"x"))],
+        "bad name",
+    );
+    let out = ws.kvgit(&["apply"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("bad%ZZname"), "{}", out.stderr);
+    assert_eq!(
+        get(&mut c, "/sigil/routes/api").await.as_deref(),
+        Some(&b"v1"[..]),
+        "nothing half-applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mass_delete_is_refused_unless_allowed_and_deletes_are_exact() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[ROUTES]);
+    for k in ["app", "app-dev", "app2", "b", "c", "d"] {
+        put(&mut c, format!("/sigil/routes/{k}"), "v").await;
+    }
+    ws.kvgit(&["export"]).ok();
+
+    // Deleting `app` leaves `app-dev` and `app2` alone.
+    ws.person_commits(&[("routes/app", None)], "drop app");
+    ws.kvgit(&["apply"]).ok();
+    let left: Vec<String> = all(&mut c, "/sigil/routes/")
+        .await
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "/sigil/routes/app-dev",
+            "/sigil/routes/app2",
+            "/sigil/routes/b",
+            "/sigil/routes/c",
+            "/sigil/routes/d"
+        ]
+    );
+
+    // Deleting 4 of 5 keys is over the default fraction of 0.5.
+    ws.person_commits(
+        &[
+            ("routes/app-dev", None),
+            ("routes/app2", None),
+            ("routes/b", None),
+            ("routes/c", None),
+        ],
+        "cleanup",
+    );
+    let out = ws.kvgit(&["apply"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("refusing to delete 4 of 5 keys")
+            && out.stderr.contains("sync.max_delete_fraction"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        all(&mut c, "/sigil/routes/").await.len(),
+        5,
+        "nothing deleted"
+    );
+    assert_eq!(ws.kvgit(&["plan"]).code, 1, "plan says so too");
+
+    // Emptying the area is refused even with a permissive fraction.
+    ws.person_commits(&[("routes/d", None)], "empty it");
+    let out = ws.kvgit(&["apply"]);
+    assert!(
+        out.stderr.contains("would empty the area"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(all(&mut c, "/sigil/routes/").await.len(), 5);
+
+    ws.kvgit(&["apply", "--allow-mass-delete"]).ok();
+    assert!(all(&mut c, "/sigil/routes/").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_backend_is_an_error_never_no_keys() {
+    let mut etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH]);
+    put(&mut c, "/sigil/entries/a", "1").await;
+    ws.kvgit(&["export"]).ok();
+    let head = ws.git(&["rev-parse", "main"]);
+    etcd.stop();
+    for verb in [&["export"][..], &["apply"], &["plan"], &["status"]] {
+        let out = ws.kvgit(verb);
+        assert_eq!(out.code, 1, "{verb:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("127.0.0.1"),
+            "{verb:?} names the endpoint: {}",
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "one line: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(ws.git(&["rev-parse", "main"]), head, "nothing committed");
+    assert_eq!(show(&ws, "entries/a"), b"1", "nothing deleted from Git");
+    // Git-only verbs still work.
+    ws.kvgit(&["log", "/sigil/entries/a"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_checkpoint_resyncs_by_the_rule() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH]);
+    for k in ["a", "b", "c"] {
+        put(&mut c, format!("/sigil/entries/{k}"), "1").await;
+    }
+    ws.kvgit(&["export"]).ok();
+    put(&mut c, "/sigil/entries/a", "2").await;
+    c.delete("/sigil/entries/b", None).await.expect("delete");
+    let rev = c
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    etcd.compact(sync_core::Revision(rev as u64)).await;
+
+    let out = ws.kvgit(&["export"]).ok().stdout;
+    assert!(out.contains("resync"), "{out}");
+    let files = ws.git(&["ls-tree", "-r", "--name-only", "main"]);
+    assert_eq!(
+        files.trim(),
+        "entries/a\nentries/c",
+        "the delete is carried by the rule: {files}"
+    );
+    assert_eq!(show(&ws, "entries/a"), b"2");
+    // Back to incremental afterwards.
+    put(&mut c, "/sigil/entries/c", "2").await;
+    let out = ws.kvgit(&["export"]).ok().stdout;
+    assert!(out.contains("(incremental)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_to_kv_drift_is_reverted_or_only_reported() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[ROUTES]);
+    put(&mut c, "/sigil/routes/api", "v1").await;
+    ws.kvgit(&["export"]).ok();
+    put(&mut c, "/sigil/routes/api", "hand-edited").await;
+    let plan = ws.kvgit(&["plan"]).ok().stdout;
+    assert!(
+        plan.contains("# drift: /sigil/routes/api differs from Git"),
+        "{plan}"
+    );
+    ws.kvgit(&["apply"]).ok();
+    assert_eq!(
+        get(&mut c, "/sigil/routes/api").await.as_deref(),
+        Some(&b"v1"[..]),
+        "drift reverted"
+    );
+
+    let cfg = std::fs::read_to_string(&ws.config).expect("config");
+    std::fs::write(&ws.config, format!("{cfg}self_heal = false\n")).expect("config");
+    put(&mut c, "/sigil/routes/api", "hand-edited").await;
+    let plan = ws.kvgit(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "reported, not planned: {}", plan.stdout);
+    assert!(plan.stdout.contains("# drift"), "{}", plan.stdout);
+    ws.kvgit(&["apply"]).ok();
+    assert_eq!(
+        get(&mut c, "/sigil/routes/api").await.as_deref(),
+        Some(&b"hand-edited"[..]),
+        "left alone"
+    );
+    let status = ws.kvgit(&["status", "--json"]).ok().stdout;
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(doc["areas"][0]["drift"], 1);
+}
