@@ -26,7 +26,7 @@ pub use diff::{DiffError, FileChange};
 pub use edit::SetSubtreeError;
 pub use gix::ObjectId;
 pub use history::{HistoryEntry, HistoryError};
-pub use objects::{CommitInfo, HashError, ObjectReadError};
+pub use objects::{BlobReader, CommitInfo, HashError, ObjectReadError};
 pub use pack::PackWriteError;
 pub use refs::{RefReadError, RefUpdateError, ResolveError};
 pub use remote::{tracking_ref, FetchError, PushError, PushOutcome, RejectedRef};

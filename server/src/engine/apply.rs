@@ -37,7 +37,8 @@ impl OpKind {
 pub struct PlannedOp {
     pub kind: OpKind,
     pub key: Key,
-    pub value: Option<Value>,
+    /// The Git blob to write (read only when writing), or None to delete.
+    pub value: Option<ObjectId>,
     /// The live value this write replaces although it changed too (Git wins).
     pub overwrites: Option<Value>,
     pub expect: Precondition,
@@ -83,7 +84,9 @@ pub async fn apply_cmd(
     dry_run: bool,
     allow_mass_delete: bool,
 ) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
     let mut plans = plan_all(ctx, only, rev, allow_mass_delete).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "planned and validated");
     if dry_run {
         print_plans(&plans);
         println!("dry run: nothing written");
@@ -92,17 +95,16 @@ pub async fn apply_cmd(
     let backend = ctx.backend().await?;
     // A key someone else changed after we read it is re-decided, never clobbered.
     for round in 0..3 {
+        let written = write_plans(ctx, &plans).await?;
         let mut raced_areas = Vec::new();
-        for plan in plans.drain(..) {
-            let report = write_plan(ctx, &plan)
-                .await
-                .with_context(|| format!("area {}", plan.area.name))?;
-            print_applied(&plan, &report);
+        for (plan, report) in plans.iter().zip(&written) {
+            print_applied(plan, report);
             if !report.raced.is_empty() {
                 raced_areas.push(plan.area.name.0.clone());
             }
         }
         if raced_areas.is_empty() {
+            tracing::debug!(elapsed = ?started.elapsed(), "written");
             return Ok(0);
         }
         if round == 2 {
@@ -111,14 +113,15 @@ pub async fn apply_cmd(
                 raced_areas.join(", ")
             );
         }
+        let cluster = backend.cluster_id().await?;
+        let commit = target_commit(ctx, rev).await?;
+        plans.clear();
         for name in raced_areas {
-            let cluster = backend.cluster_id().await?;
             let area = ctx
                 .cfg
                 .select_areas(Some(&name))
                 .map_err(anyhow::Error::msg)?[0]
                 .clone();
-            let commit = target_commit(ctx, rev).await?;
             plans.push(plan_area(ctx, &area, commit, &cluster, allow_mass_delete).await?);
         }
     }
@@ -158,14 +161,16 @@ pub async fn plan_all(
         .cluster_id()
         .await
         .context("cannot read the cluster id")?;
-    let mut plans = Vec::new();
-    for area in areas {
-        let plan = plan_area(ctx, area, commit, &cluster, allow_mass_delete)
-            .await
-            .with_context(|| format!("area {}", area.name))?;
-        plans.push(plan);
-    }
-    Ok(plans)
+    // Areas are independent: their Git reads run side by side on blocking threads.
+    futures::future::try_join_all(areas.into_iter().map(|area| {
+        let cluster = &cluster;
+        async move {
+            plan_area(ctx, area, commit, cluster, allow_mass_delete)
+                .await
+                .with_context(|| format!("area {}", area.name))
+        }
+    }))
+    .await
 }
 
 pub async fn plan_area(
@@ -180,15 +185,19 @@ pub async fn plan_area(
     let cp = checkpoint::load(ctx, &area.name)
         .await?
         .filter(|c| &c.cluster == cluster);
+    let started = std::time::Instant::now();
     let snap = backend.snapshot(&area.prefix, None).await?;
+    tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), keys = snap.entries.len(), "live read");
     let area_cfg = area.clone();
     let base_tree = cp.as_ref().map(|c| c.base_tree);
     let mut plan = ctx
         .git_blocking(move |git| {
             let area = area_cfg;
             let prefix_len = area.prefix.len();
+            let t0 = std::time::Instant::now();
             let desired_tree = area_tree(git, commit, &area.path)?;
             let desired = read_area(git, desired_tree, &area.path)?;
+            tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "desired read");
             let base = match base_tree {
                 Some(t) => Some(read_area(git, t, &area.path)?),
                 None => None,
@@ -231,26 +240,24 @@ pub async fn plan_area(
                 Key(k)
             };
             let conflicts: BTreeSet<&Vec<u8>> = outcome.conflicts.iter().collect();
+            let blobs = git.blob_reader();
             let mut ops = Vec::with_capacity(outcome.kv.len());
             for (rel, target) in &outcome.kv {
                 let current = live.get(rel).map(|(_, e)| e);
-                let value = match target {
-                    Some(id) => {
-                        let v = git.read_blob(*id)?;
-                        if v.len() > limits.max_value_bytes {
-                            bail!(
-                                "{}/{}: the value of key {} is {} bytes, over the backend's limit of {} bytes",
-                                area.path,
-                                desired.get(rel).map_or("?", |f| f.path.as_str()),
-                                key_of(rel),
-                                v.len(),
-                                limits.max_value_bytes
-                            );
-                        }
-                        Some(v)
+                // Sizes come from object headers: validated now, contents read while writing.
+                if let Some(id) = target {
+                    let size = blobs.size(*id)?;
+                    if size > limits.max_value_bytes as u64 {
+                        bail!(
+                            "{}/{}: the value of key {} is {size} bytes, over the backend's limit of {} bytes",
+                            area.path,
+                            desired.get(rel).map_or("?", |f| f.path.as_str()),
+                            key_of(rel),
+                            limits.max_value_bytes
+                        );
                     }
-                    None => None,
-                };
+                }
+                let value = *target;
                 let kind = match (current, &value) {
                     (None, _) => OpKind::Add,
                     (Some(_), Some(_)) => OpKind::Change,
@@ -264,6 +271,7 @@ pub async fn plan_area(
                     value,
                 });
             }
+            tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "decided and sized");
             // The base after a full apply: agreed values, read from the desired side.
             let mut base_changes = BTreeMap::new();
             for (rel, v) in agreed {
@@ -358,13 +366,11 @@ fn print_applied(plan: &AreaPlan, w: &writer::Written) {
         .last_revision
         .map_or_else(|| "-".to_string(), |r| r.to_string());
     println!(
-        "{}: {} added, {} changed, {} deleted ({} ops in {} transactions, revision {rev})",
+        "{}: {} added, {} changed, {} deleted (revision {rev})",
         plan.area.name,
         plan.count(OpKind::Add),
         plan.count(OpKind::Change),
         plan.count(OpKind::Delete),
-        w.ops,
-        w.txns
     );
     for op in &plan.ops {
         if let Some(v) = &op.overwrites {
@@ -376,35 +382,67 @@ fn print_applied(plan: &AreaPlan, w: &writer::Written) {
     }
 }
 
-/// Write one area's plan, then move its base to what both sides now agree on.
-async fn write_plan(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<writer::Written> {
+/// Write every area's plan as one stream of transactions (no drain between areas), then
+/// move each fully written area's base to what both sides now agree on.
+async fn write_plans(ctx: &Context, plans: &[AreaPlan]) -> anyhow::Result<Vec<writer::Written>> {
     let backend = ctx.backend().await?;
-    let ops: Vec<WriteOp> = plan
-        .ops
-        .iter()
-        .map(|op| match &op.value {
-            Some(v) => WriteOp::Put {
-                key: op.key.clone(),
-                value: v.clone(),
-                expect: op.expect,
-            },
-            None => WriteOp::Delete {
-                key: op.key.clone(),
-                expect: op.expect,
-            },
-        })
-        .collect();
-    let written = if ops.is_empty() {
-        writer::Written::default()
-    } else {
-        writer::write_all(backend, ops).await?
-    };
-    if let Some(cp) = &plan.checkpoint {
-        if written.raced.is_empty() && !plan.base_changes.is_empty() {
-            save_base(ctx, plan, cp).await?;
+    let ops: Vec<PlannedOp> = plans.iter().flat_map(|p| p.ops.iter().cloned()).collect();
+    let (tx, rx) = writer::channel();
+    let limits = backend.write_limits();
+    // Values are read from Git on a blocking thread while earlier transactions are written.
+    let producer = ctx.git_blocking(move |git| {
+        let mut chunker = writer::Chunker::new(limits);
+        let blobs = git.blob_reader();
+        for op in ops {
+            let w = match op.value {
+                Some(id) => WriteOp::Put {
+                    key: op.key,
+                    value: blobs.read(id)?,
+                    expect: op.expect,
+                },
+                None => WriteOp::Delete {
+                    key: op.key,
+                    expect: op.expect,
+                },
+            };
+            if let Some(chunk) = chunker.push(w) {
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Ok(()); // the writers stopped on an error; they report it
+                }
+            }
         }
+        if let Some(chunk) = chunker.finish() {
+            let _ = tx.blocking_send(Ok(chunk));
+        }
+        Ok(())
+    });
+    let (produced, all) = tokio::join!(producer, writer::write_queue(backend, rx));
+    let all = all?;
+    produced?;
+    let mut per_area = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let raced: Vec<Key> = all
+            .raced
+            .iter()
+            .filter(|k| k.0.starts_with(&plan.area.prefix))
+            .cloned()
+            .collect();
+        let report = writer::Written {
+            ops: plan.ops.len() - raced.len(),
+            txns: all.txns,
+            last_revision: all.last_revision,
+            raced,
+        };
+        if let Some(cp) = &plan.checkpoint {
+            if report.raced.is_empty() && !plan.base_changes.is_empty() {
+                save_base(ctx, plan, cp)
+                    .await
+                    .with_context(|| format!("area {}", plan.area.name))?;
+            }
+        }
+        per_area.push(report);
     }
-    Ok(written)
+    Ok(per_area)
 }
 
 async fn save_base(ctx: &Context, plan: &AreaPlan, cp: &Checkpoint) -> anyhow::Result<()> {

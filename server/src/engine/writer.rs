@@ -4,9 +4,11 @@
 use futures::StreamExt;
 use std::sync::Arc;
 use sync_core::{Key, KvBackend, Revision, TxnOutcome, WriteLimits, WriteOp};
+use tokio::sync::mpsc;
 
-/// Transactions in flight at once (raw etcd measured best around 8 concurrent writers).
-pub const CONCURRENCY: usize = 8;
+/// Transactions in flight at once: more than raw etcd needs (8), since every op of ours also
+/// carries a compare; etcd batches concurrent transactions into fewer fsyncs.
+pub const CONCURRENCY: usize = 32;
 
 /// What a write pass did.
 #[derive(Debug, Default)]
@@ -18,41 +20,100 @@ pub struct Written {
     pub raced: Vec<Key>,
 }
 
+/// Transactions queued ahead of the writers: enough to keep them busy, bounded for memory.
+const QUEUE: usize = 4 * CONCURRENCY;
+
+/// Per-op framing allowance on top of key and value bytes.
+const OP_OVERHEAD: usize = 64;
+
+/// Cuts a sequence of ops into transactions within the backend's limits, in order.
+pub struct Chunker {
+    limits: WriteLimits,
+    cur: Vec<WriteOp>,
+    bytes: usize,
+}
+
+impl Chunker {
+    pub fn new(limits: WriteLimits) -> Chunker {
+        Chunker {
+            limits,
+            cur: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Add an op; returns a full transaction when `op` does not fit in the current one.
+    pub fn push(&mut self, op: WriteOp) -> Option<Vec<WriteOp>> {
+        let len = op.payload_len() + OP_OVERHEAD;
+        let full = !self.cur.is_empty()
+            && (self.cur.len() >= self.limits.max_ops || self.bytes + len > self.limits.max_bytes);
+        let out = full.then(|| {
+            self.bytes = 0;
+            std::mem::take(&mut self.cur)
+        });
+        self.bytes += len;
+        self.cur.push(op);
+        out
+    }
+
+    /// The last, partly filled transaction.
+    pub fn finish(self) -> Option<Vec<WriteOp>> {
+        (!self.cur.is_empty()).then_some(self.cur)
+    }
+}
+
 /// Cut `ops` into transactions within `limits`, in order.
 pub fn chunk(ops: Vec<WriteOp>, limits: WriteLimits) -> Vec<Vec<WriteOp>> {
-    let mut out = Vec::new();
-    let mut cur: Vec<WriteOp> = Vec::new();
-    let mut bytes = 0;
-    for op in ops {
-        let len = op.payload_len() + 64;
-        if !cur.is_empty() && (cur.len() >= limits.max_ops || bytes + len > limits.max_bytes) {
-            out.push(std::mem::take(&mut cur));
-            bytes = 0;
-        }
-        bytes += len;
-        cur.push(op);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
+    let mut chunker = Chunker::new(limits);
+    let mut out: Vec<Vec<WriteOp>> = ops.into_iter().filter_map(|op| chunker.push(op)).collect();
+    out.extend(chunker.finish());
     out
+}
+
+/// A producer of transactions (run on a blocking thread, e.g. reading values from Git)
+/// feeding the writers through a bounded queue, so reading overlaps writing.
+pub fn channel() -> (
+    mpsc::Sender<anyhow::Result<Vec<WriteOp>>>,
+    mpsc::Receiver<anyhow::Result<Vec<WriteOp>>>,
+) {
+    mpsc::channel(QUEUE)
 }
 
 /// Write every op; a backend error stops the pass (what was written stays written, and
 /// each transaction is atomic, so the store is never left with half a transaction).
 pub async fn write_all(backend: Arc<dyn KvBackend>, ops: Vec<WriteOp>) -> anyhow::Result<Written> {
-    let limits = backend.write_limits();
-    let chunks = chunk(ops, limits);
+    let chunks = chunk(ops, backend.write_limits());
+    write_stream(backend, futures::stream::iter(chunks.into_iter().map(Ok))).await
+}
+
+/// Write the transactions of `rx` as they come, `CONCURRENCY` in flight.
+pub async fn write_queue(
+    backend: Arc<dyn KvBackend>,
+    rx: mpsc::Receiver<anyhow::Result<Vec<WriteOp>>>,
+) -> anyhow::Result<Written> {
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    write_stream(backend, stream).await
+}
+
+async fn write_stream(
+    backend: Arc<dyn KvBackend>,
+    chunks: impl futures::Stream<Item = anyhow::Result<Vec<WriteOp>>>,
+) -> anyhow::Result<Written> {
     let mut written = Written::default();
-    let mut results = futures::stream::iter(chunks.into_iter().map(|c| {
-        let backend = backend.clone();
-        async move {
-            let r = backend.write(&c).await;
-            (c, r)
-        }
-    }))
-    .buffer_unordered(CONCURRENCY);
-    while let Some((chunk, result)) = results.next().await {
+    let results = chunks
+        .map(|c| {
+            let backend = backend.clone();
+            async move {
+                let c = c?;
+                let r = backend.write(&c).await;
+                Ok::<_, anyhow::Error>((c, r))
+            }
+        })
+        .buffer_unordered(CONCURRENCY);
+    let mut results = std::pin::pin!(results);
+    while let Some(next) = results.next().await {
+        let (chunk, result) = next?;
         match result? {
             TxnOutcome::Committed { revision } => {
                 written.ops += chunk.len();

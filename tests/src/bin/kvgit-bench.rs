@@ -137,6 +137,26 @@ fn cron(endpoint: &str, tree: &Path) -> Duration {
     )
 }
 
+enum Workdir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl From<PathBuf> for Workdir {
+    fn from(p: PathBuf) -> Self {
+        Workdir::Kept(p)
+    }
+}
+
+impl Workdir {
+    fn path(&self) -> &Path {
+        match self {
+            Workdir::Temp(t) => t.path(),
+            Workdir::Kept(p) => p,
+        }
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -157,7 +177,16 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let kvgit = kvgit_bin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    // BENCH_WORKDIR keeps the repositories and configs for a closer look afterwards.
+    let dir = match std::env::var("BENCH_WORKDIR") {
+        Ok(d) => tempfile::Builder::new()
+            .prefix("kvgit-bench")
+            .tempdir_in(d)
+            .expect("tempdir")
+            .keep()
+            .into(),
+        Err(_) => Workdir::Temp(tempfile::tempdir().expect("tempdir")),
+    };
     println!("kvgit-bench: {n} keys of {VALUE_BYTES} bytes over {AREAS} areas, {runs} runs for the incremental figures");
 
     let etcd = EtcdServer::start();
@@ -175,7 +204,13 @@ async fn main() {
     let tree = dir.path().join("cron-tree");
     std::fs::create_dir_all(&tree).expect("mkdir");
     timed(Command::new("git").arg("init").arg("-q").arg(&tree));
-    let cron_full = cron(etcd.endpoint(), &tree);
+    // BENCH_ONLY=apply skips the (slow) cron baselines and the incremental figures.
+    let only_apply = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "apply");
+    let cron_full = if only_apply {
+        Duration::ZERO
+    } else {
+        cron(etcd.endpoint(), &tree)
+    };
     println!(
         "full export:        kvgit {}   cron script {}   ratio {:.1}x (target >= 10x)",
         secs(export_full),
@@ -187,8 +222,12 @@ async fn main() {
     let client = Client::connect([etcd.endpoint()], None)
         .await
         .expect("connect");
-    let (mut inc, mut cron_inc) = (Vec::new(), Vec::new());
-    for run in 0..runs {
+    let (mut inc, mut cron_inc) = (vec![Duration::ZERO], vec![Duration::ZERO]);
+    for run in 0..if only_apply { 0 } else { runs } {
+        if run == 0 {
+            inc.clear();
+            cron_inc.clear();
+        }
         let ops: Vec<TxnOp> = (0..100)
             .map(|j| {
                 let i = (j * 997 + run * 13) % n;
