@@ -42,6 +42,20 @@ impl GitStore {
         author: &Author,
         unix_secs: i64,
     ) -> Result<ObjectId, CommitWriteError> {
+        self.write_commit_at(tree, parents, message, author, unix_secs, unix_secs)
+    }
+
+    /// [`write_commit`](Self::write_commit) with distinct author and committer times (unix
+    /// seconds, UTC), as a replayed commit keeps its author time but is committed later.
+    pub fn write_commit_at(
+        &self,
+        tree: ObjectId,
+        parents: &[ObjectId],
+        message: &str,
+        author: &Author,
+        author_secs: i64,
+        committer_secs: i64,
+    ) -> Result<ObjectId, CommitWriteError> {
         let bad = |s: &str| s.contains(['<', '>', '\n']);
         if bad(&author.name) || bad(&author.email) {
             return Err(CommitWriteError::InvalidAuthor {
@@ -56,10 +70,10 @@ impl GitStore {
         if let Some(&parent) = parents.iter().find(|p| !repo.has_object(**p)) {
             return Err(CommitWriteError::MissingParent { parent });
         }
-        let signature = gix::actor::Signature {
+        let signature = |secs| gix::actor::Signature {
             name: author.name.as_str().into(),
             email: author.email.as_str().into(),
-            time: gix::date::Time::new(unix_secs, 0),
+            time: gix::date::Time::new(secs, 0),
         };
         let mut message = message.to_owned();
         if !message.ends_with('\n') {
@@ -68,8 +82,8 @@ impl GitStore {
         let commit = gix::objs::Commit {
             tree,
             parents: parents.iter().copied().collect(),
-            author: signature.clone(),
-            committer: signature,
+            author: signature(author_secs),
+            committer: signature(committer_secs),
             encoding: None,
             message: message.into(),
             extra_headers: Vec::new(),

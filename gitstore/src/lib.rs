@@ -4,6 +4,8 @@
 //! Every method blocks; callers run them in `spawn_blocking`. The handle is `Send + Sync`: it
 //! holds a `gix::ThreadSafeRepository` and takes a thread-local view per call.
 
+mod ancestry;
+mod area;
 mod cli;
 mod commit;
 mod diff;
@@ -15,11 +17,13 @@ mod pack;
 mod packfile;
 mod refs;
 mod remote;
+mod replay;
 mod store;
 mod treefmt;
 mod trees;
 mod write;
 
+pub use ancestry::MergeBaseError;
 pub use cli::CliError;
 pub use commit::{Author, CommitWriteError};
 pub use diff::{DiffError, FileChange};
@@ -30,6 +34,7 @@ pub use objects::{BlobReader, CommitInfo, HashError, ObjectReadError};
 pub use pack::PackWriteError;
 pub use refs::{RefReadError, RefUpdateError, ResolveError};
 pub use remote::{tracking_ref, FetchError, PushError, PushOutcome, RejectedRef};
+pub use replay::{AreasOf, ReplayError, Replayed};
 pub use store::{GitStore, OpenError};
 pub use trees::TreeReadError;
 pub use write::WritePlanError;

@@ -94,7 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         .await
         .context("cannot start")?;
     match cli.command {
-        Command::Serve => anyhow::bail!("serve is not built yet; use export/plan/apply"),
+        Command::Serve => crate::service::run(ctx).await,
         Command::Export { area } => engine::export::run(&ctx, area.as_deref()).await,
         Command::Plan {
             area,

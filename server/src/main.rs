@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod engine;
+mod service;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -128,7 +128,7 @@ pub async fn apply_cmd(
     Ok(0)
 }
 
-async fn target_commit(ctx: &Context, rev: Option<&str>) -> anyhow::Result<Option<ObjectId>> {
+pub async fn target_commit(ctx: &Context, rev: Option<&str>) -> anyhow::Result<Option<ObjectId>> {
     let rev = rev.map(str::to_string);
     let branch = ctx.cfg.git.branch.clone();
     ctx.git_blocking(move |git| match rev {
@@ -297,26 +297,45 @@ pub async fn plan_area(
     Ok(plan)
 }
 
+/// An apply that would delete too much: refused unless `--allow-mass-delete`.
+#[derive(Debug, thiserror::Error)]
+pub enum MassDeleteRefused {
+    #[error("refusing to delete all {live} keys under {prefix:?}: the apply would empty the area (pass --allow-mass-delete if that is intended)")]
+    Empties { live: usize, prefix: String },
+    #[error("refusing to delete {deletes} of {live} keys under {prefix:?}, more than sync.max_delete_fraction = {fraction} (pass --allow-mass-delete if that is intended)")]
+    OverFraction {
+        deletes: usize,
+        live: usize,
+        prefix: String,
+        fraction: f64,
+    },
+}
+
 /// Refuse an apply that empties an area holding keys, or deletes more than the fraction.
-fn guard_mass_delete(plan: &AreaPlan, fraction: f64, allowed: bool) -> anyhow::Result<()> {
+fn guard_mass_delete(
+    plan: &AreaPlan,
+    fraction: f64,
+    allowed: bool,
+) -> Result<(), MassDeleteRefused> {
     if allowed || plan.live_keys == 0 {
         return Ok(());
     }
     let deletes = plan.count(OpKind::Delete);
     let adds = plan.count(OpKind::Add);
+    let prefix = String::from_utf8_lossy(&plan.area.prefix).into_owned();
     if deletes > 0 && deletes == plan.live_keys && adds == 0 {
-        bail!(
-            "refusing to delete all {} keys under {:?}: the apply would empty the area (pass --allow-mass-delete if that is intended)",
-            plan.live_keys,
-            String::from_utf8_lossy(&plan.area.prefix)
-        );
+        return Err(MassDeleteRefused::Empties {
+            live: plan.live_keys,
+            prefix,
+        });
     }
     if deletes as f64 > fraction * plan.live_keys as f64 {
-        bail!(
-            "refusing to delete {deletes} of {} keys under {:?}, more than sync.max_delete_fraction = {fraction} (pass --allow-mass-delete if that is intended)",
-            plan.live_keys,
-            String::from_utf8_lossy(&plan.area.prefix)
-        );
+        return Err(MassDeleteRefused::OverFraction {
+            deletes,
+            live: plan.live_keys,
+            prefix,
+            fraction,
+        });
     }
     Ok(())
 }
@@ -384,7 +403,10 @@ fn print_applied(plan: &AreaPlan, w: &writer::Written) {
 
 /// Write every area's plan as one stream of transactions (no drain between areas), then
 /// move each fully written area's base to what both sides now agree on.
-async fn write_plans(ctx: &Context, plans: &[AreaPlan]) -> anyhow::Result<Vec<writer::Written>> {
+pub async fn write_plans(
+    ctx: &Context,
+    plans: &[AreaPlan],
+) -> anyhow::Result<Vec<writer::Written>> {
     let backend = ctx.backend().await?;
     let ops: Vec<PlannedOp> = plans.iter().flat_map(|p| p.ops.iter().cloned()).collect();
     let (tx, rx) = writer::channel();

@@ -31,6 +31,11 @@ pub enum PassKind {
     Resync,
 }
 
+impl PassKind {
+    /// The `reason` label of a resync pass (etcd compaction is the only cause today).
+    pub const RESYNC_REASON: &'static str = "compacted";
+}
+
 /// What one area's export did.
 #[derive(Debug)]
 pub struct ExportReport {
@@ -112,7 +117,9 @@ pub async fn export_area(
     full_pass(ctx, area, cluster, cp, PassKind::NoBase).await
 }
 
-async fn incremental(
+/// Commit one batch of live changes (collapsed, complete up to `upto`) on top of the
+/// checkpoint `cp`; shared by `kvgit export` and the service's batcher.
+pub async fn incremental(
     ctx: &Context,
     area: &AreaConfig,
     cluster: &ClusterId,

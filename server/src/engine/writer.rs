@@ -63,6 +63,7 @@ impl Chunker {
 }
 
 /// Cut `ops` into transactions within `limits`, in order.
+#[cfg(test)]
 pub fn chunk(ops: Vec<WriteOp>, limits: WriteLimits) -> Vec<Vec<WriteOp>> {
     let mut chunker = Chunker::new(limits);
     let mut out: Vec<Vec<WriteOp>> = ops.into_iter().filter_map(|op| chunker.push(op)).collect();
@@ -79,13 +80,6 @@ pub fn channel() -> (
     mpsc::channel(QUEUE)
 }
 
-/// Write every op; a backend error stops the pass (what was written stays written, and
-/// each transaction is atomic, so the store is never left with half a transaction).
-pub async fn write_all(backend: Arc<dyn KvBackend>, ops: Vec<WriteOp>) -> anyhow::Result<Written> {
-    let chunks = chunk(ops, backend.write_limits());
-    write_stream(backend, futures::stream::iter(chunks.into_iter().map(Ok))).await
-}
-
 /// Write the transactions of `rx` as they come, `CONCURRENCY` in flight.
 pub async fn write_queue(
     backend: Arc<dyn KvBackend>,
@@ -96,6 +90,8 @@ pub async fn write_queue(
     write_stream(backend, stream).await
 }
 
+/// Write every transaction; a backend error stops the pass (what was written stays
+/// written, and each transaction is atomic, so the store never holds half of one).
 async fn write_stream(
     backend: Arc<dyn KvBackend>,
     chunks: impl futures::Stream<Item = anyhow::Result<Vec<WriteOp>>>,

@@ -1,0 +1,242 @@
+//! One area's KV -> Git loop: catch up from the checkpoint, then watch, batch events by
+//! `batch_window`/`batch_max`, and commit each batch as one commit; resync when told to.
+//!
+//! Every Git write happens under the service's Git lock, so the batcher, the fetch/apply
+//! loop and the pusher never race on the branch or the checkpoint refs.
+
+use super::backoff::Backoff;
+use super::Service;
+use crate::config::AreaConfig;
+use crate::engine::{checkpoint, export};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sync_core::{ChangeKind, ClusterId, Key, ResyncReason, Revision, Value, WatchEvent};
+use tokio_util::sync::CancellationToken;
+
+/// Why a watch session ended without an error.
+enum Stop {
+    Shutdown,
+    Resync(ResyncReason),
+}
+
+/// How often the lag gauge is refreshed while a batch waits, and a progress-only
+/// checkpoint is written at most (an idle area must not write objects every second).
+const LAG_TICK: Duration = Duration::from_secs(1);
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
+
+pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToken) {
+    let name = area.name.0.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut first = true;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if !first {
+            svc.metrics.watch_restart();
+        }
+        first = false;
+        match session(&svc, &area, &shutdown).await {
+            Ok(Stop::Shutdown) => return,
+            Ok(Stop::Resync(reason)) => {
+                tracing::warn!(area = %name, ?reason, "watch asks for a resync");
+                // The next session's catch-up sees the compaction and resyncs by the rule.
+                backoff.reset();
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(area = %name, error = %msg, "area loop failed; retrying");
+                svc.state.update(&name, |s| s.last_error = Some(msg));
+                svc.state.set_backend_ok(false);
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Catch up, then follow the watch until shutdown, a resync, or an error.
+async fn session(
+    svc: &Arc<Service>,
+    area: &AreaConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Stop> {
+    let name = area.name.0.as_str();
+    let backend = svc.ctx.backend().await?;
+    let cluster = backend.cluster_id().await?;
+    svc.state.set_backend_ok(true);
+    let report = {
+        let _git = svc.git_lock.lock().await;
+        export::export_area(&svc.ctx, area, &cluster).await?
+    };
+    if report.pass == export::PassKind::Resync {
+        svc.metrics.resync(name, export::PassKind::RESYNC_REASON);
+    }
+    note_commit(svc, name, &report);
+    let cp = checkpoint::load(&svc.ctx, &area.name).await?;
+    let from = cp.as_ref().map_or(report.revision, |c| c.revision);
+    let applies_git = area.rule.mode.applies_git();
+    // Until multi-node ownership exists, the one node running serve owns every area.
+    svc.metrics.owner(name, true);
+    let node = svc.ctx.cfg.sync.node.clone();
+    svc.state.update(name, |s| {
+        s.owner = Some(node);
+        s.caught_up = true;
+        s.last_error = None;
+        // kv-to-git is in sync once caught up; the others after their first apply.
+        s.ready = s.ready || !applies_git;
+    });
+    if applies_git {
+        svc.trigger.notify_one();
+    }
+    let mut stream = backend.watch(&area.prefix, from.next()).await?;
+    let mut batch = Batch::new(from);
+    let mut last_checkpoint = Instant::now();
+    let mut tick = tokio::time::interval(LAG_TICK);
+    loop {
+        let deadline = batch
+            .first_at
+            .map(|t| tokio::time::Instant::from_std(t + svc.ctx.cfg.sync.batch_window));
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                flush(svc, area, &cluster, &mut batch).await?;
+                return Ok(Stop::Shutdown);
+            }
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
+                flush(svc, area, &cluster, &mut batch).await?;
+                last_checkpoint = Instant::now();
+            }
+            _ = tick.tick() => {
+                let lag = batch.first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                svc.metrics.lag(name, lag);
+            }
+            event = stream.next() => match event {
+                None => anyhow::bail!("{} watch of {name} ended", backend.kind()),
+                Some(Err(e)) => {
+                    flush(svc, area, &cluster, &mut batch).await?;
+                    return Err(e.into());
+                }
+                Some(Ok(WatchEvent::ResyncNeeded(reason))) => {
+                    flush(svc, area, &cluster, &mut batch).await?;
+                    return Ok(Stop::Resync(reason));
+                }
+                Some(Ok(WatchEvent::Progress { revision })) => {
+                    if batch.is_empty() && revision > batch.upto {
+                        batch.upto = revision;
+                        if last_checkpoint.elapsed() >= IDLE_CHECKPOINT {
+                            flush(svc, area, &cluster, &mut batch).await?;
+                            last_checkpoint = Instant::now();
+                        }
+                    }
+                }
+                Some(Ok(WatchEvent::Changes { revision, changes })) => {
+                    for c in changes {
+                        let deleted = matches!(c.kind, ChangeKind::Delete);
+                        svc.metrics.event(name, deleted);
+                        batch.add(c.key, match c.kind { ChangeKind::Put(v) => Some(v), ChangeKind::Delete => None });
+                    }
+                    batch.upto = batch.upto.max(revision);
+                    svc.state.update(name, |s| {
+                        s.pending_events = batch.events as u64;
+                        s.oldest_pending = batch.first_at;
+                    });
+                    if batch.events >= svc.ctx.cfg.sync.batch_max {
+                        flush(svc, area, &cluster, &mut batch).await?;
+                        last_checkpoint = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Events waiting for their commit: the last value per key, complete up to `upto`.
+struct Batch {
+    changes: BTreeMap<Key, Option<Value>>,
+    events: usize,
+    first_at: Option<Instant>,
+    upto: Revision,
+    /// The revision the checkpoint already holds; a flush with nothing new is skipped.
+    committed: Revision,
+}
+
+impl Batch {
+    fn new(from: Revision) -> Batch {
+        Batch {
+            changes: BTreeMap::new(),
+            events: 0,
+            first_at: None,
+            upto: from,
+            committed: from,
+        }
+    }
+
+    fn add(&mut self, key: Key, value: Option<Value>) {
+        self.changes.insert(key, value);
+        self.events += 1;
+        self.first_at.get_or_insert_with(Instant::now);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+}
+
+/// Commit the batch (one commit for the area, or none when the tree does not change) and
+/// move the checkpoint to `upto`.
+async fn flush(
+    svc: &Arc<Service>,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    batch: &mut Batch,
+) -> anyhow::Result<()> {
+    if batch.upto <= batch.committed {
+        return Ok(());
+    }
+    let name = area.name.0.as_str();
+    let started = Instant::now();
+    let changes = std::mem::take(&mut batch.changes);
+    let report = {
+        let _git = svc.git_lock.lock().await;
+        let cp = checkpoint::load(&svc.ctx, &area.name)
+            .await?
+            .filter(|c| &c.cluster == cluster)
+            .ok_or_else(|| {
+                anyhow::anyhow!("area {name}: checkpoint vanished or changed cluster; resyncing")
+            })?;
+        export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes).await?
+    };
+    if report.commit.is_some() {
+        svc.metrics.commit(name, started.elapsed().as_secs_f64());
+    }
+    note_commit(svc, name, &report);
+    batch.committed = batch.upto;
+    batch.events = 0;
+    batch.first_at = None;
+    svc.metrics.lag(name, 0.0);
+    svc.state.update(name, |s| {
+        s.pending_events = 0;
+        s.oldest_pending = None;
+    });
+    Ok(())
+}
+
+fn note_commit(svc: &Service, name: &str, report: &export::ExportReport) {
+    // Conflicts are counted when apply overwrites the live value, not here.
+    svc.metrics.checkpoint(name, report.revision.0);
+    svc.state.update(name, |s| {
+        s.checkpoint = Some(report.revision.0);
+        if let Some(c) = report.commit {
+            s.last_commit = Some(c.to_string());
+            s.base_commit = Some(c.to_string());
+        }
+    });
+    if let Some(c) = report.commit {
+        tracing::info!(area = name, commit = %c, changes = report.changes, revision = %report.revision, "committed");
+    }
+}

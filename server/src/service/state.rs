@@ -1,0 +1,304 @@
+//! What `serve` knows about itself right now: per area its progress and errors, and whether
+//! the backend answers. The sync tasks write it; `/status` and `/readyz` read it.
+
+use crate::config::Config;
+use serde_json::{json, Value as Json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+/// The live status of one area, as `/status` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct AreaStatus {
+    /// `kv-to-git`, `git-to-kv` or `both`, as configured.
+    pub mode: String,
+    /// The KV prefix the area covers.
+    pub prefix: String,
+    /// The directory in the repository the area covers.
+    pub path: String,
+    /// The backend revision of the last checkpoint; `None` before the first one.
+    pub checkpoint: Option<u64>,
+    /// The Git commit the checkpoint agrees with (the sync rule's base).
+    pub base_commit: Option<String>,
+    /// The node that owns the area's writes, when ownership is known.
+    pub owner: Option<String>,
+    /// Events seen on the watch and not yet committed.
+    pub pending_events: u64,
+    /// When the oldest of those events arrived: the lag is measured from it.
+    pub oldest_pending: Option<Instant>,
+    /// Keys whose live value differs from Git.
+    pub drift: u64,
+    /// The batcher has caught up with the backend once (first export done): only then
+    /// may Git be applied on top of what it committed.
+    pub caught_up: bool,
+    /// An apply of Git to the KV store has completed with no key raced.
+    pub applied_once: bool,
+    /// The first sync of the area has completed; `/readyz` waits for every area's.
+    pub ready: bool,
+    /// The last error of the area's loop, cleared by the next success.
+    pub last_error: Option<String>,
+    /// A mass-delete refusal: reported, not retried, until someone acts.
+    pub refused: Option<String>,
+    /// The last commit written for the area.
+    pub last_commit: Option<String>,
+    /// Keys whose live value Git overwrote in the last apply, with the value lost:
+    /// a conflict must be visible somewhere besides the log.
+    pub last_conflicts: Vec<(String, String)>,
+}
+
+impl AreaStatus {
+    /// Seconds since the oldest uncommitted event arrived, 0 when there is none.
+    pub fn lag_seconds(&self, now: Instant) -> f64 {
+        self.oldest_pending
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(0.0)
+    }
+}
+
+/// The shared status of the service, one per process, behind an `Arc`.
+pub struct ServiceState {
+    /// This node's name (`Kvgit-Node`), so a status page says which node answered.
+    node: String,
+    /// The Git branch the service commits to.
+    branch: String,
+    /// This build's version, for the same reason as `kvgit_build_info`.
+    version: &'static str,
+    /// Whether the backend answered the last request: `/readyz` fails while it does not.
+    backend_ok: AtomicBool,
+    /// The last error of the fetch/apply loop (not per area: one fetch serves all).
+    sync_error: Mutex<Option<String>>,
+    /// The last push error: an unreachable remote only delays pushes, so it is reported
+    /// here and does not make the service unready.
+    push_error: Mutex<Option<String>>,
+    /// Areas in config order, so `/status` lists them as the config does. A Vec, not a
+    /// map: there are a handful of areas and the order matters more than lookup speed.
+    areas: Mutex<Vec<(String, AreaStatus)>>,
+}
+
+/// Locks a mutex of plain status values. A panic in some updater must not take `/status`
+/// down with it: the data is still worth reporting, so a poisoned lock is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ServiceState {
+    /// The state of a service running `cfg`: every configured area, not ready yet.
+    pub fn new(cfg: &Config) -> ServiceState {
+        let areas = cfg.areas.iter().map(|a| {
+            let status = AreaStatus {
+                mode: a.rule.mode.as_str().to_string(),
+                // Prefixes are bytes; status is for people, so show them lossily.
+                prefix: String::from_utf8_lossy(&a.prefix).into_owned(),
+                path: a.path.clone(),
+                ..AreaStatus::default()
+            };
+            (a.name.0.clone(), status)
+        });
+        ServiceState::with_areas(cfg.sync.node.clone(), cfg.git.branch.clone(), areas)
+    }
+
+    /// A state for `areas` (name and initial status, in config order). The backend counts
+    /// as down until someone says otherwise, so `/readyz` never passes before a first contact.
+    pub fn with_areas(
+        node: impl Into<String>,
+        branch: impl Into<String>,
+        areas: impl IntoIterator<Item = (String, AreaStatus)>,
+    ) -> ServiceState {
+        ServiceState {
+            node: node.into(),
+            branch: branch.into(),
+            version: env!("CARGO_PKG_VERSION"),
+            backend_ok: AtomicBool::new(false),
+            sync_error: Mutex::new(None),
+            push_error: Mutex::new(None),
+            areas: Mutex::new(areas.into_iter().collect()),
+        }
+    }
+
+    fn areas(&self) -> MutexGuard<'_, Vec<(String, AreaStatus)>> {
+        lock(&self.areas)
+    }
+
+    /// Changes the status of `area` in place. An unknown area is a bug in the caller: it
+    /// fails debug builds and is logged and ignored in release builds.
+    pub fn update(&self, area: &str, f: impl FnOnce(&mut AreaStatus)) {
+        let mut areas = self.areas();
+        match areas.iter_mut().find(|(name, _)| name == area) {
+            Some((_, status)) => f(status),
+            None => {
+                debug_assert!(false, "status update for unknown area {area:?}");
+                tracing::warn!(area, "status update for an unknown area ignored");
+            }
+        }
+    }
+
+    /// A copy of the status of `area`.
+    pub fn area(&self, area: &str) -> Option<AreaStatus> {
+        self.areas()
+            .iter()
+            .find(|(name, _)| name == area)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Whether the batcher of `area` has caught up once (false for an unknown area).
+    pub fn caught_up(&self, area: &str) -> bool {
+        self.areas()
+            .iter()
+            .any(|(name, s)| name == area && s.caught_up)
+    }
+
+    /// Records the outcome of the last fetch/apply pass (`None`: it succeeded).
+    pub fn set_sync_error(&self, error: Option<String>) {
+        *lock(&self.sync_error) = error;
+    }
+
+    /// Records the outcome of the last push (`None`: it succeeded or had nothing to do).
+    pub fn set_push_error(&self, error: Option<String>) {
+        *lock(&self.push_error) = error;
+    }
+
+    /// Records whether the backend answered.
+    pub fn set_backend_ok(&self, ok: bool) {
+        self.backend_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the backend answered the last request.
+    pub fn backend_ok(&self) -> bool {
+        self.backend_ok.load(Ordering::Relaxed)
+    }
+
+    /// The areas whose first sync has not completed, in config order.
+    pub fn not_ready_areas(&self) -> Vec<String> {
+        self.areas()
+            .iter()
+            .filter(|(_, s)| !s.ready)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Every area has completed its first sync and the backend answers (SPEC `/readyz`).
+    pub fn ready(&self) -> bool {
+        self.backend_ok() && self.areas().iter().all(|(_, s)| s.ready)
+    }
+
+    /// The `/status` document.
+    pub fn to_json(&self) -> Json {
+        let now = Instant::now();
+        let backend_ok = self.backend_ok();
+        // Copied before the area lock is taken: one lock at a time, no lock order to keep.
+        let sync_error = lock(&self.sync_error).clone();
+        let push_error = lock(&self.push_error).clone();
+        let areas = self.areas();
+        let ready = backend_ok && areas.iter().all(|(_, s)| s.ready);
+        let list: Vec<Json> = areas
+            .iter()
+            .map(|(name, s)| {
+                json!({
+                    "area": name,
+                    "mode": s.mode,
+                    "prefix": s.prefix,
+                    "path": s.path,
+                    "checkpoint": s.checkpoint,
+                    "base_commit": s.base_commit,
+                    "owner": s.owner,
+                    "pending_events": s.pending_events,
+                    "lag_seconds": s.lag_seconds(now),
+                    "drift": s.drift,
+                    "ready": s.ready,
+                    "last_error": s.last_error,
+                    "refused": s.refused,
+                    "last_commit": s.last_commit,
+                    "caught_up": s.caught_up,
+                    "last_conflicts": s
+                        .last_conflicts
+                        .iter()
+                        .map(|(key, live)| json!({ "key": key, "overwritten": live }))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "node": self.node,
+            "branch": self.branch,
+            "version": self.version,
+            "backend_ok": backend_ok,
+            "ready": ready,
+            "sync_error": sync_error,
+            "push_error": push_error,
+            "areas": list,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state() -> ServiceState {
+        let area = |mode: &str| AreaStatus {
+            mode: mode.to_string(),
+            prefix: "/p/".to_string(),
+            path: "dir".to_string(),
+            ..AreaStatus::default()
+        };
+        ServiceState::with_areas(
+            "core-1",
+            "main",
+            [
+                ("a".to_string(), area("both")),
+                ("b".to_string(), area("kv-to-git")),
+            ],
+        )
+    }
+
+    #[test]
+    fn ready_needs_every_area_and_the_backend() {
+        let s = state();
+        assert!(!s.ready());
+        s.set_backend_ok(true);
+        s.update("a", |a| a.ready = true);
+        assert!(!s.ready());
+        assert_eq!(s.not_ready_areas(), vec!["b".to_string()]);
+        s.update("b", |a| a.ready = true);
+        assert!(s.ready());
+        s.set_backend_ok(false);
+        assert!(!s.ready());
+    }
+
+    #[test]
+    fn json_lists_areas_in_order_with_lag() {
+        let s = state();
+        s.update("b", |a| {
+            a.checkpoint = Some(42);
+            a.pending_events = 3;
+            a.oldest_pending = Instant::now().checked_sub(Duration::from_secs(2));
+            a.refused = Some("would delete 9 of 10 keys".to_string());
+        });
+        s.update("a", |a| {
+            a.caught_up = true;
+            a.last_conflicts = vec![("/p/k".to_string(), "old".to_string())];
+        });
+        s.set_push_error(Some("remote unreachable".to_string()));
+        assert!(s.caught_up("a") && !s.caught_up("b") && !s.caught_up("nope"));
+        let j = s.to_json();
+        assert_eq!(j["push_error"], "remote unreachable");
+        assert_eq!(j["sync_error"], Json::Null);
+        assert_eq!(j["areas"][0]["last_conflicts"][0]["overwritten"], "old");
+        assert_eq!(j["node"], "core-1");
+        assert_eq!(j["branch"], "main");
+        assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(j["ready"], false);
+        assert_eq!(j["areas"][0]["area"], "a");
+        assert_eq!(j["areas"][0]["lag_seconds"], 0.0);
+        assert_eq!(j["areas"][0]["checkpoint"], Json::Null);
+        let b = &j["areas"][1];
+        assert_eq!(b["area"], "b");
+        assert_eq!(b["mode"], "kv-to-git");
+        assert_eq!(b["checkpoint"], 42);
+        assert_eq!(b["pending_events"], 3);
+        assert_eq!(b["refused"], "would delete 9 of 10 keys");
+        let lag = b["lag_seconds"].as_f64().expect("lag is a number");
+        assert!((2.0..60.0).contains(&lag), "lag {lag}");
+    }
+}

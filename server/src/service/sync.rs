@@ -1,0 +1,119 @@
+//! Git -> KV in the service: every `fetch_interval`, and at once on `POST /sync`, fetch the
+//! remote, bring the local branch up to it, and apply the desired state to git-to-kv and both areas.
+//!
+//! A mass-delete refusal is reported (status, metrics) and not retried until the branch
+//! tip changes: retrying the same commit would only refuse again.
+
+use super::Service;
+use crate::engine::apply::{self, plan_area, AreaPlan, MassDeleteRefused, OpKind};
+use crate::engine::checkpoint;
+use anyhow::Context as _;
+use gitstore::ObjectId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
+    // Tip at which an area's apply was refused: skipped until the tip moves.
+    let mut refused: BTreeMap<String, Option<ObjectId>> = BTreeMap::new();
+    loop {
+        if let Err(e) = sync_once(&svc, &mut refused).await {
+            let msg = format!("{e:#}");
+            tracing::warn!(error = %msg, "fetch/apply failed; retrying at the next interval");
+            svc.state.set_sync_error(Some(msg));
+        } else {
+            svc.state.set_sync_error(None);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(svc.ctx.cfg.sync.fetch_interval) => {}
+            _ = svc.trigger.notified() => {}
+        }
+    }
+}
+
+/// One fetch + apply pass.
+pub async fn sync_once(
+    svc: &Arc<Service>,
+    refused: &mut BTreeMap<String, Option<ObjectId>>,
+) -> anyhow::Result<()> {
+    let ctx = &svc.ctx;
+    if ctx.cfg.git.remote.is_some() {
+        let _git = svc.git_lock.lock().await;
+        super::push::integrate_remote(svc).await.context("fetch")?;
+    }
+    let areas: Vec<_> = ctx
+        .cfg
+        .areas
+        .iter()
+        .filter(|a| a.rule.mode.applies_git())
+        .cloned()
+        .collect();
+    if areas.is_empty() {
+        return Ok(());
+    }
+    let backend = ctx.backend().await?;
+    let cluster = backend.cluster_id().await?;
+    let _git = svc.git_lock.lock().await;
+    let tip = apply::target_commit(ctx, None).await?;
+    let mut plans: Vec<AreaPlan> = Vec::new();
+    for area in &areas {
+        let name = area.name.0.clone();
+        // Apply on top of what the batcher has committed, never before its first catch-up.
+        if !svc.state.caught_up(&name) || checkpoint::load(ctx, &area.name).await?.is_none() {
+            continue;
+        }
+        if refused.get(&name) == Some(&tip) {
+            continue;
+        }
+        match plan_area(ctx, area, tip, &cluster, false).await {
+            Ok(plan) => {
+                refused.remove(&name);
+                svc.state.update(&name, |s| s.refused = None);
+                plans.push(plan);
+            }
+            Err(e) if e.downcast_ref::<MassDeleteRefused>().is_some() => {
+                let msg = format!("{e:#}");
+                tracing::error!(area = %name, error = %msg, "apply refused");
+                svc.metrics.refused(&name, true);
+                svc.state.update(&name, |s| s.refused = Some(msg));
+                refused.insert(name, tip);
+            }
+            Err(e) => return Err(e.context(format!("area {name}"))),
+        }
+    }
+    let written = apply::write_plans(ctx, &plans).await?;
+    for (plan, w) in plans.iter().zip(&written) {
+        let name = plan.area.name.0.as_str();
+        let puts = (plan.count(OpKind::Add) + plan.count(OpKind::Change)) as u64;
+        let deletes = plan.count(OpKind::Delete) as u64;
+        if puts + deletes > 0 {
+            svc.metrics.applied(name, puts, deletes);
+            tracing::info!(area = name, puts, deletes, "applied Git to the KV store");
+        }
+        let conflicts = plan.ops.iter().filter(|o| o.overwrites.is_some()).count() as u64;
+        if conflicts > 0 {
+            svc.metrics.conflicts(name, conflicts);
+            for op in plan.ops.iter().filter(|o| o.overwrites.is_some()) {
+                tracing::warn!(area = name, key = %op.key, "Git won a conflict; live value overwritten");
+            }
+        }
+        svc.metrics.refused(name, false);
+        svc.metrics.drift(name, plan.drift.len() as u64);
+        svc.state.update(name, |s| {
+            s.drift = plan.drift.len() as u64;
+            s.applied_once = s.applied_once || w.raced.is_empty();
+            s.ready = s.caught_up && s.applied_once;
+            s.last_conflicts = plan
+                .ops
+                .iter()
+                .filter_map(|o| {
+                    o.overwrites
+                        .as_ref()
+                        .map(|v| (o.key.to_string(), String::from_utf8_lossy(v).into_owned()))
+                })
+                .collect();
+        });
+    }
+    Ok(())
+}
