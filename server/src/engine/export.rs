@@ -17,6 +17,9 @@ use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
 use sync_core::{ClusterId, Key, Revision, Value};
 
+/// Full passes hold an area's keys and values in memory; the service runs one at a time.
+static FULL_PASSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Above this many new files a commit's objects go into one pack instead of loose files.
 const PACK_THRESHOLD: usize = 2_000;
 
@@ -152,7 +155,7 @@ pub async fn incremental(
                 };
                 sides.push((rel.clone(), s));
             }
-            finish(git, rule, tip, desired_tree, base_tree, sides, &live)
+            finish(git, rule, tip, desired_tree, base_tree, sides, live)
         })
         .await?;
     record(
@@ -174,6 +177,8 @@ async fn full_pass(
     cp: Option<Checkpoint>,
     pass: PassKind,
 ) -> anyhow::Result<ExportReport> {
+    // One full pass at a time: each holds a whole area in memory.
+    let _permit = FULL_PASSES.acquire().await?;
     let backend = ctx.backend().await?;
     let snap = backend.snapshot(&area.prefix, None).await?;
     let revision = snap.revision;
@@ -220,7 +225,7 @@ async fn full_pass(
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let base_start = if base_known { base_tree } else { None };
-            finish(git, rule, tip, desired_tree, base_start, sides, &live)
+            finish(git, rule, tip, desired_tree, base_start, sides, live)
         })
         .await?;
     let previous = cp;
@@ -245,10 +250,11 @@ fn finish(
     desired_tree: Option<ObjectId>,
     base_tree: Option<ObjectId>,
     sides: Vec<(Vec<u8>, Sides)>,
-    live: &BTreeMap<Vec<u8>, Option<Value>>,
+    mut live: BTreeMap<Vec<u8>, Option<Value>>,
 ) -> anyhow::Result<Step> {
     let mut outcome = Outcome::default();
-    let mut base_changes: BTreeMap<Vec<u8>, Option<Value>> = BTreeMap::new();
+    // What the base must become, as blob ids (values are only needed if it is written).
+    let mut base_ids: BTreeMap<Vec<u8>, Option<ObjectId>> = BTreeMap::new();
     for (rel, s) in &sides {
         outcome.add(rule, rel.clone(), s);
         let git_after = match outcome.git.get(rel) {
@@ -256,29 +262,33 @@ fn finish(
             None => s.desired,
         };
         if let Some(new_base) = base_after(&s.base, s.live, git_after) {
-            let value = new_base.and_then(|_| live.get(rel).cloned().flatten());
-            base_changes.insert(rel.clone(), value);
+            base_ids.insert(rel.clone(), new_base);
         }
     }
-    let git_changes: BTreeMap<Vec<u8>, Option<Value>> = outcome
-        .git
-        .keys()
-        .map(|rel| (rel.clone(), live.get(rel).cloned().flatten()))
-        .collect();
+    drop(sides);
+    // The base usually equals the new area tree (nothing pending either way): the same
+    // edits from the same start give the same tree, so reuse it instead of writing twice.
+    let reuse_base = base_tree == desired_tree && base_ids == outcome.git;
+    let base_changes: Option<BTreeMap<Vec<u8>, Option<Value>>> = (!reuse_base && !base_ids.is_empty()).then(|| {
+        base_ids
+            .iter()
+            .map(|(rel, id)| (rel.clone(), id.and_then(|_| live.get(rel).cloned().flatten())))
+            .collect()
+    });
+    // Values move from the live read into the commit: no second copy of a large pass.
+    let git_changes: BTreeMap<Vec<u8>, Option<Value>> =
+        outcome.git.keys().map(|rel| (rel.clone(), live.remove(rel).flatten())).collect();
+    drop(live);
     let changes = git_changes.len();
     let new_area_tree = if git_changes.is_empty() {
         desired_tree
     } else {
-        write_changes(git, desired_tree.as_ref(), git_changes.clone())?
+        write_changes(git, desired_tree.as_ref(), git_changes)?
     };
-    // The base usually equals the new area tree (nothing pending either way): the same
-    // edits from the same start give the same tree, so reuse it instead of writing twice.
-    let new_base = if base_changes.is_empty() {
-        base_tree
-    } else if base_tree == desired_tree && base_changes == git_changes {
-        new_area_tree
-    } else {
-        write_changes(git, base_tree.as_ref(), base_changes)?
+    let new_base = match base_changes {
+        _ if base_ids.is_empty() => base_tree,
+        None => new_area_tree,
+        Some(changes) => write_changes(git, base_tree.as_ref(), changes)?,
     };
     Ok(Step {
         tip,

@@ -13,11 +13,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What the loop remembers between passes.
+#[derive(Default)]
+pub struct Memory {
+    /// Tip at which an area's apply was refused: skipped until the tip moves.
+    refused: BTreeMap<String, Option<ObjectId>>,
+    /// (tip, checkpoint commit) of an area's last complete apply: while neither moves,
+    /// Git has nothing new and no live change was seen, so the area is not re-read.
+    applied: BTreeMap<String, (Option<ObjectId>, ObjectId)>,
+}
+
 pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
-    // Tip at which an area's apply was refused: skipped until the tip moves.
-    let mut refused: BTreeMap<String, Option<ObjectId>> = BTreeMap::new();
+    let mut memory = Memory::default();
     loop {
-        if let Err(e) = sync_once(&svc, &mut refused).await {
+        if let Err(e) = sync_once(&svc, &mut memory).await {
             let msg = format!("{e:#}");
             tracing::warn!(error = %msg, "fetch/apply failed; retrying at the next interval");
             svc.state.set_sync_error(Some(msg));
@@ -35,7 +44,7 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
 /// One fetch + apply pass.
 pub async fn sync_once(
     svc: &Arc<Service>,
-    refused: &mut BTreeMap<String, Option<ObjectId>>,
+    memory: &mut Memory,
 ) -> anyhow::Result<()> {
     let ctx = &svc.ctx;
     if ctx.cfg.git.remote.is_some() {
@@ -60,15 +69,16 @@ pub async fn sync_once(
     for area in &areas {
         let name = area.name.0.clone();
         // Apply on top of what the batcher has committed, never before its first catch-up.
-        if !svc.state.caught_up(&name) || checkpoint::load(ctx, &area.name).await?.is_none() {
+        let Some(cp) = checkpoint::load(ctx, &area.name).await? else { continue };
+        if !svc.state.caught_up(&name) {
             continue;
         }
-        if refused.get(&name) == Some(&tip) {
+        if memory.refused.get(&name) == Some(&tip) || memory.applied.get(&name) == Some(&(tip, cp.id)) {
             continue;
         }
         match plan_area(ctx, area, tip, &cluster, false).await {
             Ok(plan) => {
-                refused.remove(&name);
+                memory.refused.remove(&name);
                 svc.state.update(&name, |s| s.refused = None);
                 plans.push(plan);
             }
@@ -77,7 +87,7 @@ pub async fn sync_once(
                 tracing::error!(area = %name, error = %msg, "apply refused");
                 svc.metrics.refused(&name, true);
                 svc.state.update(&name, |s| s.refused = Some(msg));
-                refused.insert(name, tip);
+                memory.refused.insert(name, tip);
             }
             Err(e) => return Err(e.context(format!("area {name}"))),
         }
@@ -85,6 +95,14 @@ pub async fn sync_once(
     let written = apply::write_plans(ctx, &plans).await?;
     for (plan, w) in plans.iter().zip(&written) {
         let name = plan.area.name.0.as_str();
+        if w.raced.is_empty() {
+            // The checkpoint as the apply left it (it moves when the base moved).
+            if let Some(cp) = checkpoint::load(ctx, &plan.area.name).await? {
+                memory.applied.insert(name.to_string(), (tip, cp.id));
+            }
+        } else {
+            memory.applied.remove(name);
+        }
         let puts = (plan.count(OpKind::Add) + plan.count(OpKind::Change)) as u64;
         let deletes = plan.count(OpKind::Delete) as u64;
         if puts + deletes > 0 {
