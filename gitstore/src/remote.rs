@@ -229,6 +229,15 @@ impl GitStore {
             .run(&["repack", "-d", "-q"])
             .map(drop)
     }
+
+    /// Merges packs so their sizes form a geometric progression (`git repack -d
+    /// --geometric=2`): many small per-commit packs become few, at a cost that follows the
+    /// small packs, not the whole repository. Also packs loose objects.
+    pub fn repack_geometric(&self) -> Result<(), CliError> {
+        Git::new(self.git_dir())
+            .run(&["repack", "-d", "-q", "--geometric=2"])
+            .map(drop)
+    }
 }
 
 /// Splits `git push --porcelain` rejections into "the remote moved on" (retry after a fetch)

@@ -25,6 +25,7 @@ pub fn kvgit_bin() -> PathBuf {
 }
 
 /// One area of a generated config.
+#[derive(Debug, Clone, Copy)]
 pub struct Area<'a> {
     pub name: &'a str,
     pub prefix: &'a str,
@@ -75,11 +76,28 @@ impl Workspace {
     }
 
     pub fn write_config(&self, endpoint: &str, areas: &[Area<'_>], extra: &str) {
+        self.write_config_full(endpoint, areas, "", extra, "");
+    }
+
+    /// Like [`Workspace::write_config`], with lines appended to the `[git]` table
+    /// (`git_extra`, e.g. `remote = "…"`), to the `[sync]` table (`sync_extra`) and to a
+    /// `[server]` table (`server`, e.g. `listen = "127.0.0.1:PORT"`; none when empty).
+    pub fn write_config_full(
+        &self,
+        endpoint: &str,
+        areas: &[Area<'_>],
+        git_extra: &str,
+        sync_extra: &str,
+        server: &str,
+    ) {
         let mut toml = format!(
             "[backend]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nconnect_timeout = \"3s\"\nrequest_timeout = \"10s\"\n\
-             [git]\nrepo = \"state.git\"\nbranch = \"main\"\nauthor_name = \"kvgit test\"\nauthor_email = \"kvgit@test\"\n\
-             [sync]\nnode = \"test-node\"\n{extra}\n"
+             [git]\nrepo = \"state.git\"\nbranch = \"main\"\nauthor_name = \"kvgit test\"\nauthor_email = \"kvgit@test\"\n{git_extra}\n\
+             [sync]\nnode = \"test-node\"\n{sync_extra}\n"
         );
+        if !server.is_empty() {
+            toml.push_str(&format!("[server]\n{server}\n"));
+        }
         for a in areas {
             toml.push_str(&format!(
                 "[[area]]\nname = \"{}\"\nprefix = \"{}\"\npath = \"{}\"\nmode = \"{}\"\n",

@@ -1,6 +1,8 @@
 //! Shared test support: a real etcd started per test binary (`etcd`) and the one backend
 //! conformance suite (`conformance`) that every `KvBackend` implementation runs.
 
+pub mod bench;
 pub mod conformance;
 pub mod etcd;
 pub mod kvgit;
+pub mod serve;

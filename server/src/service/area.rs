@@ -213,6 +213,7 @@ async fn flush(
     };
     if report.commit.is_some() {
         svc.metrics.commit(name, started.elapsed().as_secs_f64());
+        svc.after_commit().await;
     }
     note_commit(svc, name, &report);
     batch.committed = batch.upto;

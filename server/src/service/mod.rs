@@ -28,6 +28,29 @@ pub struct Service {
     pub git_lock: Mutex<()>,
     /// `POST /sync` and the fetch timer meet here; concurrent triggers coalesce.
     pub trigger: Arc<Notify>,
+    /// Commits since the last pack merge (large commits each write a pack).
+    pub commits_since_repack: std::sync::atomic::AtomicUsize,
+}
+
+/// Merge packs after this many commits, so object lookups stay fast.
+const REPACK_EVERY: usize = 64;
+
+impl Service {
+    /// Count a commit; every `REPACK_EVERY`, merge packs (under the Git lock, which the
+    /// caller must not hold).
+    pub async fn after_commit(&self) {
+        use std::sync::atomic::Ordering;
+        if self.commits_since_repack.fetch_add(1, Ordering::Relaxed) + 1 < REPACK_EVERY {
+            return;
+        }
+        self.commits_since_repack.store(0, Ordering::Relaxed);
+        let _git = self.git_lock.lock().await;
+        let started = std::time::Instant::now();
+        match self.ctx.git_blocking(|git| Ok(git.repack_geometric()?)).await {
+            Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "repack failed; will try again later"),
+        }
+    }
 }
 
 /// Run until SIGTERM/SIGINT (or `shutdown` from a caller), then stop within the deadline.
@@ -46,6 +69,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
         state,
         git_lock: Mutex::new(()),
         trigger: Arc::new(Notify::new()),
+        commits_since_repack: std::sync::atomic::AtomicUsize::new(0),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
