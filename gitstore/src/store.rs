@@ -19,6 +19,9 @@ pub struct GitStore {
     git_dir: PathBuf,
 }
 
+/// Pack indices the object database can hold at once (git keeps far fewer after a repack).
+const PACK_INDEX_SLOTS: u16 = 4096;
+
 /// Why the repository could not be opened or created.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -97,7 +100,11 @@ impl GitStore {
             })?;
         }
         // Isolated: only the repository's own config counts, never the user's or the system's.
-        let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|source| {
+        // Slots for pack indices are fixed at open; a long-running service adds a pack per
+        // large commit between repacks, so reserve room instead of sizing by today's disk.
+        let options = gix::open::Options::isolated()
+            .object_store_slots(gix::odb::store::init::Slots::Given(PACK_INDEX_SLOTS));
+        let repo = gix::open_opts(path, options).map_err(|source| {
             OpenError::Open {
                 path: path.to_owned(),
                 source,

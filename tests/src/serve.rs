@@ -100,7 +100,10 @@ impl Serve {
                 .arg(&ws.config)
                 .arg("serve")
                 .current_dir(ws.dir.path())
-                .env("KVGIT_LOG", std::env::var("TEST_KVGIT_LOG").unwrap_or_else(|_| "kvgit=info".into()))
+                .env(
+                    "KVGIT_LOG",
+                    std::env::var("TEST_KVGIT_LOG").unwrap_or_else(|_| "kvgit=info".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -245,26 +248,38 @@ impl Serve {
         }
     }
 
+    /// Sends `kill -<sig>` (e.g. "STOP", "CONT", "TERM") to the process by pid.
+    pub fn signal(&self, sig: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{sig}"), self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{sig} {} failed", self.pid);
+    }
+
     /// SIGTERM by pid and wait (bounded) for the exit: its status and how long it took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        self.signal("TERM");
+        let status = self.wait_exit();
+        (status, started.elapsed())
+    }
+
+    /// Waits (bounded) for the process to exit on its own, and reaps it.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self
             .child
             .take()
             .unwrap_or_else(|| panic!("serve (pid {}) is not running", self.pid));
         let started = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {} failed", self.pid);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                return (status, started.elapsed());
+                return status;
             }
             if started.elapsed() > TERM_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
-                self.fail(&format!("serve did not exit within {TERM_TIMEOUT:?} of SIGTERM"));
+                self.fail(&format!("serve did not exit within {TERM_TIMEOUT:?}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -289,7 +304,14 @@ impl Remote {
         let path = dir.join("remote.git");
         run_git(
             None,
-            &["init", "-q", "--bare", "-b", "main", path.to_str().expect("utf-8")],
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                path.to_str().expect("utf-8"),
+            ],
         );
         let remote = Remote { path };
         remote.git(&["config", "receive.denyNonFastForwards", "true"]);
@@ -618,7 +640,11 @@ pub fn git_files(repo: &Path, rev: &str, dir: &str) -> BTreeMap<String, Vec<u8>>
         let mut header = String::new();
         out.read_line(&mut header).expect("cat-file header");
         let mut parts = header.split_whitespace();
-        assert_eq!(parts.next(), Some(id.as_str()), "cat-file answered {header}");
+        assert_eq!(
+            parts.next(),
+            Some(id.as_str()),
+            "cat-file answered {header}"
+        );
         assert_eq!(parts.next(), Some("blob"), "cat-file answered {header}");
         let size: usize = parts.next().and_then(|s| s.parse().ok()).expect("size");
         let mut content = vec![0u8; size + 1];
@@ -642,7 +668,10 @@ pub async fn etcd_files(c: &mut etcd_client::Client, prefix: &str) -> BTreeMap<S
         .iter()
         .map(|kv| {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let rel = key.strip_prefix(prefix).expect("under the prefix").to_string();
+            let rel = key
+                .strip_prefix(prefix)
+                .expect("under the prefix")
+                .to_string();
             (rel, kv.value().to_vec())
         })
         .collect()
@@ -694,11 +723,7 @@ fn try_git(cwd: Option<&Path>, args: &[&str]) -> bool {
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
-    cmd.args(args)
-        .output()
-        .expect("spawn git")
-        .status
-        .success()
+    cmd.args(args).output().expect("spawn git").status.success()
 }
 
 fn run_git(cwd: Option<&Path>, args: &[&str]) -> Vec<u8> {

@@ -81,7 +81,10 @@ async fn wait_converged(serve: &Serve, c: &Client, repo: &Path, rev: &str, areas
         let mut c = c.clone();
         let mut report = String::new();
         for a in areas {
-            let d = diff(&etcd_files(&mut c, a.prefix).await, &git_files(repo, rev, a.path));
+            let d = diff(
+                &etcd_files(&mut c, a.prefix).await,
+                &git_files(repo, rev, a.path),
+            );
             if !d.is_empty() {
                 report.push_str(&format!("area {}:\n{d}\n", a.name));
             }
@@ -105,7 +108,14 @@ fn wait_pushed(serve: &Serve, ws: &Workspace, remote: &Remote) {
 fn changed_paths(repo: &Path, id: &str) -> Vec<String> {
     let raw = kvgit_tests::kvgit::git_in(
         repo,
-        &["diff-tree", "--root", "--no-commit-id", "-r", "--name-only", id],
+        &[
+            "diff-tree",
+            "--root",
+            "--no-commit-id",
+            "-r",
+            "--name-only",
+            id,
+        ],
     );
     String::from_utf8_lossy(&raw)
         .lines()
@@ -127,7 +137,12 @@ fn kvgit_commit(repo: &Path, e: &LogEntry, areas: &[Area<'_>]) -> (String, u64) 
     let rev: u64 = t
         .get("Kvgit-Revision")
         .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("commit {} has no numeric Kvgit-Revision: {:?}", e.id, e.message));
+        .unwrap_or_else(|| {
+            panic!(
+                "commit {} has no numeric Kvgit-Revision: {:?}",
+                e.id, e.message
+            )
+        });
     let cluster = t.get("Kvgit-Cluster").map(String::as_str).unwrap_or("");
     assert!(!cluster.is_empty(), "commit {} has no Kvgit-Cluster", e.id);
     assert_eq!(
@@ -239,10 +254,20 @@ async fn follows_puts_and_deletes_in_two_areas_and_reaches_the_remote() {
     // A stream of puts and deletes in both areas, in rounds the batcher sees separately.
     for round in 0..3 {
         for i in 0..5 {
-            put(&mut c, &format!("/t/entries/node-{i}/status"), &format!("r{round}")).await;
+            put(
+                &mut c,
+                &format!("/t/entries/node-{i}/status"),
+                &format!("r{round}"),
+            )
+            .await;
             put(&mut c, &format!("/t/events/r{round}-{i}"), "new").await;
         }
-        put(&mut c, &format!("/t/entries/node-new-{round}/status"), "joining").await;
+        put(
+            &mut c,
+            &format!("/t/entries/node-new-{round}/status"),
+            "joining",
+        )
+        .await;
         del(&mut c, &format!("/t/events/e{round}")).await;
         if round > 0 {
             del(&mut c, &format!("/t/entries/node-new-{}/status", round - 1)).await;
@@ -329,7 +354,10 @@ async fn kill9_mid_stream_then_restart_converges_without_double_commits() {
                     })
                     .collect();
                 if t % 20 == 19 {
-                    ops.push(TxnOp::delete(format!("/t/entries/k{:05}", (t - 10) * PER_TXN), None));
+                    ops.push(TxnOp::delete(
+                        format!("/t/entries/k{:05}", (t - 10) * PER_TXN),
+                        None,
+                    ));
                 }
                 c.txn(Txn::new().and_then(ops)).await.expect("etcd txn");
                 written.fetch_add(PER_TXN, Ordering::SeqCst);
@@ -421,7 +449,10 @@ async fn compaction_while_down_resyncs_including_deletes() {
         }
         assert_eq!(files.get("new00").map(Vec::as_slice), Some(&b"added"[..]));
         assert_eq!(files.get("k00").map(Vec::as_slice), Some(&b"two"[..]));
-        let series = format!(r#"kvgit_resyncs_total{{area="{}",reason="compacted"}}"#, a.name);
+        let series = format!(
+            r#"kvgit_resyncs_total{{area="{}",reason="compacted"}}"#,
+            a.name
+        );
         let n = metric(&serve, &series);
         assert!(n >= 1.0, "{series} = {n}");
     }
@@ -473,12 +504,14 @@ async fn a_persons_commit_reaches_etcd_after_post_sync_without_echo() {
             async move {
                 get(&mut c, "/t/entries/a").await.as_deref() == Some(&b"from-git"[..])
                     && get(&mut c, "/t/entries/c").await.is_none()
-                    && get(&mut c, "/t/routes/api").await.as_deref()
-                        == Some(&b"node-1,node-2"[..])
+                    && get(&mut c, "/t/routes/api").await.as_deref() == Some(&b"node-1,node-2"[..])
             }
         })
         .await;
-    assert_eq!(get(&mut c, "/t/entries/b").await.as_deref(), Some(&b"from-kv"[..]));
+    assert_eq!(
+        get(&mut c, "/t/entries/b").await.as_deref(),
+        Some(&b"from-kv"[..])
+    );
     // The counters move right after the writes.
     for (series, want) in [
         (r#"kvgit_apply_keys_total{area="routes",op="put"}"#, 1.0),
@@ -515,7 +548,10 @@ async fn a_persons_commit_reaches_etcd_after_post_sync_without_echo() {
         ));
     }
     assert_eq!(remote.commit_count(), count);
-    assert_eq!(metric(&serve, r#"kvgit_conflicts_total{area="entries"}"#), 0.0);
+    assert_eq!(
+        metric(&serve, r#"kvgit_conflicts_total{area="entries"}"#),
+        0.0
+    );
 }
 
 // 5 ------------------------------------------------------------------------------------
@@ -545,7 +581,11 @@ async fn conflict_setup(
     wait_pushed(&serve, ws, remote);
 
     put(c, "/t/entries/k", "live").await;
-    remote.person_commits(ws.dir.path(), &[("entries/k", Some(b"from-git"))], "k from git");
+    remote.person_commits(
+        ws.dir.path(),
+        &[("entries/k", Some(b"from-git"))],
+        "k from git",
+    );
     serve.sync_now();
     serve
         .wait_until_async(CONVERGE, "Git's value in etcd", || {
@@ -574,10 +614,15 @@ async fn both_sides_change_a_key_git_wins_and_the_conflict_is_reported() {
     // Only POST /sync fetches (after start-up), so the report is not replaced meanwhile.
     let serve = conflict_setup(&etcd, &mut c, &ws, &remote, "60s").await;
 
-    serve.wait_until(Duration::from_secs(5), "/status to name the overwritten value", || {
-        names_conflict(&serve)
-    });
-    assert_eq!(metric(&serve, r#"kvgit_conflicts_total{area="entries"}"#), 1.0);
+    serve.wait_until(
+        Duration::from_secs(5),
+        "/status to name the overwritten value",
+        || names_conflict(&serve),
+    );
+    assert_eq!(
+        metric(&serve, r#"kvgit_conflicts_total{area="entries"}"#),
+        1.0
+    );
 
     // The pending live event ("live", then our own "from-git") commits nothing: Git keeps
     // its value, etcd keeps Git's.
@@ -587,13 +632,26 @@ async fn both_sides_change_a_key_git_wins_and_the_conflict_is_reported() {
     });
     wait_converged(&serve, &c, &ws.repo, MAIN, &[ENTRIES]).await;
     let moved = poll_until(Duration::from_millis(1500), || remote.tip() != tip);
-    assert!(!moved, "no commit after the conflict: {:?} -> {:?}", tip, remote.tip());
+    assert!(
+        !moved,
+        "no commit after the conflict: {:?} -> {:?}",
+        tip,
+        remote.tip()
+    );
     assert_eq!(
-        git_files(&remote.path, MAIN, "entries").get("k").map(Vec::as_slice),
+        git_files(&remote.path, MAIN, "entries")
+            .get("k")
+            .map(Vec::as_slice),
         Some(&b"from-git"[..])
     );
-    assert_eq!(get(&mut c, "/t/entries/k").await.as_deref(), Some(&b"from-git"[..]));
-    assert!(names_conflict(&serve), "the report stays until the next apply");
+    assert_eq!(
+        get(&mut c, "/t/entries/k").await.as_deref(),
+        Some(&b"from-git"[..])
+    );
+    assert!(
+        names_conflict(&serve),
+        "the report stays until the next apply"
+    );
 }
 
 /// The live value Git overwrote must stay findable (SPEC: "the overwritten live value is
@@ -607,9 +665,11 @@ async fn conflict_report_survives_a_later_apply_of_the_area() {
     let ws = Workspace::new(etcd.endpoint(), &[]);
     let remote = Remote::init(ws.dir.path());
     let serve = conflict_setup(&etcd, &mut c, &ws, &remote, "1s").await;
-    serve.wait_until(Duration::from_secs(5), "/status to name the overwritten value", || {
-        names_conflict(&serve)
-    });
+    serve.wait_until(
+        Duration::from_secs(5),
+        "/status to name the overwritten value",
+        || names_conflict(&serve),
+    );
     serve.wait_until(CONVERGE, "the batch to be flushed", || {
         area_status(&serve.status(), "entries")["pending_events"] == 0
     });
@@ -685,7 +745,12 @@ async fn a_second_writer_on_the_remote_is_kept_and_ours_replayed_on_top() {
     let entries = log(&remote.path, MAIN);
     for e in &entries {
         if !trailers(&e.message).contains_key("Kvgit-Area") {
-            assert!(theirs.contains(&e.id), "unexpected commit {}: {}", e.id, e.message);
+            assert!(
+                theirs.contains(&e.id),
+                "unexpected commit {}: {}",
+                e.id,
+                e.message
+            );
         }
     }
     let per_area = revisions_strictly_increase(&remote.path, &areas);
@@ -742,7 +807,10 @@ async fn unreachable_remote_delays_pushes_only_and_loses_nothing() {
         "/status reports the push error: {status}"
     );
     let (code, body) = serve.get("/readyz");
-    assert_eq!(code, 200, "an unreachable remote only delays pushes: {body}");
+    assert_eq!(
+        code, 200,
+        "an unreachable remote only delays pushes: {body}"
+    );
 
     remote.restore();
     wait_pushed(&serve, &ws, &remote);
@@ -794,7 +862,12 @@ async fn an_idle_service_makes_no_commits() {
     let (remote_count, local_count) = (remote.commit_count(), ws.commit_count());
     let commits: Vec<f64> = areas
         .iter()
-        .map(|a| metric(&serve, &format!(r#"kvgit_commits_total{{area="{}"}}"#, a.name)))
+        .map(|a| {
+            metric(
+                &serve,
+                &format!(r#"kvgit_commits_total{{area="{}"}}"#, a.name),
+            )
+        })
         .collect();
     // Several batch windows, push intervals and fetches with nothing happening.
     let changed = poll_until(Duration::from_secs(3), || {
@@ -809,7 +882,12 @@ async fn an_idle_service_makes_no_commits() {
     );
     let after: Vec<f64> = areas
         .iter()
-        .map(|a| metric(&serve, &format!(r#"kvgit_commits_total{{area="{}"}}"#, a.name)))
+        .map(|a| {
+            metric(
+                &serve,
+                &format!(r#"kvgit_commits_total{{area="{}"}}"#, a.name),
+            )
+        })
         .collect();
     assert_eq!(commits, after, "kvgit_commits_total moved while idle");
 }
@@ -901,7 +979,9 @@ async fn metrics_readyz_sync_token_and_sigterm_flush() {
             .as_u64()
             .is_some_and(|n| n > 0)
     });
-    assert!(!ws.git_bytes(&["ls-tree", "-r", "--name-only", MAIN]).is_empty());
+    assert!(!ws
+        .git_bytes(&["ls-tree", "-r", "--name-only", MAIN])
+        .is_empty());
     assert!(
         !git_files(&ws.repo, MAIN, "events").contains_key("last-words"),
         "not committed before the flush"
@@ -1010,9 +1090,15 @@ async fn a_foreign_edit_of_a_kv_to_git_area_is_reverted_to_the_live_value() {
         rev_parse(&ws.repo, MAIN).is_some_and(|tip| is_ancestor(&ws.repo, &edit, &tip))
     });
     let reverted = poll_until(Duration::from_secs(10), || {
-        git_files(&ws.repo, MAIN, "events").get("e0").map(Vec::as_slice) == Some(&b"live"[..])
+        git_files(&ws.repo, MAIN, "events")
+            .get("e0")
+            .map(Vec::as_slice)
+            == Some(&b"live"[..])
     });
-    assert_eq!(get(&mut c, "/t/events/e0").await.as_deref(), Some(&b"live"[..]));
+    assert_eq!(
+        get(&mut c, "/t/events/e0").await.as_deref(),
+        Some(&b"live"[..])
+    );
     if !reverted {
         serve.fail(&format!(
             "kv-to-git area events: Git keeps e0 = {:?} while etcd holds \"live\" (10s after the fetch)",
@@ -1054,15 +1140,21 @@ async fn live_drift_in_a_git_to_kv_area_is_reverted_and_reported() {
         serve.metric(r#"kvgit_drift_keys{area="routes"}"#) == Some(1.0)
     });
     assert_eq!(area_status(&serve.status(), "routes")["drift"], 1);
-    assert_eq!(get(&mut c, "/t/routes/extra").await.as_deref(), Some(&b"hand-made"[..]));
+    assert_eq!(
+        get(&mut c, "/t/routes/extra").await.as_deref(),
+        Some(&b"hand-made"[..])
+    );
     assert_eq!(remote.tip(), tip, "drift is never committed");
     assert_eq!(rev_parse(&ws.repo, MAIN), tip);
     assert!(metric(&serve, r#"kvgit_apply_keys_total{area="routes",op="put"}"#) >= 2.0);
 }
 
-/// SIGTERM right after an acknowledged write: the flush must include it.
+/// SIGTERM right after acknowledged writes: a clean stop flushes them, so the local branch
+/// holds every one of them once the process has exited 0. The process is paused (SIGSTOP)
+/// while the writes happen, so they are still on their way to it when the SIGTERM lands: the
+/// situation of a busy service, made repeatable.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_right_after_a_write_commits_it() {
+async fn sigterm_right_after_acknowledged_writes_commits_them_all() {
     let etcd = EtcdServer::start();
     let mut c = etcd.client().await;
     let ws = Workspace::new(etcd.endpoint(), &[]);
@@ -1074,12 +1166,22 @@ async fn sigterm_right_after_a_write_commits_it() {
     };
     let mut serve = Serve::start(&ws, etcd.endpoint(), &cfg);
     serve.wait_ready();
-    put(&mut c, "/t/events/last-words", "flushed").await;
-    let (status, _) = serve.terminate();
+    serve.signal("STOP");
+    for i in 0..50 {
+        put(&mut c, &format!("/t/events/w{i:02}"), "acked").await;
+    }
+    serve.signal("TERM");
+    serve.signal("CONT");
+    let status = serve.wait_exit();
     assert!(status.success(), "{status}");
     let files = git_files(&ws.repo, MAIN, "events");
-    if !files.contains_key("last-words") {
-        serve.fail(&format!("acknowledged write missing after SIGTERM: {:?}", files.keys().collect::<Vec<_>>()));
+    let mut cc = c.clone();
+    let live = etcd_files(&mut cc, "/t/events/").await;
+    if files != live {
+        serve.fail(&format!(
+            "after a clean SIGTERM (exit 0) the branch lacks writes acknowledged before it:\n{}",
+            diff(&live, &files)
+        ));
     }
 }
 
@@ -1121,7 +1223,10 @@ async fn a_fresh_node_adopts_the_remote_and_commits_nothing_twice() {
         remote.git(&["log", "--format=%h %s", MAIN])
     );
     for a in &areas {
-        let series = format!(r#"kvgit_resyncs_total{{area="{}",reason="compacted"}}"#, a.name);
+        let series = format!(
+            r#"kvgit_resyncs_total{{area="{}",reason="compacted"}}"#,
+            a.name
+        );
         assert_eq!(metric(&serve, &series), 0.0, "{series}");
     }
     revisions_strictly_increase(&remote.path, &areas);
@@ -1183,14 +1288,30 @@ async fn awkward_keys_followed_incrementally_match_a_fresh_export() {
     let serve = Serve::start(&ws, etcd.endpoint(), &ServeConfig::fast(&areas));
     serve.wait_ready();
     let p = |k: &[u8]| [b"/t/events/".as_slice(), k].concat();
-    let rounds: Vec<(Vec<&[u8]>, Vec<&[u8]>)> = vec![
+    // Per round: keys put, then keys deleted.
+    type Round<'k> = (Vec<&'k [u8]>, Vec<&'k [u8]>);
+    let rounds: Vec<Round<'_>> = vec![
         (
-            vec![b"node", b"a", b"x/y", b"sp ace", b".hidden", b"trail/", b"\xc3\xbc", b"bin\xff", b"", b"//"],
+            vec![
+                b"node",
+                b"a",
+                b"x/y",
+                b"sp ace",
+                b".hidden",
+                b"trail/",
+                b"\xc3\xbc",
+                b"bin\xff",
+                b"",
+                b"//",
+            ],
             vec![],
         ),
         (vec![b"Node", b"a/b", b"NODE", b"x/y/z"], vec![]),
         (vec![b"a/c/d"], vec![b"Node", b"a/b", b"x/y"]),
-        (vec![b"Node", b"trail"], vec![b"node", b"NODE", b"a/c/d", b"trail/", b""]),
+        (
+            vec![b"Node", b"trail"],
+            vec![b"node", b"NODE", b"a/c/d", b"trail/", b""],
+        ),
     ];
     for (round, (puts, dels)) in rounds.iter().enumerate() {
         for k in puts {
@@ -1198,7 +1319,12 @@ async fn awkward_keys_followed_incrementally_match_a_fresh_export() {
         }
         for k in dels {
             let resp = c.delete(p(k), None).await.expect("delete");
-            assert_eq!(resp.deleted(), 1, "{:?} existed", String::from_utf8_lossy(k));
+            assert_eq!(
+                resp.deleted(),
+                1,
+                "{:?} existed",
+                String::from_utf8_lossy(k)
+            );
         }
         let fresh = Workspace::new(etcd.endpoint(), &areas);
         fresh.kvgit(&["export"]).ok();
@@ -1222,7 +1348,11 @@ async fn awkward_keys_followed_incrementally_match_a_fresh_export() {
         .args(["fsck", "--strict"])
         .output()
         .expect("git fsck");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     revisions_strictly_increase(&ws.repo, &areas);
 }
 
@@ -1249,18 +1379,32 @@ async fn a_mass_delete_from_git_is_refused_and_reported() {
     wait_pushed(&serve, &ws, &remote);
     remote.person_commits(
         ws.dir.path(),
-        &[("entries/k0", None), ("entries/k1", None), ("entries/k2", None)],
+        &[
+            ("entries/k0", None),
+            ("entries/k1", None),
+            ("entries/k2", None),
+        ],
         "oops",
     );
     serve.sync_now();
     serve.wait_until(CONVERGE, "the refusal in /status", || {
         area_status(&serve.status(), "entries")["refused"].is_string()
     });
-    assert_eq!(metric(&serve, r#"kvgit_apply_refused{area="entries"}"#), 1.0);
-    let mut cc = c.clone();
-    assert_eq!(etcd_files(&mut cc, "/t/entries/").await.len(), 4, "etcd untouched");
     assert_eq!(
-        metric(&serve, r#"kvgit_apply_keys_total{area="entries",op="delete"}"#),
+        metric(&serve, r#"kvgit_apply_refused{area="entries"}"#),
+        1.0
+    );
+    let mut cc = c.clone();
+    assert_eq!(
+        etcd_files(&mut cc, "/t/entries/").await.len(),
+        4,
+        "etcd untouched"
+    );
+    assert_eq!(
+        metric(
+            &serve,
+            r#"kvgit_apply_keys_total{area="entries",op="delete"}"#
+        ),
         0.0
     );
     // The fix: k0 comes back, deleting two of four is within the guard.
@@ -1275,6 +1419,62 @@ async fn a_mass_delete_from_git_is_refused_and_reported() {
     serve.wait_until(CONVERGE, "the refusal cleared", || {
         area_status(&serve.status(), "entries")["refused"].is_null()
     });
-    assert_eq!(metric(&serve, r#"kvgit_apply_refused{area="entries"}"#), 0.0);
+    assert_eq!(
+        metric(&serve, r#"kvgit_apply_refused{area="entries"}"#),
+        0.0
+    );
     wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
+}
+
+/// Many commits large enough to be written as packs, across the service's periodic pack
+/// merges: every commit lands, the tree stays etcd's, and the repository checks clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_packed_commits_across_repacks_stay_consistent() {
+    const ROUNDS: usize = 70;
+    const KEYS: usize = 70;
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[]);
+    let remote = Remote::init(ws.dir.path());
+    let areas = [EVENTS];
+    put(&mut c, "/t/events/start", "0").await;
+    let cfg = ServeConfig {
+        batch_window: "20ms",
+        ..ServeConfig::fast(&areas).remote(&remote)
+    };
+    let serve = Serve::start(&ws, etcd.endpoint(), &cfg);
+    serve.wait_ready();
+    for round in 0..ROUNDS {
+        let before = ws.commit_count();
+        let ops: Vec<TxnOp> = (0..KEYS)
+            .map(|i| TxnOp::put(format!("/t/events/k{i:03}"), format!("round {round}"), None))
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.expect("etcd txn");
+        serve.wait_until(CONVERGE, &format!("round {round} committed"), || {
+            ws.commit_count() > before
+        });
+    }
+    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
+    let per_area = revisions_strictly_increase(&ws.repo, &areas);
+    assert_eq!(per_area["events"].len(), ROUNDS + 1);
+    wait_pushed(&serve, &ws, &remote);
+    wait_converged(&serve, &c, &remote.path, MAIN, &areas).await;
+    for repo in [&ws.repo, &remote.path] {
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(repo)
+            .args(["fsck", "--strict", "--no-progress"])
+            .output()
+            .expect("git fsck");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            repo.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        area_status(&serve.status(), "events")["last_error"],
+        serde_json::Value::Null
+    );
 }
