@@ -197,6 +197,9 @@ async fn full_pass(
                 .collect();
             let tip = git.tip()?;
             let desired_tree = area_tree(git, tip, &path)?;
+            if desired_tree.is_none() && !base_known {
+                return first_export(git, tip, live);
+            }
             let desired = read_area(git, desired_tree, &path)?;
             let base = if base_known {
                 Some(read_area(git, base_tree, &path)?)
@@ -298,6 +301,29 @@ fn finish(
         changes,
         base_tree: new_base,
         outcome,
+    })
+}
+
+/// The first export of an area into a repository that has no directory for it: by the
+/// rule every live key is committed and the base is the same tree. Straight from the
+/// snapshot to one pack, without the per-key bookkeeping a three-way pass needs (at a
+/// million keys that bookkeeping is most of the memory).
+fn first_export(
+    git: &GitStore,
+    tip: Option<ObjectId>,
+    live: BTreeMap<Vec<u8>, Option<Value>>,
+) -> anyhow::Result<Step> {
+    let changes = live.len();
+    let plan: DirPlan<ObjectId, Value> =
+        mapper::layout_all(live.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let tree = if plan.is_empty() { None } else { Some(git.write_plan_packed(&plan)?) };
+    Ok(Step {
+        tip,
+        changed: tree.is_some(),
+        new_area_tree: tree,
+        changes,
+        base_tree: tree,
+        outcome: Outcome::default(),
     })
 }
 
