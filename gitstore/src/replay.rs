@@ -23,6 +23,12 @@ pub struct Replayed {
 pub enum ReplayError {
     #[error(transparent)]
     MergeBase(#[from] MergeBaseError),
+    #[error("commit {commit}: could not carry its changes of {dir} onto the new tip: {detail}")]
+    Merge {
+        commit: ObjectId,
+        dir: String,
+        detail: String,
+    },
     #[error("commit {commit}: could not read it")]
     Commit {
         commit: ObjectId,
@@ -166,9 +172,29 @@ impl GitStore {
         let mut buf = Vec::new();
         for (dir, parts) in dirs.iter().zip(&areas) {
             let path = parts.join("/");
-            let sub = subtree(repo, commit.tree, &path, &mut buf).map_err(tree_err)?;
+            let merge_err = |detail: String| ReplayError::Merge {
+                commit: id,
+                dir: dir.clone(),
+                detail,
+            };
+            let before = match old_parent_tree {
+                Some(t) => subtree(repo, t, &path, &mut buf).map_err(tree_err)?,
+                None => None,
+            };
+            let after = subtree(repo, commit.tree, &path, &mut buf).map_err(tree_err)?;
+            let onto = match tree {
+                Some(t) => subtree(repo, t, &path, &mut buf).map_err(tree_err)?,
+                None => None,
+            };
+            // Carry the commit's file changes, not its whole directory: a file someone else
+            // changed on the remote meanwhile keeps their version (Git wins; the next apply
+            // writes it to the KV store and reports the overwritten live value).
+            let changes = self
+                .diff_files(before, after)
+                .map_err(|e| merge_err(e.to_string()))?;
+            let merged = apply_unless_changed(repo, onto, &changes).map_err(merge_err)?;
             tree = self
-                .set_subtree(tree, &path, sub)
+                .set_subtree(tree, &path, merged)
                 .map_err(|source| ReplayError::Graft {
                     commit: id,
                     dir: dir.clone(),
@@ -177,6 +203,41 @@ impl GitStore {
         }
         Ok(tree)
     }
+}
+
+/// `onto` with each change applied where `onto` still holds the change's old blob.
+fn apply_unless_changed(
+    repo: &gix::Repository,
+    onto: Option<ObjectId>,
+    changes: &[crate::FileChange],
+) -> Result<Option<ObjectId>, String> {
+    let empty = ObjectId::empty_tree(gix::hash::Kind::Sha1);
+    let base = onto.unwrap_or(empty);
+    let mut editor = repo.edit_tree(base).map_err(|e| e.to_string())?;
+    let current_tree = repo.find_tree(base).map_err(|e| e.to_string())?;
+    let mut applied = 0;
+    for ch in changes {
+        let current = current_tree
+            .lookup_entry_by_path(&ch.path)
+            .map_err(|e| e.to_string())?
+            .filter(|e| e.mode().is_blob())
+            .map(|e| e.object_id());
+        if current != ch.old {
+            continue;
+        }
+        match ch.new {
+            Some(blob) => editor
+                .upsert(ch.path.as_str(), gix::object::tree::EntryKind::Blob, blob)
+                .map_err(|e| e.to_string())?,
+            None => editor.remove(ch.path.as_str()).map_err(|e| e.to_string())?,
+        };
+        applied += 1;
+    }
+    if applied == 0 {
+        return Ok(onto);
+    }
+    let id = editor.write().map_err(|e| e.to_string())?.detach();
+    Ok((id != empty).then_some(id))
 }
 
 fn commit_err(commit: ObjectId, source: ObjectReadError) -> ReplayError {

@@ -104,11 +104,9 @@ impl GitStore {
         // large commit between repacks, so reserve room instead of sizing by today's disk.
         let options = gix::open::Options::isolated()
             .object_store_slots(gix::odb::store::init::Slots::Given(PACK_INDEX_SLOTS));
-        let repo = gix::open_opts(path, options).map_err(|source| {
-            OpenError::Open {
-                path: path.to_owned(),
-                source,
-            }
+        let repo = gix::open_opts(path, options).map_err(|source| OpenError::Open {
+            path: path.to_owned(),
+            source,
         })?;
         if !repo.is_bare() {
             return Err(OpenError::NotBare {

@@ -32,7 +32,11 @@ pub async fn raw_write(endpoint: &str, n: usize) -> Duration {
 }
 
 /// Raw writes of the keys `range` (values salted with `salt`), same shape as `raw_write`.
-pub async fn raw_write_range(endpoint: &str, range: std::ops::Range<usize>, salt: &str) -> Duration {
+pub async fn raw_write_range(
+    endpoint: &str,
+    range: std::ops::Range<usize>,
+    salt: &str,
+) -> Duration {
     let client = Client::connect([endpoint], None).await.expect("connect");
     let start = Instant::now();
     let keys: Vec<usize> = range.collect();
@@ -45,7 +49,10 @@ pub async fn raw_write_range(endpoint: &str, range: std::ops::Range<usize>, salt
         let salt = salt.to_string();
         tasks.push(tokio::spawn(async move {
             for chunk in part {
-                let ops: Vec<TxnOp> = chunk.iter().map(|&i| TxnOp::put(key(i), value(i, &salt), None)).collect();
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|&i| TxnOp::put(key(i), value(i, &salt), None))
+                    .collect();
                 kv.txn(Txn::new().and_then(ops)).await.expect("raw txn");
             }
         }));
@@ -100,4 +107,3 @@ pub fn timed(cmd: &mut Command) -> Duration {
     );
     took
 }
-

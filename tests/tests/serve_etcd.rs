@@ -1167,8 +1167,19 @@ async fn sigterm_right_after_acknowledged_writes_commits_them_all() {
     let mut serve = Serve::start(&ws, etcd.endpoint(), &cfg);
     serve.wait_ready();
     serve.signal("STOP");
-    for i in 0..50 {
-        put(&mut c, &format!("/t/events/w{i:02}"), "acked").await;
+    // 400 writes from 4 clients, every one acknowledged before the SIGTERM.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    put(&mut c, &format!("/t/events/w{w}-{i:03}"), "acked").await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
     }
     serve.signal("TERM");
     serve.signal("CONT");

@@ -171,7 +171,9 @@ pub async fn incremental(
     .await
 }
 
-async fn full_pass(
+/// A full three-way pass over one area (snapshot, base and tip), committing what the rule
+/// gives Git; used after compaction and when the tip changed under a kv-to-git area.
+pub async fn full_pass(
     ctx: &Context,
     area: &AreaConfig,
     cluster: &ClusterId,
@@ -273,15 +275,24 @@ fn finish(
     // The base usually equals the new area tree (nothing pending either way): the same
     // edits from the same start give the same tree, so reuse it instead of writing twice.
     let reuse_base = base_tree == desired_tree && base_ids == outcome.git;
-    let base_changes: Option<BTreeMap<Vec<u8>, Option<Value>>> = (!reuse_base && !base_ids.is_empty()).then(|| {
-        base_ids
-            .iter()
-            .map(|(rel, id)| (rel.clone(), id.and_then(|_| live.get(rel).cloned().flatten())))
-            .collect()
-    });
+    let base_changes: Option<BTreeMap<Vec<u8>, Option<Value>>> =
+        (!reuse_base && !base_ids.is_empty()).then(|| {
+            base_ids
+                .iter()
+                .map(|(rel, id)| {
+                    (
+                        rel.clone(),
+                        id.and_then(|_| live.get(rel).cloned().flatten()),
+                    )
+                })
+                .collect()
+        });
     // Values move from the live read into the commit: no second copy of a large pass.
-    let git_changes: BTreeMap<Vec<u8>, Option<Value>> =
-        outcome.git.keys().map(|rel| (rel.clone(), live.remove(rel).flatten())).collect();
+    let git_changes: BTreeMap<Vec<u8>, Option<Value>> = outcome
+        .git
+        .keys()
+        .map(|rel| (rel.clone(), live.remove(rel).flatten()))
+        .collect();
     drop(live);
     let changes = git_changes.len();
     let new_area_tree = if git_changes.is_empty() {
@@ -316,7 +327,11 @@ fn first_export(
     let changes = live.len();
     let plan: DirPlan<ObjectId, Value> =
         mapper::layout_all(live.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-    let tree = if plan.is_empty() { None } else { Some(git.write_plan_packed(&plan)?) };
+    let tree = if plan.is_empty() {
+        None
+    } else {
+        Some(git.write_plan_packed(&plan)?)
+    };
     Ok(Step {
         tip,
         changed: tree.is_some(),

@@ -95,7 +95,7 @@ async fn session(
         svc.trigger.notify_one();
     }
     let mut stream = backend.watch(&area.prefix, from.next()).await?;
-    let mut batch = Batch::new(from);
+    let mut batch = Batch::new(name, from);
     let mut last_checkpoint = Instant::now();
     let mut tick = tokio::time::interval(LAG_TICK);
     loop {
@@ -104,6 +104,7 @@ async fn session(
             .map(|t| tokio::time::Instant::from_std(t + svc.ctx.cfg.sync.batch_window));
         tokio::select! {
             _ = shutdown.cancelled() => {
+                drain(svc, &backend, &mut stream, &mut batch).await;
                 flush(svc, area, &cluster, &mut batch).await?;
                 return Ok(Stop::Shutdown);
             }
@@ -155,8 +156,51 @@ async fn session(
     }
 }
 
+/// How long shutdown waits for the watch to deliver writes acknowledged before it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+
+/// At shutdown: take in every event up to the store's current revision (writes the store
+/// acknowledged before we stopped), so a clean exit leaves nothing for the next start.
+async fn drain(
+    svc: &Service,
+    backend: &Arc<dyn sync_core::KvBackend>,
+    stream: &mut sync_core::WatchStream,
+    batch: &mut Batch,
+) {
+    let name = batch.area.clone();
+    let Ok(Ok(target)) = tokio::time::timeout(DRAIN_LIMIT, backend.current_revision()).await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while batch.upto < target {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(WatchEvent::Changes { revision, changes }))) => {
+                for c in changes {
+                    svc.metrics
+                        .event(&name, matches!(c.kind, ChangeKind::Delete));
+                    batch.add(
+                        c.key,
+                        match c.kind {
+                            ChangeKind::Put(v) => Some(v),
+                            ChangeKind::Delete => None,
+                        },
+                    );
+                }
+                batch.upto = batch.upto.max(revision);
+            }
+            Ok(Some(Ok(WatchEvent::Progress { revision }))) => {
+                batch.upto = batch.upto.max(revision)
+            }
+            // Gone, failed or out of time: what is not drained is committed on the next start.
+            _ => return,
+        }
+    }
+}
+
 /// Events waiting for their commit: the last value per key, complete up to `upto`.
 struct Batch {
+    /// The area's name, for metrics.
+    area: String,
     changes: BTreeMap<Key, Option<Value>>,
     events: usize,
     first_at: Option<Instant>,
@@ -166,8 +210,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(from: Revision) -> Batch {
+    fn new(area: &str, from: Revision) -> Batch {
         Batch {
+            area: area.to_string(),
             changes: BTreeMap::new(),
             events: 0,
             first_at: None,

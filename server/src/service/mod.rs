@@ -46,9 +46,15 @@ impl Service {
         self.commits_since_repack.store(0, Ordering::Relaxed);
         let _git = self.git_lock.lock().await;
         let started = std::time::Instant::now();
-        match self.ctx.git_blocking(|git| Ok(git.repack_geometric()?)).await {
+        match self
+            .ctx
+            .git_blocking(|git| Ok(git.repack_geometric()?))
+            .await
+        {
             Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "repack failed; will try again later"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "repack failed; will try again later")
+            }
         }
     }
 }

@@ -6,12 +6,15 @@
 
 use super::Service;
 use crate::engine::apply::{self, plan_area, AreaPlan, MassDeleteRefused, OpKind};
-use crate::engine::checkpoint;
+use crate::engine::{checkpoint, export};
 use anyhow::Context as _;
 use gitstore::ObjectId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// Overwritten live values kept in `/status` per area (the log keeps every one).
+const MAX_CONFLICTS_KEPT: usize = 100;
 
 /// What the loop remembers between passes.
 #[derive(Default)]
@@ -42,15 +45,16 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
 }
 
 /// One fetch + apply pass.
-pub async fn sync_once(
-    svc: &Arc<Service>,
-    memory: &mut Memory,
-) -> anyhow::Result<()> {
+pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Result<()> {
     let ctx = &svc.ctx;
     if ctx.cfg.git.remote.is_some() {
         let _git = svc.git_lock.lock().await;
         super::push::integrate_remote(svc).await.context("fetch")?;
     }
+    let backend = ctx.backend().await?;
+    let cluster = backend.cluster_id().await?;
+    let _git = svc.git_lock.lock().await;
+    correct_kv_to_git(svc, memory, &cluster).await?;
     let areas: Vec<_> = ctx
         .cfg
         .areas
@@ -61,19 +65,20 @@ pub async fn sync_once(
     if areas.is_empty() {
         return Ok(());
     }
-    let backend = ctx.backend().await?;
-    let cluster = backend.cluster_id().await?;
-    let _git = svc.git_lock.lock().await;
     let tip = apply::target_commit(ctx, None).await?;
     let mut plans: Vec<AreaPlan> = Vec::new();
     for area in &areas {
         let name = area.name.0.clone();
         // Apply on top of what the batcher has committed, never before its first catch-up.
-        let Some(cp) = checkpoint::load(ctx, &area.name).await? else { continue };
+        let Some(cp) = checkpoint::load(ctx, &area.name).await? else {
+            continue;
+        };
         if !svc.state.caught_up(&name) {
             continue;
         }
-        if memory.refused.get(&name) == Some(&tip) || memory.applied.get(&name) == Some(&(tip, cp.id)) {
+        if memory.refused.get(&name) == Some(&tip)
+            || memory.applied.get(&name) == Some(&(tip, cp.id))
+        {
             continue;
         }
         match plan_area(ctx, area, tip, &cluster, false).await {
@@ -113,7 +118,12 @@ pub async fn sync_once(
         if conflicts > 0 {
             svc.metrics.conflicts(name, conflicts);
             for op in plan.ops.iter().filter(|o| o.overwrites.is_some()) {
-                tracing::warn!(area = name, key = %op.key, "Git won a conflict; live value overwritten");
+                let overwritten = op
+                    .overwrites
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                tracing::warn!(area = name, key = %op.key, %overwritten, "Git won a conflict; live value overwritten");
             }
         }
         svc.metrics.refused(name, false);
@@ -122,16 +132,59 @@ pub async fn sync_once(
             s.drift = plan.drift.len() as u64;
             s.applied_once = s.applied_once || w.raced.is_empty();
             s.ready = s.caught_up && s.applied_once;
-            s.last_conflicts = plan
-                .ops
-                .iter()
-                .filter_map(|o| {
-                    o.overwrites
-                        .as_ref()
-                        .map(|v| (o.key.to_string(), String::from_utf8_lossy(v).into_owned()))
-                })
-                .collect();
+            // Kept across passes (newest last, bounded): a later apply must not erase the
+            // record of a value Git overwrote.
+            s.last_conflicts.extend(plan.ops.iter().filter_map(|o| {
+                o.overwrites
+                    .as_ref()
+                    .map(|v| (o.key.to_string(), String::from_utf8_lossy(v).into_owned()))
+            }));
+            let excess = s.last_conflicts.len().saturating_sub(MAX_CONFLICTS_KEPT);
+            s.last_conflicts.drain(..excess);
         });
+    }
+    Ok(())
+}
+
+/// A kv-to-git area whose tree at the tip is not its base was edited in Git (a foreign
+/// commit): the rule gives the live value back, so run the three-way pass, which commits
+/// it. Skipped while neither the tip nor the checkpoint moved. The caller holds the Git lock.
+async fn correct_kv_to_git(
+    svc: &Arc<Service>,
+    memory: &mut Memory,
+    cluster: &sync_core::ClusterId,
+) -> anyhow::Result<()> {
+    let ctx = &svc.ctx;
+    let tip = apply::target_commit(ctx, None).await?;
+    for area in ctx.cfg.areas.iter().filter(|a| !a.rule.mode.applies_git()) {
+        let name = area.name.0.clone();
+        if !svc.state.caught_up(&name) {
+            continue;
+        }
+        let Some(cp) = checkpoint::load(ctx, &area.name)
+            .await?
+            .filter(|c| &c.cluster == cluster)
+        else {
+            continue;
+        };
+        if memory.applied.get(&name) == Some(&(tip, cp.id)) {
+            continue;
+        }
+        let path = area.path.clone();
+        let current = ctx
+            .git_blocking(move |git| crate::engine::view::area_tree(git, tip, &path))
+            .await?;
+        if current != cp.base_tree {
+            let report =
+                export::full_pass(ctx, area, cluster, Some(cp), export::PassKind::Resync).await?;
+            if let Some(c) = report.commit {
+                tracing::info!(area = %name, commit = %c, changes = report.changes, "Git edits of a kv-to-git area reverted to the live values");
+            }
+        }
+        let after = apply::target_commit(ctx, None).await?;
+        if let Some(cp) = checkpoint::load(ctx, &area.name).await? {
+            memory.applied.insert(name, (after, cp.id));
+        }
     }
     Ok(())
 }

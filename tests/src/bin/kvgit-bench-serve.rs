@@ -15,35 +15,58 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// Sum of a metric's samples whose line starts with `prefix` (e.g. `kvgit_commits_total{area="a0"}`).
 fn metric(port: u16, prefix: &str) -> f64 {
     let (_, body) = http_get(port, "/metrics").expect("metrics");
-    body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn checkpoint_of(port: u16, area: &str) -> u64 {
-    metric(port, &format!("kvgit_checkpoint_revision{{area=\"{area}\"}}")) as u64
+    metric(
+        port,
+        &format!("kvgit_checkpoint_revision{{area=\"{area}\"}}"),
+    ) as u64
 }
 
 fn min_checkpoint(port: u16) -> u64 {
-    (0..AREAS).map(|a| metric(port, &format!("kvgit_checkpoint_revision{{area=\"a{a}\"}}")) as u64).min().unwrap_or(0)
+    (0..AREAS)
+        .map(|a| metric(port, &format!("kvgit_checkpoint_revision{{area=\"a{a}\"}}")) as u64)
+        .min()
+        .unwrap_or(0)
 }
 
 struct Serve {
@@ -75,7 +98,10 @@ impl Serve {
         let serve = Serve { child, port };
         let start = Instant::now();
         while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(start.elapsed() < Duration::from_secs(600), "serve never became ready");
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "serve never became ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         serve
@@ -83,7 +109,8 @@ impl Serve {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
         let kb: f64 = status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -108,24 +135,43 @@ impl Drop for Serve {
 }
 
 async fn revision(client: &mut Client) -> u64 {
-    client.get("/", None).await.expect("get").header().expect("header").revision() as u64
+    client
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision() as u64
 }
 
 /// One transaction changing 100 keys of area a0; returns the seconds its commit took.
 async fn commit_of_100(client: &mut Client, serve: &Serve, n: usize, salt: &str) -> f64 {
     let (sum0, count0) = (
         metric(serve.port, "kvgit_commit_duration_seconds_sum{area=\"a0\"}"),
-        metric(serve.port, "kvgit_commit_duration_seconds_count{area=\"a0\"}"),
+        metric(
+            serve.port,
+            "kvgit_commit_duration_seconds_count{area=\"a0\"}",
+        ),
     );
-    let ops: Vec<TxnOp> = (0..100).map(|j| (j * 7919 * AREAS) % n).map(|i| TxnOp::put(key(i), value(i, salt), None)).collect();
-    client.kv_client().txn(Txn::new().and_then(ops)).await.expect("txn");
+    let ops: Vec<TxnOp> = (0..100)
+        .map(|j| (j * 7919 * AREAS) % n)
+        .map(|i| TxnOp::put(key(i), value(i, salt), None))
+        .collect();
+    client
+        .kv_client()
+        .txn(Txn::new().and_then(ops))
+        .await
+        .expect("txn");
     let rev = revision(client).await;
     while checkpoint_of(serve.port, "a0") < rev {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (sum1, count1) = (
         metric(serve.port, "kvgit_commit_duration_seconds_sum{area=\"a0\"}"),
-        metric(serve.port, "kvgit_commit_duration_seconds_count{area=\"a0\"}"),
+        metric(
+            serve.port,
+            "kvgit_commit_duration_seconds_count{area=\"a0\"}",
+        ),
     );
     assert_eq!(count1 - count0, 1.0, "one commit for the 100 keys");
     sum1 - sum0
@@ -142,11 +188,15 @@ async fn main() {
     let small = env_usize("BENCH_SMALL", 100_000);
     let large = env_usize("BENCH_LARGE", 1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    println!("kvgit-bench-serve: ingest {ingest} keys; 100-key commits at {small} and {large} keys");
+    println!(
+        "kvgit-bench-serve: ingest {ingest} keys; 100-key commits at {small} and {large} keys"
+    );
 
     // 1. Ingest: etcd written at full speed while serve follows.
     let etcd = EtcdServer::start();
-    let mut client = Client::connect([etcd.endpoint()], None).await.expect("connect");
+    let mut client = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect");
     let serve = Serve::start(dir.path(), etcd.endpoint(), "ingest");
     let start = Instant::now();
     let write = raw_write_range(etcd.endpoint(), 0..ingest, "v1").await;
@@ -165,7 +215,9 @@ async fn main() {
 
     // 2. A 100-key commit at `small` keys, then at `large` keys, in one serve.
     let etcd = EtcdServer::start();
-    let mut client = Client::connect([etcd.endpoint()], None).await.expect("connect");
+    let mut client = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect");
     raw_write_range(etcd.endpoint(), 0..small, "v1").await;
     let serve = Serve::start(dir.path(), etcd.endpoint(), "scale");
     let mut runs = Vec::new();
@@ -187,7 +239,10 @@ async fn main() {
         at_large * 1e3,
         at_large / at_small
     );
-    println!("serve following {large} keys: peak RSS {:.0} MiB (target <= 300)", serve.peak_rss_mib());
+    println!(
+        "serve following {large} keys: peak RSS {:.0} MiB (target <= 300)",
+        serve.peak_rss_mib()
+    );
     drop(serve);
 
     // 3. A first start on the already filled etcd: the no-base pass mirrors every key.
