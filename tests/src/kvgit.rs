@@ -168,17 +168,7 @@ impl Workspace {
                 clone.to_str().expect("utf-8 path"),
             ],
         );
-        for (path, content) in files {
-            let p = clone.join(path);
-            match content {
-                Some(c) => {
-                    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-                    std::fs::write(&p, c).expect("write file");
-                }
-                None => std::fs::remove_file(&p)
-                    .unwrap_or_else(|e| panic!("remove {}: {e}", p.display())),
-            }
-        }
+        write_files(&clone, files);
         run_git(Some(&clone), &["add", "-A"]);
         run_git(
             Some(&clone),
@@ -195,6 +185,22 @@ impl Workspace {
         );
         run_git(Some(&clone), &["push", "-q", "origin", "HEAD:main"]);
         std::fs::remove_dir_all(&clone).expect("remove clone");
+    }
+}
+
+/// Write (Some) or remove (None) each file under `dir`, creating directories as needed.
+pub fn write_files(dir: &Path, files: &[(&str, Option<&[u8]>)]) {
+    for (path, content) in files {
+        let p = dir.join(path);
+        match content {
+            Some(c) => {
+                std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                std::fs::write(&p, c).expect("write file");
+            }
+            None => {
+                std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()))
+            }
+        }
     }
 }
 

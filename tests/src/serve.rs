@@ -377,17 +377,7 @@ impl Remote {
                 clone.to_str().expect("utf-8"),
             ],
         );
-        for (path, content) in files {
-            let p = clone.join(path);
-            match content {
-                Some(c) => {
-                    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-                    std::fs::write(&p, c).expect("write file");
-                }
-                None => std::fs::remove_file(&p)
-                    .unwrap_or_else(|e| panic!("remove {}: {e}", p.display())),
-            }
-        }
+        crate::kvgit::write_files(&clone, files);
         let person = [
             "-c",
             "user.name=A Person",
