@@ -220,7 +220,8 @@ pub fn git_in(repo: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-fn run_git(cwd: Option<&Path>, args: &[&str]) {
+/// `git ARGS…` in `cwd`, stdout; panics with stderr on failure.
+pub fn run_git(cwd: Option<&Path>, args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new("git");
     if let Some(d) = cwd {
         cmd.current_dir(d);
@@ -231,4 +232,5 @@ fn run_git(cwd: Option<&Path>, args: &[&str]) {
         "git {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }

@@ -3,7 +3,7 @@
 //! `std::net::TcpStream`; SIGKILL/SIGTERM by pid; and the pollers and readers the tests use to
 //! check what an operator would check (etcd prefix reads, `git ls-tree`/`cat-file`).
 
-use crate::kvgit::{kvgit_bin, Area, Workspace};
+use crate::kvgit::{kvgit_bin, run_git, Area, Workspace};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -714,18 +714,4 @@ fn try_git(cwd: Option<&Path>, args: &[&str]) -> bool {
         cmd.current_dir(d);
     }
     cmd.args(args).output().expect("spawn git").status.success()
-}
-
-fn run_git(cwd: Option<&Path>, args: &[&str]) -> Vec<u8> {
-    let mut cmd = Command::new("git");
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    let out = cmd.args(args).output().expect("spawn git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }

@@ -97,6 +97,26 @@ async fn wait_converged(serve: &Serve, c: &Client, repo: &Path, rev: &str, areas
 }
 
 /// Waits until the remote's main is the local main (everything pushed).
+/// Serve with the fast test config and `remote`, once it is ready, has committed what etcd
+/// holds and has pushed it.
+async fn start_synced(
+    ws: &Workspace,
+    etcd: &EtcdServer,
+    c: &Client,
+    remote: &Remote,
+    areas: &[Area<'_>],
+) -> Serve {
+    let serve = Serve::start(
+        ws,
+        etcd.endpoint(),
+        &ServeConfig::fast(areas).remote(remote),
+    );
+    serve.wait_ready();
+    wait_converged(&serve, c, &ws.repo, MAIN, areas).await;
+    wait_pushed(&serve, ws, remote);
+    serve
+}
+
 fn wait_pushed(serve: &Serve, ws: &Workspace, remote: &Remote) {
     serve.wait_until(CONVERGE, "the remote to hold the local branch", || {
         let local = rev_parse(&ws.repo, MAIN);
@@ -698,14 +718,7 @@ async fn a_second_writer_on_the_remote_is_kept_and_ours_replayed_on_top() {
     let areas = [ENTRIES, EVENTS];
     put(&mut c, "/t/entries/a", "0").await;
     put(&mut c, "/t/events/start", "0").await;
-    let serve = Serve::start(
-        &ws,
-        etcd.endpoint(),
-        &ServeConfig::fast(&areas).remote(&remote),
-    );
-    serve.wait_ready();
-    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
-    wait_pushed(&serve, &ws, &remote);
+    let serve = start_synced(&ws, &etcd, &c, &remote, &areas).await;
 
     let mut theirs = Vec::new();
     for round in 0..3 {
@@ -769,14 +782,7 @@ async fn unreachable_remote_delays_pushes_only_and_loses_nothing() {
     let remote = Remote::init(ws.dir.path());
     let areas = [ENTRIES, EVENTS];
     put(&mut c, "/t/entries/a", "0").await;
-    let serve = Serve::start(
-        &ws,
-        etcd.endpoint(),
-        &ServeConfig::fast(&areas).remote(&remote),
-    );
-    serve.wait_ready();
-    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
-    wait_pushed(&serve, &ws, &remote);
+    let serve = start_synced(&ws, &etcd, &c, &remote, &areas).await;
     let pushed = remote.commit_count();
 
     remote.take_away();
@@ -1072,14 +1078,7 @@ async fn a_foreign_edit_of_a_kv_to_git_area_is_reverted_to_the_live_value() {
     let areas = [EVENTS];
     put(&mut c, "/t/events/e0", "live").await;
     put(&mut c, "/t/events/e1", "live").await;
-    let serve = Serve::start(
-        &ws,
-        etcd.endpoint(),
-        &ServeConfig::fast(&areas).remote(&remote),
-    );
-    serve.wait_ready();
-    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
-    wait_pushed(&serve, &ws, &remote);
+    let serve = start_synced(&ws, &etcd, &c, &remote, &areas).await;
     let edit = remote.person_commits(
         ws.dir.path(),
         &[("events/e0", Some(b"edited"))],
@@ -1259,14 +1258,7 @@ async fn readyz_fails_while_etcd_is_down_and_nothing_is_committed() {
     for i in 0..5 {
         put(&mut c, &format!("/t/entries/k{i}"), "1").await;
     }
-    let serve = Serve::start(
-        &ws,
-        etcd.endpoint(),
-        &ServeConfig::fast(&areas).remote(&remote),
-    );
-    serve.wait_ready();
-    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
-    wait_pushed(&serve, &ws, &remote);
+    let serve = start_synced(&ws, &etcd, &c, &remote, &areas).await;
     let (local, pushed) = (ws.commit_count(), remote.commit_count());
     etcd.stop();
     serve.wait_until(CONVERGE, "/readyz to fail", || {
@@ -1380,14 +1372,7 @@ async fn a_mass_delete_from_git_is_refused_and_reported() {
     for i in 0..4 {
         put(&mut c, &format!("/t/entries/k{i}"), "1").await;
     }
-    let serve = Serve::start(
-        &ws,
-        etcd.endpoint(),
-        &ServeConfig::fast(&areas).remote(&remote),
-    );
-    serve.wait_ready();
-    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
-    wait_pushed(&serve, &ws, &remote);
+    let serve = start_synced(&ws, &etcd, &c, &remote, &areas).await;
     remote.person_commits(
         ws.dir.path(),
         &[
