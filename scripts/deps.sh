@@ -7,6 +7,7 @@ missing=()
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -16,6 +17,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian's package may start a system etcd on 2379; kvgit's tests start their own on free
 # loopback ports and never touch it.
-for tool in etcd etcdctl protoc git cargo; do
+for tool in etcd etcdctl protoc git curl cargo; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/bin/$tool" ] || { echo "missing after install: $tool" >&2; exit 1; }
 done

@@ -37,7 +37,9 @@ for i in 1 2 3; do
 done
 etcdctl --endpoints "$endpoint" put "/sigil/routes/api" "node-1,node-2" >/dev/null
 
-sed -e "s#http://127.0.0.1:2379#$endpoint#" examples/kvgit.toml >"$work/kvgit.toml"
+listen="127.0.0.1:$((port + 2))"
+sed -e "s#http://127.0.0.1:2379#$endpoint#" -e "s#127.0.0.1:9464#$listen#" \
+  -e 's#batch_window = "1s"#batch_window = "300ms"#' examples/kvgit.toml >"$work/kvgit.toml"
 cd "$work"
 
 echo "== kvgit export"
@@ -51,5 +53,25 @@ echo "== kvgit status"
 "$kvgit" -c kvgit.toml status
 echo "== kvgit plan (Git -> KV): nothing to do"
 "$kvgit" -c kvgit.toml plan
+
+echo "== kvgit serve: the service follows etcd and commits each change"
+"$kvgit" -c kvgit.toml serve >serve.log 2>&1 &
+serve_pid=$!
+trap 'kill $serve_pid 2>/dev/null || true; kill $etcd_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -fs "http://$listen/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+before=$(git --git-dir state.git rev-list --count main)
+etcdctl --endpoints "$endpoint" put /sigil/entries/node-3/status "draining" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(git --git-dir state.git rev-list --count main)" -gt "$before" ] && break
+  sleep 0.1
+done
+git --git-dir state.git log -1 --stat --format='%h %s%n%b' main
+echo "== metrics (http://$listen/metrics)"
+curl -fs "http://$listen/metrics" | grep -E '^kvgit_(commits_total|events_total)' || true
+kill -TERM "$serve_pid"
+wait "$serve_pid" || true
 echo
 echo "Done. Work directory: $work (etcd is stopped on exit; rerun with KVGIT_QUICKSTART_DIR=$work to keep using it)."
