@@ -1,9 +1,11 @@
 //! The `KvBackend` trait: the one seam between kvgit and a KV store (etcd, Consul).
 //! Used as `Arc<dyn KvBackend>`; every backend passes the same conformance suite.
 
+use crate::ownership::{Claim, Epoch, Lease, LeaseId, Renewal};
 use crate::types::*;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use std::time::Duration;
 
 /// Changes under a prefix, from a revision on. Ends after `ResyncNeeded` or an error.
 pub type WatchStream = BoxStream<'static, Result<WatchEvent, BackendError>>;
@@ -95,4 +97,47 @@ pub trait KvBackend: Send + Sync + 'static {
 
     /// One atomic transaction: all ops apply, or none (`PreconditionFailed`).
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError>;
+
+    /// Refuse a key this backend cannot store or read back unchanged (Consul: keys must be
+    /// UTF-8, since its API carries them as JSON strings). Called on every key of an apply
+    /// before its first write. The error names the key.
+    fn check_key(&self, _key: &Key) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Whether older revisions can be read back (`snapshot(at)`, `watch(from)` in the
+    /// past, `changes_between`). etcd keeps history until compaction; Consul keeps only the
+    /// current state, so for it an older revision behaves as compacted.
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    // Ownership: leases (etcd) / sessions (Consul) and the claims that hang on them. kvgit
+    // builds area ownership on these, never on a protocol of its own.
+
+    /// A new lease that expires unless renewed within `ttl` (the backend may round the TTL
+    /// up: the returned `Lease` says what it applies). `name` labels it for operators.
+    async fn grant_lease(&self, name: &str, ttl: Duration) -> Result<Lease, BackendError>;
+
+    /// Renew once. `Renewal::Gone` when it expired or was revoked.
+    async fn renew_lease(&self, lease: &LeaseId) -> Result<Renewal, BackendError>;
+
+    /// End the lease now; every claim made with it is released. Unknown leases are fine.
+    async fn revoke_lease(&self, lease: &LeaseId) -> Result<(), BackendError>;
+
+    /// Take `key` with `value` for `lease` when no live lease holds it. `Some(epoch)` when
+    /// `lease` holds it afterwards (also when it already did: nothing is written then),
+    /// `None` when another lease holds it. The key goes away with the lease.
+    async fn claim(
+        &self,
+        key: &Key,
+        value: &[u8],
+        lease: &LeaseId,
+    ) -> Result<Option<Epoch>, BackendError>;
+
+    /// Give `key` up if `lease` holds it (the key is deleted); otherwise do nothing.
+    async fn release(&self, key: &Key, lease: &LeaseId) -> Result<(), BackendError>;
+
+    /// Every claim held under `prefix`, sorted by key, read at one revision.
+    async fn claims(&self, prefix: &[u8]) -> Result<Vec<Claim>, BackendError>;
 }

@@ -3,9 +3,11 @@
 
 pub mod backend;
 pub mod mapper;
+pub mod ownership;
 pub mod rule;
 pub mod tree;
 pub mod types;
 
 pub use backend::{BackendError, KvBackend, WatchStream};
+pub use ownership::{rendezvous_owner, Claim, Epoch, Lease, LeaseId, Renewal};
 pub use types::*;
