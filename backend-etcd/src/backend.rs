@@ -3,13 +3,13 @@
 
 use crate::config::{connect_options, ConnectError, EtcdConfig};
 use crate::errors::{missing_header, rev, Ctx, KIND};
-use crate::{delta, snapshot, txn, watch};
+use crate::{delta, ownership, snapshot, txn, watch};
 use async_trait::async_trait;
-use etcd_client::{Client, KvClient, MaintenanceClient, WatchClient};
+use etcd_client::{Client, KvClient, LeaseClient, MaintenanceClient, WatchClient};
 use std::time::Duration;
 use sync_core::{
-    BackendError, ClusterId, KvBackend, Revision, Snapshot, TxnOutcome, WatchStream, WriteLimits,
-    WriteOp,
+    BackendError, Claim, ClusterId, Epoch, Key, KvBackend, Lease, LeaseId, Renewal, Revision,
+    Snapshot, TxnOutcome, WatchStream, WriteLimits, WriteOp,
 };
 
 /// etcd refuses a txn of more than 128 ops (`--max-txn-ops`).
@@ -47,6 +47,7 @@ impl Conn {
 #[derive(Clone)]
 pub struct EtcdBackend {
     conn: Conn,
+    leases: LeaseClient,
 }
 
 impl std::fmt::Debug for EtcdBackend {
@@ -79,6 +80,7 @@ impl EtcdBackend {
                     })
                 }
             };
+        let leases = client.lease_client();
         let conn = Conn {
             kv: client.kv_client().max_decoding_message_size(DECODE_LIMIT),
             watch: client
@@ -97,7 +99,7 @@ impl EtcdBackend {
             .call("status", m.status())
             .await
             .map_err(|e| connect_error(&ctx, e))?;
-        Ok(EtcdBackend { conn })
+        Ok(EtcdBackend { conn, leases })
     }
 }
 
@@ -164,5 +166,34 @@ impl KvBackend for EtcdBackend {
 
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError> {
         txn::write(&self.conn, ops, self.write_limits()).await
+    }
+
+    async fn grant_lease(&self, _name: &str, ttl: Duration) -> Result<Lease, BackendError> {
+        ownership::grant(&self.conn, &self.leases, ttl).await
+    }
+
+    async fn renew_lease(&self, lease: &LeaseId) -> Result<Renewal, BackendError> {
+        ownership::renew(&self.conn, &self.leases, lease).await
+    }
+
+    async fn revoke_lease(&self, lease: &LeaseId) -> Result<(), BackendError> {
+        ownership::revoke(&self.conn, &self.leases, lease).await
+    }
+
+    async fn claim(
+        &self,
+        key: &Key,
+        value: &[u8],
+        lease: &LeaseId,
+    ) -> Result<Option<Epoch>, BackendError> {
+        ownership::claim(&self.conn, key, value, lease).await
+    }
+
+    async fn release(&self, key: &Key, lease: &LeaseId) -> Result<(), BackendError> {
+        ownership::release(&self.conn, key, lease).await
+    }
+
+    async fn claims(&self, prefix: &[u8]) -> Result<Vec<Claim>, BackendError> {
+        ownership::claims(&self.conn, prefix).await
     }
 }

@@ -6,6 +6,7 @@ mod config;
 mod delta;
 mod errors;
 mod keys;
+mod ownership;
 mod progress;
 mod snapshot;
 mod txn;

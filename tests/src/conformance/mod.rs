@@ -5,10 +5,12 @@
 //! server do not see each other. Compaction is a hook because only some backends have it.
 
 mod kv;
+mod ownership;
 mod support;
 mod watch;
 
 pub use kv::*;
+pub use ownership::*;
 pub use support::{commit, put};
 pub use watch::*;
 
@@ -61,6 +63,16 @@ pub async fn run_all(backend: Arc<dyn KvBackend>, prefix_root: &str, compact: Op
     step(
         "watch_quiet_prefix_progress",
         watch_quiet_prefix_progress(b, &p("quiet"), &p("noise")),
+    )
+    .await;
+    step(
+        "claims_are_exclusive",
+        claims_are_exclusive(b, &p("claims")),
+    )
+    .await;
+    step(
+        "leases_expire_unless_renewed",
+        leases_expire_unless_renewed(b, &p("leases")),
     )
     .await;
     match compact {
