@@ -161,6 +161,45 @@ impl GitStore {
     }
 }
 
+impl GitStore {
+    /// Compare-and-swap delete: removes `name` only if it points at `expected`.
+    pub fn delete_ref(&self, name: &str, expected: ObjectId) -> Result<(), RefUpdateError> {
+        let full = FullName::try_from(name).map_err(|source| RefUpdateError::InvalidName {
+            name: name.to_owned(),
+            source,
+        })?;
+        let repo = self.repo();
+        let edit = RefEdit {
+            change: Change::Delete {
+                expected: PreviousValue::MustExistAndMatch(Target::Object(expected)),
+                log: RefLog::AndReference,
+            },
+            name: full.clone(),
+            deref: false,
+        };
+        let committer = kvgit_signature();
+        let mut time = gix::date::parse::TimeBuf::default();
+        match repo.edit_references_as([edit], Some(committer.to_ref(&mut time))) {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                let actual = read(&repo, &full).ok().flatten();
+                if actual != Some(expected) {
+                    Err(RefUpdateError::Conflict {
+                        name: name.to_owned(),
+                        expected: Some(expected),
+                        actual,
+                    })
+                } else {
+                    Err(RefUpdateError::Update {
+                        name: name.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn read(
     repo: &gix::Repository,
     name: &FullName,

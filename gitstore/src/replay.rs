@@ -16,6 +16,8 @@ pub struct Replayed {
     pub tip: ObjectId,
     /// How many commits were rewritten (0 when one side already contains the other).
     pub replayed: usize,
+    /// How many local commits were left out because the caller refused them.
+    pub dropped: usize,
 }
 
 /// Why local commits could not be replayed; nothing was moved, new objects may be left over.
@@ -87,31 +89,52 @@ impl GitStore {
         onto: ObjectId,
         dirs_of: &AreasOf<'_>,
     ) -> Result<Replayed, ReplayError> {
+        self.replay_dropping(local, onto, dirs_of, &|_| false)
+    }
+
+    /// [`GitStore::replay`], leaving out the local commits `drop` refuses (a fenced owner's
+    /// commits: their changes are someone else's to commit now). When a commit is left out,
+    /// even a fast-forward is rewritten.
+    pub fn replay_dropping(
+        &self,
+        local: ObjectId,
+        onto: ObjectId,
+        dirs_of: &AreasOf<'_>,
+        drop: &dyn Fn(&CommitInfo) -> bool,
+    ) -> Result<Replayed, ReplayError> {
         let mut repo = self.repo();
         let base = merge_base(&mut repo, local, onto)?;
         if base == Some(local) {
             return Ok(Replayed {
                 tip: onto,
                 replayed: 0,
-            });
-        }
-        if base == Some(onto) {
-            return Ok(Replayed {
-                tip: local,
-                replayed: 0,
+                dropped: 0,
             });
         }
         let mut buf = Vec::new();
         let mut read =
             |id| commit_info(&repo, id, &mut buf).map_err(|source| commit_err(id, source));
         let chain = first_parent_chain(&mut read, local, base)?;
+        if base == Some(onto) && !chain.iter().any(drop) {
+            return Ok(Replayed {
+                tip: local,
+                replayed: 0,
+                dropped: 0,
+            });
+        }
         let onto_info = read(onto)?;
         let mut old_parent_tree = match base {
             Some(base) => Some(read(base)?.tree),
             None => None,
         };
         let mut tip = (onto, onto_info.commit_time, Some(onto_info.tree));
+        let mut dropped = 0;
         for commit in &chain {
+            if drop(commit) {
+                dropped += 1;
+                old_parent_tree = Some(commit.tree);
+                continue;
+            }
             let tree = self.graft(&repo, commit, old_parent_tree, tip.2, dirs_of)?;
             let author = Author {
                 name: commit.author_name.clone(),
@@ -136,7 +159,8 @@ impl GitStore {
         }
         Ok(Replayed {
             tip: tip.0,
-            replayed: chain.len(),
+            replayed: chain.len() - dropped,
+            dropped,
         })
     }
 

@@ -63,6 +63,11 @@ pub struct SyncConfig {
     pub push_interval: Duration,
     pub fetch_interval: Duration,
     pub max_delete_fraction: f64,
+    /// TTL of this node's lease (etcd) or session (Consul); its areas move to another node
+    /// when it is not renewed for this long.
+    pub lease_ttl: Duration,
+    /// Where members and area owners are recorded in the KV store; outside every area.
+    pub ownership_prefix: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +147,8 @@ struct RawSync {
     push_interval: Option<String>,
     fetch_interval: Option<String>,
     max_delete_fraction: Option<f64>,
+    lease_ttl: Option<String>,
+    ownership_prefix: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -190,6 +197,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "push_interval",
             "fetch_interval",
             "max_delete_fraction",
+            "lease_ttl",
+            "ownership_prefix",
         ],
     ),
     ("server", &["listen", "sync_token"]),
@@ -432,8 +441,23 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
             problems,
         ),
         max_delete_fraction,
+        lease_ttl: duration("sync.lease_ttl", raw.sync.lease_ttl, "10s", problems),
+        ownership_prefix: raw
+            .sync
+            .ownership_prefix
+            .unwrap_or_else(|| DEFAULT_OWNERSHIP_PREFIX.into())
+            .into_bytes(),
         node: node.clone(),
     };
+    if sync.ownership_prefix.is_empty() {
+        problems.push("sync.ownership_prefix: must not be empty (it would hold every key)".into());
+    }
+    if sync.lease_ttl < Duration::from_secs(2) {
+        problems.push(format!(
+            "sync.lease_ttl: {:?} is too short; at least 2s (renewals go every third of it)",
+            sync.lease_ttl
+        ));
+    }
 
     let branch = raw.git.branch.unwrap_or_else(|| "main".into());
     if branch.is_empty()
@@ -471,6 +495,17 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
     };
 
     let areas = validate_areas(raw.area, problems);
+    for (i, area) in areas.iter().enumerate() {
+        let (a, o) = (&area.prefix, &sync.ownership_prefix);
+        if a.starts_with(o) || o.starts_with(a) {
+            problems.push(format!(
+                "sync.ownership_prefix: {:?} overlaps area[{i}] ({}) prefix {:?}; ownership records must stay outside every area",
+                String::from_utf8_lossy(o),
+                area.name,
+                String::from_utf8_lossy(a)
+            ));
+        }
+    }
     Config {
         source: path.to_path_buf(),
         backend,
@@ -591,6 +626,9 @@ fn paths_overlap(a: &str, b: &str) -> bool {
     let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
     a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
 }
+
+/// Members and owners live under here unless `sync.ownership_prefix` says otherwise.
+pub const DEFAULT_OWNERSHIP_PREFIX: &str = "kvgit/ownership/";
 
 fn default_node() -> String {
     std::fs::read_to_string("/etc/hostname")

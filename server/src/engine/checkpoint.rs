@@ -87,6 +87,7 @@ pub async fn save(
             revision,
             cluster,
             node: &ctx.cfg.sync.node,
+            epoch: ctx.epoch(area),
         },
         branch_commit.map(|c| c.to_string()).as_deref(),
     );

@@ -386,6 +386,7 @@ async fn record(
                 revision,
                 cluster,
                 node: &ctx.cfg.sync.node,
+                epoch: ctx.epoch(&area.name),
             },
             step.changes,
             "",

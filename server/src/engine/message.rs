@@ -2,13 +2,15 @@
 //! written and parsed in one place so both stay in step.
 
 use std::collections::BTreeMap;
-use sync_core::{AreaName, ClusterId, Revision};
+use sync_core::{AreaName, ClusterId, Epoch, Revision};
 
 pub const AREA: &str = "Kvgit-Area";
 pub const REVISION: &str = "Kvgit-Revision";
 pub const CLUSTER: &str = "Kvgit-Cluster";
 pub const NODE: &str = "Kvgit-Node";
 pub const COMMIT: &str = "Kvgit-Commit";
+/// The fencing token of the owner that wrote the commit (`serve` only).
+pub const EPOCH: &str = "Kvgit-Epoch";
 
 /// The trailers every kvgit commit carries.
 pub struct Trailers<'a> {
@@ -16,6 +18,8 @@ pub struct Trailers<'a> {
     pub revision: Revision,
     pub cluster: &'a ClusterId,
     pub node: &'a str,
+    /// The owner's claim epoch, when the writer owns the area through the backend.
+    pub epoch: Option<Epoch>,
 }
 
 impl Trailers<'_> {
@@ -24,6 +28,9 @@ impl Trailers<'_> {
         out.push_str(&format!("{REVISION}: {}\n", self.revision));
         out.push_str(&format!("{CLUSTER}: {}\n", self.cluster));
         out.push_str(&format!("{NODE}: {}\n", self.node));
+        if let Some(e) = self.epoch {
+            out.push_str(&format!("{EPOCH}: {e}\n"));
+        }
     }
 }
 
@@ -78,6 +85,7 @@ mod tests {
             revision: Revision(1234),
             cluster: &cluster,
             node: "core-1",
+            epoch: None,
         };
         let msg = commit_message(&t, 42, "");
         assert_eq!(

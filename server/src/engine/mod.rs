@@ -17,7 +17,7 @@ use anyhow::{anyhow, Context as _};
 use backend_etcd::{EtcdBackend, EtcdConfig};
 use gitstore::{Author, GitStore};
 use std::sync::Arc;
-use sync_core::KvBackend;
+use sync_core::{AreaName, Epoch, KvBackend};
 use tokio::sync::OnceCell;
 
 /// What every verb works with: the config, the repository, and (on first use) the backend.
@@ -26,6 +26,9 @@ pub struct Context {
     git: Arc<GitStore>,
     /// Connected lazily so Git-only verbs (`log`) work while the backend is down.
     backend: OnceCell<Arc<dyn KvBackend>>,
+    /// Per area, the epoch of this node's claim while `serve` owns it; stamped on every
+    /// commit and checkpoint so a stale owner's work can be told apart.
+    epochs: std::sync::Mutex<std::collections::BTreeMap<AreaName, Epoch>>,
 }
 
 impl Context {
@@ -40,6 +43,7 @@ impl Context {
             cfg,
             git: Arc::new(git),
             backend: OnceCell::new(),
+            epochs: Default::default(),
         })
     }
 
@@ -85,6 +89,26 @@ impl Context {
         tokio::task::spawn_blocking(move || f(&git))
             .await
             .context("git task panicked")?
+    }
+
+    /// The epoch this node owns `area` under, if it does.
+    pub fn epoch(&self, area: &AreaName) -> Option<Epoch> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(area)
+            .copied()
+    }
+
+    pub fn set_epoch(&self, area: &AreaName, epoch: Option<Epoch>) {
+        let mut epochs = self
+            .epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match epoch {
+            Some(e) => epochs.insert(area.clone(), e),
+            None => epochs.remove(area),
+        };
     }
 
     pub fn author(&self) -> Author {

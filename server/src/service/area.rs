@@ -5,6 +5,7 @@
 //! loop and the pusher never race on the branch or the checkpoint refs.
 
 use super::backoff::Backoff;
+use super::ownership::Grant;
 use super::Service;
 use crate::config::AreaConfig;
 use crate::engine::{checkpoint, export};
@@ -19,6 +20,26 @@ use tokio_util::sync::CancellationToken;
 enum Stop {
     Shutdown,
     Resync(ResyncReason),
+    /// The area is no longer ours (lease lost, claim gone, or checkpoint moved by another
+    /// owner): the batch is dropped; whoever owns the area commits from the checkpoint.
+    Lost,
+    /// Handed over: everything pending was committed first.
+    Released,
+}
+
+/// Committing was refused because this node's ownership of the area is not surely alive.
+#[derive(Debug, thiserror::Error)]
+#[error("area {0}: not owned with a live lease; not committing (fenced)")]
+struct Fenced(String);
+
+/// The epoch to commit under, or `Fenced`; stamps it on the context for the commit.
+fn fence(svc: &Service, area: &AreaConfig) -> Result<sync_core::Epoch, Fenced> {
+    let epoch = svc
+        .ownership
+        .fence(&area.name.0)
+        .ok_or_else(|| Fenced(area.name.0.clone()))?;
+    svc.ctx.set_epoch(&area.name, Some(epoch));
+    Ok(epoch)
 }
 
 /// How often the lag gauge is refreshed while a batch waits, and a progress-only
@@ -29,17 +50,49 @@ const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToken) {
     let name = area.name.0.clone();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let Some(mut grant) = svc.ownership.subscribe(&name) else {
+        return;
+    };
     let mut first = true;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
+        // Wait until this node owns the area.
+        loop {
+            if matches!(
+                *grant.borrow_and_update(),
+                Grant::Owned(_) | Grant::HandOver(_)
+            ) {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = grant.changed() => if changed.is_err() { return },
+            }
+        }
         if !first {
             svc.metrics.watch_restart();
         }
         first = false;
-        match session(&svc, &area, &shutdown).await {
+        let outcome = match start_from_remote(&svc).await {
+            Ok(()) => session(&svc, &area, &shutdown, &mut grant).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Err(e) if e.downcast_ref::<Fenced>().is_some() => Ok(Stop::Lost),
+            other => other,
+        };
+        match outcome {
             Ok(Stop::Shutdown) => return,
+            Ok(Stop::Lost) => {
+                tracing::warn!(area = %name, "area lost: uncommitted events are left to its owner");
+                stopped(&svc, &name);
+            }
+            Ok(Stop::Released) => {
+                stopped(&svc, &name);
+                svc.ownership.released(&name);
+            }
             Ok(Stop::Resync(reason)) => {
                 tracing::warn!(area = %name, ?reason, "watch asks for a resync");
                 // The next session's catch-up sees the compaction and resyncs by the rule.
@@ -60,11 +113,36 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
     }
 }
 
-/// Catch up, then follow the watch until shutdown, a resync, or an error.
+/// The area is not being followed here any more.
+fn stopped(svc: &Service, name: &str) {
+    svc.metrics.lag(name, 0.0);
+    svc.state.update(name, |s| {
+        s.caught_up = false;
+        s.ready = false;
+        s.applied_once = false;
+        s.owned_here = false;
+        s.pending_events = 0;
+        s.oldest_pending = None;
+    });
+}
+
+/// A new owner starts from the remote's newest checkpoint of the area, so the events the
+/// previous owner committed are not committed twice and the ones it did not are not lost.
+async fn start_from_remote(svc: &Arc<Service>) -> anyhow::Result<()> {
+    if svc.ctx.cfg.git.remote.is_none() {
+        return Ok(());
+    }
+    let _git = svc.git_lock.lock().await;
+    super::push::integrate_remote(svc).await
+}
+
+/// Catch up, then follow the watch until shutdown, a resync, a change of ownership, or an
+/// error.
 async fn session(
     svc: &Arc<Service>,
     area: &AreaConfig,
     shutdown: &CancellationToken,
+    grant: &mut tokio::sync::watch::Receiver<Grant>,
 ) -> anyhow::Result<Stop> {
     let name = area.name.0.as_str();
     let backend = svc.ctx.backend().await?;
@@ -72,6 +150,7 @@ async fn session(
     svc.state.set_backend_ok(true);
     let report = {
         let _git = svc.git_lock.lock().await;
+        fence(svc, area)?;
         export::export_area(&svc.ctx, area, &cluster).await?
     };
     if report.pass == export::PassKind::Resync {
@@ -81,11 +160,10 @@ async fn session(
     let cp = checkpoint::load(&svc.ctx, &area.name).await?;
     let from = cp.as_ref().map_or(report.revision, |c| c.revision);
     let applies_git = area.rule.mode.applies_git();
-    // Until multi-node ownership exists, the one node running serve owns every area.
-    svc.metrics.owner(name, true);
     let node = svc.ctx.cfg.sync.node.clone();
     svc.state.update(name, |s| {
         s.owner = Some(node);
+        s.owned_here = true;
         s.caught_up = true;
         s.last_error = None;
         // kv-to-git is in sync once caught up; the others after their first apply.
@@ -107,6 +185,21 @@ async fn session(
                 drain(svc, &backend, &mut stream, &mut batch).await;
                 flush(svc, area, &cluster, &mut batch).await?;
                 return Ok(Stop::Shutdown);
+            }
+            changed = grant.changed() => {
+                if changed.is_err() {
+                    return Ok(Stop::Shutdown);
+                }
+                let now = *grant.borrow_and_update();
+                match now {
+                    Grant::Owned(_) => {}
+                    Grant::HandOver(_) => {
+                        drain(svc, &backend, &mut stream, &mut batch).await;
+                        flush(svc, area, &cluster, &mut batch).await?;
+                        return Ok(Stop::Released);
+                    }
+                    Grant::NotOwned | Grant::Released(_) => return Ok(Stop::Lost),
+                }
             }
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
                 flush(svc, area, &cluster, &mut batch).await?;
@@ -245,17 +338,21 @@ async fn flush(
     }
     let name = area.name.0.as_str();
     let started = Instant::now();
+    let _git = svc.git_lock.lock().await;
+    fence(svc, area)?;
+    let cp = checkpoint::load(&svc.ctx, &area.name)
+        .await?
+        .filter(|c| &c.cluster == cluster)
+        .ok_or_else(|| {
+            anyhow::anyhow!("area {name}: checkpoint vanished or changed cluster; resyncing")
+        })?;
+    if cp.revision != batch.committed {
+        // Someone else moved it (another owner's push, adopted on fetch): start again from it.
+        return Err(Fenced(name.to_string()).into());
+    }
     let changes = std::mem::take(&mut batch.changes);
-    let report = {
-        let _git = svc.git_lock.lock().await;
-        let cp = checkpoint::load(&svc.ctx, &area.name)
-            .await?
-            .filter(|c| &c.cluster == cluster)
-            .ok_or_else(|| {
-                anyhow::anyhow!("area {name}: checkpoint vanished or changed cluster; resyncing")
-            })?;
-        export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes).await?
-    };
+    let report = { export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes).await? };
+    drop(_git);
     if report.commit.is_some() {
         svc.metrics.commit(name, started.elapsed().as_secs_f64());
         svc.after_commit().await;

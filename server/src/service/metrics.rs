@@ -76,6 +76,9 @@ pub struct Metrics {
     /// 1 while an apply of the area is refused as a mass delete: the refusal is not
     /// retried, so it must stay visible until someone acts (SPEC "Guarantees").
     apply_refused: IntGaugeVec,
+    /// Times local commits of an area were left out because this node no longer owned it
+    /// (a stale owner fenced off): each is work another node commits instead.
+    fenced: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -183,6 +186,12 @@ impl Metrics {
             &["area"],
         );
 
+        let fenced = counter(
+            "kvgit_fenced_total",
+            "Times unpushed commits of an area were left out because this node lost it.",
+            &["area"],
+        );
+
         for result in PushResult::ALL {
             push.with_label_values(&[result.label()]);
         }
@@ -202,6 +211,7 @@ impl Metrics {
             watch_restarts,
             area_owner,
             apply_refused,
+            fenced,
         }
     }
 
@@ -228,6 +238,7 @@ impl Metrics {
         self.conflicts.with_label_values(&[area]);
         self.area_owner.with_label_values(&[area]);
         self.apply_refused.with_label_values(&[area]);
+        self.fenced.with_label_values(&[area]);
         // The reasons the backends report; labels come from sync-core so they match.
         let known = [
             ResyncReason::Compacted {
@@ -318,6 +329,11 @@ impl Metrics {
         self.area_owner
             .with_label_values(&[area])
             .set(i64::from(owned));
+    }
+
+    /// Unpushed commits of `area` were left out: this node no longer owns it.
+    pub fn fenced(&self, area: &str) {
+        self.fenced.with_label_values(&[area]).inc();
     }
 
     /// Whether the area's apply is currently refused as a mass delete.

@@ -5,6 +5,7 @@ pub mod area;
 pub mod backoff;
 pub mod http;
 pub mod metrics;
+pub mod ownership;
 pub mod push;
 pub mod state;
 pub mod sync;
@@ -30,6 +31,8 @@ pub struct Service {
     pub trigger: Arc<Notify>,
     /// Commits since the last pack merge (large commits each write a pack).
     pub commits_since_repack: std::sync::atomic::AtomicUsize,
+    /// Which areas this node owns, through the backend's leases.
+    pub ownership: Arc<ownership::Ownership>,
 }
 
 /// Merge packs after this many commits, so object lookups stay fast.
@@ -69,7 +72,15 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
     let metrics = Arc::new(metrics::Metrics::new());
     metrics.for_areas(&names);
     let state = Arc::new(state::ServiceState::new(&ctx.cfg));
+    let area_names: Vec<sync_core::AreaName> =
+        ctx.cfg.areas.iter().map(|a| a.name.clone()).collect();
+    let ownership = Arc::new(ownership::Ownership::new(
+        &ctx.cfg.sync.node,
+        &ctx.cfg.sync.ownership_prefix,
+        &area_names,
+    ));
     let svc = Arc::new(Service {
+        ownership,
         ctx,
         metrics,
         state,
@@ -95,11 +106,13 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
     // Start from the remote's state when there is one (a new node adopts the checkpoints).
     if svc.ctx.cfg.git.remote.is_some() {
         let _git = svc.git_lock.lock().await;
-        if let Err(e) = push::integrate_remote(&svc).await {
+        if let Err(e) = push::integrate_at_start(&svc).await {
             tracing::warn!(error = %format!("{e:#}"), "first fetch failed; continuing with the local repository");
         }
     }
+    ownership::start(&svc).await;
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(ownership::run(svc.clone(), shutdown.clone()));
     for area in svc.ctx.cfg.areas.clone() {
         tasks.spawn(area::run(svc.clone(), area, shutdown.clone()));
     }
@@ -111,6 +124,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
     let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         while tasks.join_next().await.is_some() {}
         push::push_now(&svc).await;
+        // Only now, with everything committed and pushed, let the areas go at once.
+        ownership::stop(&svc).await;
     })
     .await;
     if drained.is_err() {

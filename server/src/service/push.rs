@@ -6,6 +6,7 @@ use super::Service;
 use crate::engine::message;
 use anyhow::{anyhow, Context as _};
 use gitstore::{GitStore, ObjectId, PushOutcome};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +48,15 @@ async fn push_once(svc: &Arc<Service>) -> anyhow::Result<bool> {
     };
     for attempt in 0..PUSH_ATTEMPTS {
         let _git = svc.git_lock.lock().await;
-        let updates = pending_updates(svc).await?;
+        let (mut updates, mut areas) = pending_updates(svc).await?;
+        // Only an owner with a live lease publishes an area: anything else is left out first.
+        if areas.iter().any(|a| svc.ownership.fence(a).is_none()) {
+            integrate_remote(svc).await?;
+            (updates, areas) = pending_updates(svc).await?;
+            if areas.iter().any(|a| svc.ownership.fence(a).is_none()) {
+                anyhow::bail!("checkpoints of areas this node does not own are still pending");
+            }
+        }
         if updates.is_empty() {
             svc.state.set_push_error(None);
             return Ok(false);
@@ -85,12 +94,15 @@ async fn push_once(svc: &Arc<Service>) -> anyhow::Result<bool> {
 
 /// The refs the remote lacks: the branch when ours is not what we last fetched, and each
 /// area's checkpoint when it differs from the remote's.
-async fn pending_updates(svc: &Arc<Service>) -> anyhow::Result<Vec<(ObjectId, String)>> {
+async fn pending_updates(
+    svc: &Arc<Service>,
+) -> anyhow::Result<(Vec<(ObjectId, String)>, Vec<String>)> {
     let branch = svc.ctx.cfg.git.branch.clone();
     let areas: Vec<String> = svc.ctx.cfg.areas.iter().map(|a| a.name.0.clone()).collect();
     svc.ctx
         .git_blocking(move |git| {
             let mut updates = Vec::new();
+            let mut pending_areas = Vec::new();
             if let Some(tip) = git.tip()? {
                 if git.read_ref(&gitstore::tracking_ref(&branch))? != Some(tip) {
                     updates.push((tip, format!("refs/heads/{branch}")));
@@ -102,50 +114,120 @@ async fn pending_updates(svc: &Arc<Service>) -> anyhow::Result<Vec<(ObjectId, St
                 if let Some(id) = git.read_ref(&local)? {
                     if git.read_ref(&theirs)? != Some(id) {
                         updates.push((id, local));
+                        pending_areas.push(name);
                     }
                 }
             }
-            Ok(updates)
+            Ok((updates, pending_areas))
         })
         .await
 }
 
 /// Fetch, then bring the local branch up to the remote tip: fast-forward when we have no
-/// commits of our own, replay ours on top otherwise. Adopt remote checkpoints we lack.
-/// The caller holds the Git lock.
+/// commits of our own, replay ours on top otherwise. The caller holds the Git lock.
+///
+/// Per area, our local checkpoint (and the local commits behind it) survives only while this
+/// node owns the area with a live lease and is strictly ahead of the remote's checkpoint,
+/// whose epoch is not newer than ours. Otherwise the remote's checkpoint is adopted and our
+/// unpushed commits of that area are left out: that is the fence against a stale owner, and
+/// nothing is lost, since the owner commits every event after the remote's checkpoint.
 pub async fn integrate_remote(svc: &Arc<Service>) -> anyhow::Result<()> {
+    integrate(svc, false).await
+}
+
+/// At start, before ownership is known: keep local work that is strictly ahead of the remote
+/// (a restart after `kill -9` with unpushed commits); the first push drops what this node
+/// turns out not to own.
+pub async fn integrate_at_start(svc: &Arc<Service>) -> anyhow::Result<()> {
+    integrate(svc, true).await
+}
+
+async fn integrate(svc: &Arc<Service>, at_start: bool) -> anyhow::Result<()> {
     let Some(remote) = svc.ctx.cfg.git.remote.clone() else {
         return Ok(());
     };
     let branch = svc.ctx.cfg.git.branch.clone();
-    let areas: Vec<(String, String)> = svc
+    let areas: Vec<(String, String, Option<sync_core::Epoch>)> = svc
         .ctx
         .cfg
         .areas
         .iter()
-        .map(|a| (a.name.0.clone(), a.path.clone()))
+        .map(|a| {
+            let fence = svc.ownership.fence(&a.name.0);
+            (a.name.0.clone(), a.path.clone(), fence)
+        })
         .collect();
-    svc.ctx
+    let dropped = svc
+        .ctx
         .git_blocking(move |git| {
             let theirs = git
                 .fetch(&remote, &branch)
                 .with_context(|| format!("git.remote {remote}"))?;
-            for (name, _) in &areas {
-                let local = format!("refs/kvgit/checkpoints/{name}");
-                let remote_cp = format!("refs/remotes/kvgit-meta/checkpoints/{name}");
-                if git.read_ref(&local)?.is_none() {
-                    if let Some(id) = git.read_ref(&remote_cp)? {
-                        git.update_ref(&local, id, None, "kvgit: adopt the remote checkpoint")?;
+            let mut fenced: BTreeSet<String> = BTreeSet::new();
+            for (name, _, fence) in &areas {
+                let local_ref = format!("refs/kvgit/checkpoints/{name}");
+                let remote_ref = format!("refs/remotes/kvgit-meta/checkpoints/{name}");
+                let local = git.read_ref(&local_ref)?;
+                let remote_cp = git.read_ref(&remote_ref)?;
+                if local == remote_cp {
+                    continue;
+                }
+                let ahead = match (local, remote_cp) {
+                    (Some(l), Some(r)) => git.is_ancestor(r, l)?,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                let newer_remote_epoch = match (remote_cp, fence) {
+                    (Some(r), Some(ours)) => checkpoint_epoch(git, r)?.is_some_and(|e| e > *ours),
+                    _ => false,
+                };
+                let keep = ahead && (fence.is_some() || at_start) && !newer_remote_epoch;
+                if keep {
+                    continue;
+                }
+                let behind = match (local, remote_cp) {
+                    (Some(l), Some(r)) => git.is_ancestor(l, r)?,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                };
+                if !behind {
+                    // Commits of ours the remote lacks: someone else's to make now.
+                    fenced.insert(name.clone());
+                }
+                match (local, remote_cp) {
+                    (_, Some(r)) => {
+                        git.update_ref(&local_ref, r, local, "kvgit: adopt the remote checkpoint")?
                     }
+                    (Some(l), None) => git.delete_ref(&local_ref, l)?,
+                    (None, None) => {}
                 }
             }
-            let Some(theirs) = theirs else { return Ok(()) };
+            let Some(theirs) = theirs else {
+                return Ok(fenced);
+            };
             let ours = git.tip()?;
             let new_tip = match ours {
                 None => theirs,
                 Some(ours) => {
-                    let dirs_of = |c: &gitstore::CommitInfo| area_dirs(c, &areas);
-                    git.replay(ours, theirs, &dirs_of)?.tip
+                    let path_areas: Vec<(String, String)> = areas
+                        .iter()
+                        .map(|(n, p, _)| (n.clone(), p.clone()))
+                        .collect();
+                    let dirs_of = |c: &gitstore::CommitInfo| area_dirs(c, &path_areas);
+                    let drop = |c: &gitstore::CommitInfo| {
+                        message::parse_trailers(&c.message)
+                            .get(message::AREA)
+                            .is_some_and(|a| fenced.contains(a))
+                    };
+                    let out = git.replay_dropping(ours, theirs, &dirs_of, &drop)?;
+                    if out.dropped > 0 {
+                        tracing::warn!(
+                            dropped = out.dropped,
+                            areas = ?fenced,
+                            "left out local commits of areas this node does not own (fenced)"
+                        );
+                    }
+                    out.tip
                 }
             };
             if Some(new_tip) != ours {
@@ -156,8 +238,33 @@ pub async fn integrate_remote(svc: &Arc<Service>) -> anyhow::Result<()> {
                     "kvgit: bring in the remote",
                 )?;
             }
-            Ok(())
+            Ok(fenced)
         })
+        .await?;
+    for area in dropped {
+        svc.metrics.fenced(&area);
+    }
+    Ok(())
+}
+
+/// The epoch stamped on a checkpoint commit, if any.
+fn checkpoint_epoch(git: &GitStore, id: ObjectId) -> anyhow::Result<Option<sync_core::Epoch>> {
+    let info = git.commit_info(id)?;
+    Ok(message::parse_trailers(&info.message)
+        .get(message::EPOCH)
+        .and_then(|e| e.parse().ok())
+        .map(sync_core::Epoch))
+}
+
+/// Whether the remote has this area's checkpoint as we have it (nothing left to publish).
+pub async fn area_pushed(svc: &Arc<Service>, area: &str) -> anyhow::Result<bool> {
+    if svc.ctx.cfg.git.remote.is_none() {
+        return Ok(true);
+    }
+    let local = format!("refs/kvgit/checkpoints/{area}");
+    let theirs = format!("refs/remotes/kvgit-meta/checkpoints/{area}");
+    svc.ctx
+        .git_blocking(move |git| Ok(git.read_ref(&local)? == git.read_ref(&theirs)?))
         .await
 }
 

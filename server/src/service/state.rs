@@ -22,6 +22,8 @@ pub struct AreaStatus {
     pub base_commit: Option<String>,
     /// The node that owns the area's writes, when ownership is known.
     pub owner: Option<String>,
+    /// Whether that node is this one.
+    pub owned_here: bool,
     /// Events seen on the watch and not yet committed.
     pub pending_events: u64,
     /// When the oldest of those events arrived: the lag is measured from it.
@@ -47,6 +49,11 @@ pub struct AreaStatus {
 }
 
 impl AreaStatus {
+    /// Nothing to wait for here: this node has synced the area, or another node owns it.
+    pub fn settled(&self) -> bool {
+        self.ready || (self.owner.is_some() && !self.owned_here)
+    }
+
     /// Seconds since the oldest uncommitted event arrived, 0 when there is none.
     pub fn lag_seconds(&self, now: Instant) -> f64 {
         self.oldest_pending
@@ -171,14 +178,14 @@ impl ServiceState {
     pub fn not_ready_areas(&self) -> Vec<String> {
         self.areas()
             .iter()
-            .filter(|(_, s)| !s.ready)
+            .filter(|(_, s)| !s.settled())
             .map(|(name, _)| name.clone())
             .collect()
     }
 
     /// Every area has completed its first sync and the backend answers (SPEC `/readyz`).
     pub fn ready(&self) -> bool {
-        self.backend_ok() && self.areas().iter().all(|(_, s)| s.ready)
+        self.backend_ok() && self.areas().iter().all(|(_, s)| s.settled())
     }
 
     /// The `/status` document.
@@ -189,7 +196,7 @@ impl ServiceState {
         let sync_error = lock(&self.sync_error).clone();
         let push_error = lock(&self.push_error).clone();
         let areas = self.areas();
-        let ready = backend_ok && areas.iter().all(|(_, s)| s.ready);
+        let ready = backend_ok && areas.iter().all(|(_, s)| s.settled());
         let list: Vec<Json> = areas
             .iter()
             .map(|(name, s)| {
@@ -201,6 +208,7 @@ impl ServiceState {
                     "checkpoint": s.checkpoint,
                     "base_commit": s.base_commit,
                     "owner": s.owner,
+                    "owned_here": s.owned_here,
                     "pending_events": s.pending_events,
                     "lag_seconds": s.lag_seconds(now),
                     "drift": s.drift,

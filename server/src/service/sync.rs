@@ -69,6 +69,10 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
     let mut plans: Vec<AreaPlan> = Vec::new();
     for area in &areas {
         let name = area.name.0.clone();
+        // Only the owner applies: it is the one moving the area's checkpoint.
+        if svc.ownership.fence(&name).is_none() {
+            continue;
+        }
         // Apply on top of what the batcher has committed, never before its first catch-up.
         let Some(cp) = checkpoint::load(ctx, &area.name).await? else {
             continue;
@@ -158,7 +162,7 @@ async fn correct_kv_to_git(
     let tip = apply::target_commit(ctx, None).await?;
     for area in ctx.cfg.areas.iter().filter(|a| !a.rule.mode.applies_git()) {
         let name = area.name.0.clone();
-        if !svc.state.caught_up(&name) {
+        if svc.ownership.fence(&name).is_none() || !svc.state.caught_up(&name) {
             continue;
         }
         let Some(cp) = checkpoint::load(ctx, &area.name)
