@@ -440,3 +440,36 @@ fn unrelated_histories_replay_the_whole_chain() {
         .expect("ref");
     fsck(s.git_dir());
 }
+
+#[test]
+fn dropped_commits_are_left_out_even_of_a_fast_forward() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let root = s
+        .write_plan(&plan(&[("a/x", b"0"), ("b/y", b"0")]))
+        .expect("root");
+    let c0 = raw_commit(&s, root, &[], "root", "n", 1);
+    // Local: a change to `a` (fenced: another owner commits it now), then one to `b`.
+    let a1 = area_commit(&s, c0, "a", &[("x", b"stale")], "a1", "n", 2);
+    let b1 = area_commit(&s, a1, "b", &[("y", b"1")], "b1", "n", 3);
+    let is_a = |c: &CommitInfo| c.message.contains("Kvgit-Area: a\n");
+
+    // Onto is the merge base: without drops this is a fast-forward; with one it is rewritten.
+    let out = s.replay_dropping(b1, c0, &areas, &is_a).expect("replay");
+    assert_eq!((out.replayed, out.dropped), (1, 1));
+    assert_ne!(out.tip, b1);
+    let tip = s.commit_info(out.tip).expect("tip");
+    assert_eq!(tip.parents, vec![c0]);
+    assert!(tip.message.starts_with("b1"));
+    let tree = s.commit_info(out.tip).expect("tip").tree;
+    let files = s.files_under(tree).expect("files");
+    let blob = |path: &str| {
+        let (_, id) = files.iter().find(|(p, _)| p == path).expect(path);
+        s.read_blob(*id).expect("blob")
+    };
+    assert_eq!(blob("a/x"), b"0", "the dropped change is gone");
+    assert_eq!(blob("b/y"), b"1", "the kept change is there");
+    // Nothing to drop: still a plain fast-forward.
+    let out = s.replay_dropping(b1, c0, &areas, &|_| false).expect("ff");
+    assert_eq!((out.tip, out.replayed, out.dropped), (b1, 0, 0));
+}

@@ -723,5 +723,24 @@ mode = "both"
         assert_eq!(cfg.sync.max_delete_fraction, 0.5);
         assert!(cfg.git.repo.is_absolute() || cfg.git.repo.starts_with("/"));
         assert_eq!(cfg.areas[0].prefix, b"/sigil/entries/");
+        assert_eq!(cfg.sync.lease_ttl, Duration::from_secs(10));
+        assert_eq!(
+            cfg.sync.ownership_prefix,
+            DEFAULT_OWNERSHIP_PREFIX.as_bytes()
+        );
+    }
+
+    #[test]
+    fn ownership_records_stay_outside_every_area_and_the_ttl_is_sane() {
+        let err = load_str(
+            "[sync]\nlease_ttl = \"500ms\"\nownership_prefix = \"/app/kvgit/\"\n[[area]]\nname = \"app\"\nprefix = \"/app/\"\npath = \"app\"\n",
+        )
+        .expect_err("overlap and short TTL must be refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("sync.ownership_prefix: \"/app/kvgit/\" overlaps area[0] (app)"),
+            "{text}"
+        );
+        assert!(text.contains("sync.lease_ttl"), "{text}");
     }
 }

@@ -58,6 +58,8 @@ pub struct Workspace {
     pub dir: TempDir,
     pub config: PathBuf,
     pub repo: PathBuf,
+    /// `backend.kind` of the configs written from now on ("etcd" unless set).
+    kind: std::sync::Mutex<&'static str>,
 }
 
 impl Workspace {
@@ -70,9 +72,19 @@ impl Workspace {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("kvgit.toml");
         let repo = dir.path().join("state.git");
-        let ws = Workspace { dir, config, repo };
+        let ws = Workspace {
+            dir,
+            config,
+            repo,
+            kind: std::sync::Mutex::new("etcd"),
+        };
         ws.write_config(endpoint, areas, extra);
         ws
+    }
+
+    /// Configs written from now on name this backend (`"etcd"` or `"consul"`).
+    pub fn set_backend_kind(&self, kind: &'static str) {
+        *self.kind.lock().unwrap_or_else(|e| e.into_inner()) = kind;
     }
 
     pub fn write_config(&self, endpoint: &str, areas: &[Area<'_>], extra: &str) {
@@ -90,10 +102,20 @@ impl Workspace {
         sync_extra: &str,
         server: &str,
     ) {
+        let kind = *self.kind.lock().unwrap_or_else(|e| e.into_inner());
+        // A `node = …` in the extra lines replaces the default name.
+        let node = if sync_extra
+            .lines()
+            .any(|l| l.trim_start().starts_with("node "))
+        {
+            String::new()
+        } else {
+            "node = \"test-node\"\n".to_string()
+        };
         let mut toml = format!(
-            "[backend]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nconnect_timeout = \"3s\"\nrequest_timeout = \"10s\"\n\
+            "[backend]\nkind = \"{kind}\"\nendpoints = [\"{endpoint}\"]\nconnect_timeout = \"3s\"\nrequest_timeout = \"10s\"\n\
              [git]\nrepo = \"state.git\"\nbranch = \"main\"\nauthor_name = \"kvgit test\"\nauthor_email = \"kvgit@test\"\n{git_extra}\n\
-             [sync]\nnode = \"test-node\"\n{sync_extra}\n"
+             [sync]\n{node}{sync_extra}\n"
         );
         if !server.is_empty() {
             toml.push_str(&format!("[server]\n{server}\n"));

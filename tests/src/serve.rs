@@ -31,6 +31,10 @@ pub struct ServeConfig<'a> {
     pub push_interval: &'a str,
     pub fetch_interval: &'a str,
     pub sync_token: Option<&'a str>,
+    /// `sync.node`; the workspace default ("test-node") when `None`.
+    pub node: Option<&'a str>,
+    /// `sync.lease_ttl`; kvgit's default (10s) when `None`.
+    pub lease_ttl: Option<&'a str>,
 }
 
 impl<'a> ServeConfig<'a> {
@@ -44,6 +48,8 @@ impl<'a> ServeConfig<'a> {
             push_interval: "500ms",
             fetch_interval: "1s",
             sync_token: None,
+            node: None,
+            lease_ttl: None,
         }
     }
 
@@ -58,10 +64,16 @@ impl<'a> ServeConfig<'a> {
             Some(r) => format!("remote = \"{}\"\n", r.display()),
             None => String::new(),
         };
-        let sync_extra = format!(
+        let mut sync_extra = format!(
             "batch_window = \"{}\"\nbatch_max = {}\npush_interval = \"{}\"\nfetch_interval = \"{}\"\n",
             self.batch_window, self.batch_max, self.push_interval, self.fetch_interval
         );
+        if let Some(node) = self.node {
+            sync_extra.push_str(&format!("node = \"{node}\"\n"));
+        }
+        if let Some(ttl) = self.lease_ttl {
+            sync_extra.push_str(&format!("lease_ttl = \"{ttl}\"\n"));
+        }
         let mut server = format!("listen = \"{listen}\"\n");
         if let Some(t) = self.sync_token {
             server.push_str(&format!("sync_token = \"{t}\"\n"));
