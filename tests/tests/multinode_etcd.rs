@@ -170,6 +170,14 @@ async fn three_nodes_spread_areas_and_take_over_after_kill9_without_loss_or_doub
         }
     }
 
+    // `kvgit status` (a one-shot process) reads the same owners from etcd.
+    let out = nodes[0].ws.kvgit(&["status", "--json"]).ok().stdout;
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    for a in status["areas"].as_array().expect("areas") {
+        let name = a["area"].as_str().expect("name");
+        assert_eq!(a["owner"].as_str(), Some(expected[name][0]), "{name}: {a}");
+    }
+
     // Writes to every area while the owner of some of them is killed.
     let victim = nodes
         .iter()

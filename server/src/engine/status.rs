@@ -52,6 +52,22 @@ pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
         .context("cannot read the cluster id")?;
     let current = backend.current_revision().await?;
     let tip = ctx.git_blocking(|git| Ok(git.tip()?)).await?;
+    // Owners as the running `serve` nodes recorded them (claims on their leases).
+    let owners_prefix = {
+        let mut p = ctx.cfg.sync.ownership_prefix.clone();
+        p.extend_from_slice(b"areas/");
+        p
+    };
+    let owners: std::collections::BTreeMap<Vec<u8>, String> = backend
+        .claims(&owners_prefix)
+        .await
+        .context("cannot read the area owners")?
+        .into_iter()
+        .map(|c| {
+            let area = c.key.0[owners_prefix.len()..].to_vec();
+            (area, String::from_utf8_lossy(&c.value).into_owned())
+        })
+        .collect();
     let mut areas = Vec::new();
     for area in &ctx.cfg.areas {
         let cp = checkpoint::load(ctx, &area.name).await?;
@@ -84,7 +100,7 @@ pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
                 "commit": c.id.to_string(),
             })),
             "base_commit": cp.as_ref().and_then(|c| c.branch_commit.clone()),
-            "owner": Json::Null,
+            "owner": owners.get(area.name.0.as_bytes()),
             "pending_events": pending,
             "drift": Json::Null,
             "pending_apply": Json::Null,
