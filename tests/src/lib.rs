@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod conformance;
+pub mod consul;
+pub mod consul_api;
 pub mod etcd;
 pub mod kvgit;
 pub mod serve;
