@@ -7,4 +7,5 @@ pub mod consul;
 pub mod consul_api;
 pub mod etcd;
 pub mod kvgit;
+pub mod multinode;
 pub mod serve;
