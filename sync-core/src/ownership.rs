@@ -56,7 +56,10 @@ pub enum Renewal {
 
 /// The node that should own `area` among `nodes`: the one with the highest weight of
 /// hash(node, area). Adding or removing a node moves only the areas it wins or held.
-pub fn rendezvous_owner<'a>(area: &str, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn rendezvous_owner<'a>(
+    area: &str,
+    nodes: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     nodes
         .into_iter()
         .map(|n| (weight(n, area), n))
@@ -104,11 +107,16 @@ mod tests {
         let nodes = ["core-1", "core-2", "core-3"];
         let mut count: BTreeMap<&str, usize> = BTreeMap::new();
         for area in areas(3000) {
-            *count.entry(rendezvous_owner(&area, nodes).unwrap()).or_default() += 1;
+            *count
+                .entry(rendezvous_owner(&area, nodes).unwrap())
+                .or_default() += 1;
         }
         for n in nodes {
             let c = count.get(n).copied().unwrap_or(0);
-            assert!((850..=1150).contains(&c), "{n} owns {c} of 3000 areas: {count:?}");
+            assert!(
+                (850..=1150).contains(&c),
+                "{n} owns {c} of 3000 areas: {count:?}"
+            );
         }
     }
 

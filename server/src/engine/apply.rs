@@ -190,6 +190,7 @@ pub async fn plan_area(
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), keys = snap.entries.len(), "live read");
     let area_cfg = area.clone();
     let base_tree = cp.as_ref().map(|c| c.base_tree);
+    let checker = backend.clone();
     let mut plan = ctx
         .git_blocking(move |git| {
             let area = area_cfg;
@@ -244,6 +245,17 @@ pub async fn plan_area(
             let mut ops = Vec::with_capacity(outcome.kv.len());
             for (rel, target) in &outcome.kv {
                 let current = live.get(rel).map(|(_, e)| e);
+                // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
+                // before the first write of any area.
+                if target.is_some() {
+                    checker.check_key(&key_of(rel)).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}/{}: {e}",
+                            area.path,
+                            desired.get(rel).map_or("?", |f| f.path.as_str())
+                        )
+                    })?;
+                }
                 // Sizes come from object headers: validated now, contents read while writing.
                 if let Some(id) = target {
                     let size = blobs.size(*id)?;

@@ -13,7 +13,8 @@ pub mod view;
 pub mod writer;
 
 use crate::config::{BackendKind, Config};
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
+use backend_consul::{ConsulBackend, ConsulConfig};
 use backend_etcd::{EtcdBackend, EtcdConfig};
 use gitstore::{Author, GitStore};
 use std::sync::Arc;
@@ -65,14 +66,25 @@ impl Context {
                             request_timeout: b.request_timeout,
                             ..EtcdConfig::default()
                         };
-                        let backend = EtcdBackend::connect(cfg)
-                            .await
-                            .with_context(|| format!("backend.endpoints {}", b.endpoints.join(",")))?;
+                        let backend = EtcdBackend::connect(cfg).await.with_context(|| {
+                            format!("backend.endpoints {}", b.endpoints.join(","))
+                        })?;
                         Ok(Arc::new(backend) as Arc<dyn KvBackend>)
                     }
-                    BackendKind::Consul => Err(anyhow!(
-                        "backend.kind = \"consul\": the Consul backend is not available in this build yet"
-                    )),
+                    BackendKind::Consul => {
+                        let cfg = ConsulConfig {
+                            endpoints: b.endpoints.clone(),
+                            token: b.token.clone(),
+                            datacenter: b.datacenter.clone(),
+                            connect_timeout: b.connect_timeout,
+                            request_timeout: b.request_timeout,
+                            ..ConsulConfig::default()
+                        };
+                        let backend = ConsulBackend::connect(cfg).await.with_context(|| {
+                            format!("backend.endpoints {}", b.endpoints.join(","))
+                        })?;
+                        Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+                    }
                 }
             })
             .await

@@ -362,6 +362,7 @@ pub(crate) const ALL_NAMES: &[&str] = &[
     "kvgit_build_info",
     "kvgit_area_owner",
     "kvgit_apply_refused",
+    "kvgit_fenced_total",
 ];
 
 #[cfg(test)]

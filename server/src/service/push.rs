@@ -181,7 +181,12 @@ async fn integrate(svc: &Arc<Service>, at_start: bool) -> anyhow::Result<()> {
                     (Some(r), Some(ours)) => checkpoint_epoch(git, r)?.is_some_and(|e| e > *ours),
                     _ => false,
                 };
-                let keep = ahead && (fence.is_some() || at_start) && !newer_remote_epoch;
+                // With no checkpoint of the area on the remote, nobody published it yet: our
+                // local work is the only record of it and is kept (dropping it while the
+                // branch keeps older commits would let a no-base pass resurrect deletes).
+                // Whoever owns the area publishes first; we then adopt theirs.
+                let keep = remote_cp.is_none()
+                    || ahead && (fence.is_some() || at_start) && !newer_remote_epoch;
                 if keep {
                     continue;
                 }

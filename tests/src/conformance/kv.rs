@@ -77,6 +77,42 @@ pub async fn snapshot_pages(b: &dyn KvBackend, prefix: &[u8], n: usize) {
     };
     let (during, ()) = futures::join!(b.snapshot(prefix, None), writer);
     let during = during.expect("snapshot during writes");
+    if !b.keeps_history() {
+        // No older state to compare with: the snapshot must be one of the 21 states the
+        // writer went through, never a mix of two.
+        let late = during
+            .entries
+            .iter()
+            .filter(|e| e.key.as_bytes().starts_with(&key(prefix, "z-late-").0))
+            .count();
+        let mut want = expected;
+        for i in 0..late {
+            want.remove(&key(prefix, format!("k{:07}", n - 1 - i)));
+        }
+        let got: BTreeMap<_, _> = during
+            .entries
+            .iter()
+            .filter(|e| !e.key.as_bytes().starts_with(&key(prefix, "z-late-").0))
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        let want: BTreeMap<_, _> = want.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        assert!(
+            got == want,
+            "a snapshot read while writing holds {late} late keys but not the state after \
+             {late} writes (revision {})",
+            during.revision
+        );
+        for i in 0..late {
+            assert!(
+                during
+                    .entries
+                    .iter()
+                    .any(|e| e.key == key(prefix, format!("z-late-{i}"))),
+                "late write {i} missing although {late} are in the snapshot"
+            );
+        }
+        return;
+    }
     let pinned = b
         .snapshot(prefix, Some(during.revision))
         .await
@@ -101,6 +137,10 @@ pub async fn snapshot_at_older_revision(b: &dyn KvBackend, prefix: &[u8]) {
         }],
     )
     .await;
+    if !b.keeps_history() {
+        no_history_snapshots(b, prefix, r1, (&a, r2)).await;
+        return;
+    }
     let old = b.snapshot(prefix, Some(r1)).await.expect("snapshot at r1");
     assert_eq!(
         old.revision, r1,
@@ -119,7 +159,43 @@ pub async fn snapshot_at_older_revision(b: &dyn KvBackend, prefix: &[u8]) {
     assert_eq!(now.len(), 2, "a and b now, c deleted: {now:?}");
 }
 
+/// Without history: an older revision is `Compacted`; the current state reads back at the
+/// revision a snapshot reported, for as long as the prefix does not change.
+async fn no_history_snapshots(b: &dyn KvBackend, prefix: &[u8], r1: Revision, a: (&Key, Revision)) {
+    match b.snapshot(prefix, Some(r1)).await {
+        Err(BackendError::Compacted {
+            requested,
+            compact_revision,
+            ..
+        }) => {
+            assert_eq!(requested, r1);
+            assert!(
+                compact_revision > r1,
+                "oldest kept {compact_revision} <= {r1}"
+            );
+        }
+        other => {
+            panic!("snapshot at older {r1} without history: expected Compacted, got {other:?}")
+        }
+    }
+    let now = b.snapshot(prefix, None).await.expect("snapshot");
+    let again = b
+        .snapshot(prefix, Some(now.revision))
+        .await
+        .expect("snapshot at the revision just read");
+    assert_eq!(again.revision, now.revision);
+    assert!(
+        again.entries == now.entries,
+        "same state at the same revision"
+    );
+    let got = contents(b, prefix, None).await;
+    assert_eq!(got.get(a.0), Some(&(b"2".to_vec(), a.1)));
+    assert_eq!(got.len(), 2, "a and b now, c deleted: {got:?}");
+}
+
 /// Keys and values are bytes: non-UTF-8, NUL and 0xff survive; an empty value is a value.
+/// A key the backend cannot store (`check_key`: Consul needs UTF-8) is refused by name,
+/// before anything is written.
 pub async fn binary_keys_and_values(b: &dyn KvBackend, prefix: &[u8]) {
     let entries: Vec<(Key, Vec<u8>)> = vec![
         (
@@ -133,6 +209,30 @@ pub async fn binary_keys_and_values(b: &dyn KvBackend, prefix: &[u8]) {
             "utf-8 too \u{2713}".as_bytes().to_vec(),
         ),
     ];
+    let (entries, refused): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(k, _)| b.check_key(k).is_ok());
+    for (k, v) in &refused {
+        match b.check_key(k) {
+            Err(BackendError::Refused { detail, .. }) => {
+                assert!(
+                    detail.contains(&k.to_string()),
+                    "{detail} does not name {k}"
+                )
+            }
+            other => panic!("check_key({k}): expected Refused, got {other:?}"),
+        }
+        let ops = vec![put(key(prefix, "fine"), "x"), put(k.clone(), v.clone())];
+        match b.write(&ops).await {
+            Err(BackendError::Refused { detail, .. }) => {
+                assert!(
+                    detail.contains(&k.to_string()),
+                    "{detail} does not name {k}"
+                )
+            }
+            other => panic!("write of refused key {k}: expected Refused, got {other:?}"),
+        }
+    }
     let r = commit(
         b,
         entries
