@@ -24,31 +24,9 @@ pub(crate) async fn write(
     })
 }
 
-/// Refuses what etcd would refuse, before anything is sent.
+/// Refuses what the backend would refuse, before anything is sent.
 pub(crate) fn check_limits(ops: &[WriteOp], limits: WriteLimits) -> Result<(), BackendError> {
-    let bytes: usize = ops.iter().map(WriteOp::payload_len).sum();
-    if ops.len() > limits.max_ops || bytes > limits.max_bytes {
-        return Err(BackendError::TooLarge {
-            backend: KIND,
-            ops: ops.len(),
-            bytes,
-            max_ops: limits.max_ops,
-            max_bytes: limits.max_bytes,
-        });
-    }
-    if let Some(op) = ops
-        .iter()
-        .find(|op| op.payload_len() > limits.max_value_bytes)
-    {
-        return Err(BackendError::TooLarge {
-            backend: KIND,
-            ops: 1,
-            bytes: op.payload_len(),
-            max_ops: limits.max_ops,
-            max_bytes: limits.max_value_bytes,
-        });
-    }
-    Ok(())
+    limits.check(KIND, ops)
 }
 
 pub(crate) fn build(ops: &[WriteOp]) -> Result<Txn, BackendError> {

@@ -57,6 +57,36 @@ impl BackendError {
     }
 }
 
+impl WriteLimits {
+    /// Refuses, before anything is sent, a write the backend would refuse: too many ops,
+    /// too many bytes in all, or one op over the single-value limit.
+    pub fn check(&self, backend: &'static str, ops: &[WriteOp]) -> Result<(), BackendError> {
+        let bytes: usize = ops.iter().map(WriteOp::payload_len).sum();
+        if ops.len() > self.max_ops || bytes > self.max_bytes {
+            return Err(BackendError::TooLarge {
+                backend,
+                ops: ops.len(),
+                bytes,
+                max_ops: self.max_ops,
+                max_bytes: self.max_bytes,
+            });
+        }
+        if let Some(op) = ops
+            .iter()
+            .find(|op| op.payload_len() > self.max_value_bytes)
+        {
+            return Err(BackendError::TooLarge {
+                backend,
+                ops: 1,
+                bytes: op.payload_len(),
+                max_ops: self.max_ops,
+                max_bytes: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A KV store as kvgit needs it. Implementations live in `backend-*` crates.
 #[async_trait]
 pub trait KvBackend: Send + Sync + 'static {
