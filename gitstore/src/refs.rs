@@ -116,24 +116,45 @@ impl GitStore {
         expected: Option<ObjectId>,
         reflog_msg: &str,
     ) -> Result<(), RefUpdateError> {
+        let change = Change::Update {
+            log: LogChange {
+                mode: RefLog::AndReference,
+                force_create_reflog: false,
+                message: reflog_msg.replace('\n', " ").into(),
+            },
+            expected: match expected {
+                Some(old) => PreviousValue::MustExistAndMatch(Target::Object(old)),
+                None => PreviousValue::MustNotExist,
+            },
+            new: Target::Object(new),
+        };
+        self.edit_ref(name, expected, change)
+    }
+
+    /// Compare-and-swap delete: removes `name` only if it points at `expected`.
+    pub fn delete_ref(&self, name: &str, expected: ObjectId) -> Result<(), RefUpdateError> {
+        let change = Change::Delete {
+            expected: PreviousValue::MustExistAndMatch(Target::Object(expected)),
+            log: RefLog::AndReference,
+        };
+        self.edit_ref(name, Some(expected), change)
+    }
+
+    /// One ref edit whose precondition is that `name` holds `expected`; a failure while it
+    /// no longer does is reported as the lost race it is.
+    fn edit_ref(
+        &self,
+        name: &str,
+        expected: Option<ObjectId>,
+        change: Change,
+    ) -> Result<(), RefUpdateError> {
         let full = FullName::try_from(name).map_err(|source| RefUpdateError::InvalidName {
             name: name.to_owned(),
             source,
         })?;
         let repo = self.repo();
         let edit = RefEdit {
-            change: Change::Update {
-                log: LogChange {
-                    mode: RefLog::AndReference,
-                    force_create_reflog: false,
-                    message: reflog_msg.replace('\n', " ").into(),
-                },
-                expected: match expected {
-                    Some(old) => PreviousValue::MustExistAndMatch(Target::Object(old)),
-                    None => PreviousValue::MustNotExist,
-                },
-                new: Target::Object(new),
-            },
+            change,
             name: full.clone(),
             deref: false,
         };
@@ -142,51 +163,11 @@ impl GitStore {
         match repo.edit_references_as([edit], Some(committer.to_ref(&mut time))) {
             Ok(_) => Ok(()),
             Err(source) => {
-                // The edit failed; if the ref no longer holds `expected`, it was a lost race.
                 let actual = read(&repo, &full).ok().flatten();
                 if actual != expected {
                     Err(RefUpdateError::Conflict {
                         name: name.to_owned(),
                         expected,
-                        actual,
-                    })
-                } else {
-                    Err(RefUpdateError::Update {
-                        name: name.to_owned(),
-                        source,
-                    })
-                }
-            }
-        }
-    }
-}
-
-impl GitStore {
-    /// Compare-and-swap delete: removes `name` only if it points at `expected`.
-    pub fn delete_ref(&self, name: &str, expected: ObjectId) -> Result<(), RefUpdateError> {
-        let full = FullName::try_from(name).map_err(|source| RefUpdateError::InvalidName {
-            name: name.to_owned(),
-            source,
-        })?;
-        let repo = self.repo();
-        let edit = RefEdit {
-            change: Change::Delete {
-                expected: PreviousValue::MustExistAndMatch(Target::Object(expected)),
-                log: RefLog::AndReference,
-            },
-            name: full.clone(),
-            deref: false,
-        };
-        let committer = kvgit_signature();
-        let mut time = gix::date::parse::TimeBuf::default();
-        match repo.edit_references_as([edit], Some(committer.to_ref(&mut time))) {
-            Ok(_) => Ok(()),
-            Err(source) => {
-                let actual = read(&repo, &full).ok().flatten();
-                if actual != Some(expected) {
-                    Err(RefUpdateError::Conflict {
-                        name: name.to_owned(),
-                        expected: Some(expected),
                         actual,
                     })
                 } else {
