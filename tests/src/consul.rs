@@ -235,22 +235,12 @@ impl Drop for ConsulServer {
 /// The built `consul-kv-api` (target/<profile>/consul-kv-api next to the test's deps dir),
 /// or `TEST_CONSUL_API_BIN`.
 pub fn consul_api_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TEST_CONSUL_API_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("consul-kv-api");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo build -p kvgit-tests --bins`), or set \
-         CONSUL_HTTP_ADDR to test against a real Consul agent",
-        bin.display()
-    );
-    bin
+    crate::kvgit::built_bin(
+        "consul-kv-api",
+        "TEST_CONSUL_API_BIN",
+        "build it first (`cargo build -p kvgit-tests --bins`), or set CONSUL_HTTP_ADDR to \
+         test against a real Consul agent",
+    )
 }
 
 /// Reads `listening on http://ADDR` from the server, on a thread so a silent server cannot

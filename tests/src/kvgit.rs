@@ -7,7 +7,17 @@ use tempfile::TempDir;
 
 /// The built `kvgit` binary (target/<profile>/kvgit next to the test's deps dir).
 pub fn kvgit_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TEST_KVGIT_BIN") {
+    built_bin(
+        "kvgit",
+        "TEST_KVGIT_BIN",
+        "build it first (`cargo build -p kvgit`; scripts/test.sh does)",
+    )
+}
+
+/// A binary of this workspace: `$env_var` when set, else `target/<profile>/<name>` next to
+/// the running test's deps dir; panics with `hint` when it is not built.
+pub fn built_bin(name: &str, env_var: &str, hint: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -15,12 +25,8 @@ pub fn kvgit_bin() -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("kvgit");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo build -p kvgit`; scripts/test.sh does)",
-        bin.display()
-    );
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "{} not found: {hint}", bin.display());
     bin
 }
 
