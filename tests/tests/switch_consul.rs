@@ -81,26 +81,61 @@ async fn consul_all(b: &ConsulBackend, prefix: &str) -> BTreeMap<Vec<u8>, Vec<u8
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_export_then_switch_to_consul_restores_every_byte_and_serve_follows_consul() {
+/// Keys put in a fresh etcd and exported to a fresh repository: the starting point of a
+/// switch. `keys` builds the key set under the Consul-side unique prefix.
+struct Exported {
+    consul: ConsulServer,
+    _etcd: EtcdServer,
+    prefix: String,
+    area: Area<'static>,
+    ws: Workspace,
+    /// Every key and value in etcd under the prefix at the export.
+    before: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+async fn exported_from_etcd(
+    name: &str,
+    mode: &'static str,
+    keys: impl Fn(&str) -> Vec<(Vec<u8>, Vec<u8>)>,
+) -> Exported {
     let consul = ConsulServer::start();
     eprintln!("Consul: {}", consul.describe());
-    let prefix = consul.prefix("switch");
+    let prefix = consul.prefix(name);
     let area = Area {
         name: "t",
         prefix: Box::leak(prefix.clone().into_boxed_str()),
         path: "state/t",
-        mode: "both",
+        mode,
     };
     let etcd = EtcdServer::start();
     let mut c = etcd.client().await;
-    for (k, v) in tricky(&prefix) {
+    for (k, v) in keys(&prefix) {
         etcd_put(&mut c, k, v).await;
     }
     let before = etcd_all(&mut c, &prefix).await;
-    assert_eq!(before.len(), tricky(&prefix).len());
+    assert_eq!(before.len(), keys(&prefix).len());
     let ws = Workspace::new(etcd.endpoint(), &[area]);
     ws.kvgit(&["export"]).ok();
+    Exported {
+        consul,
+        _etcd: etcd,
+        prefix,
+        area,
+        ws,
+        before,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_export_then_switch_to_consul_restores_every_byte_and_serve_follows_consul() {
+    let Exported {
+        consul,
+        prefix,
+        area,
+        ws,
+        before,
+        ..
+    } = exported_from_etcd("switch", "both", tricky).await;
 
     // The switch: one config value (and where Consul listens).
     ws.set_backend_kind("consul");
@@ -160,22 +195,21 @@ async fn etcd_export_then_switch_to_consul_restores_every_byte_and_serve_follows
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_consul_cannot_hold_stops_the_apply_before_any_write() {
-    let consul = ConsulServer::start();
-    let prefix = consul.prefix("binary-key");
-    let area = Area {
-        name: "t",
-        prefix: Box::leak(prefix.clone().into_boxed_str()),
-        path: "state/t",
-        mode: "git-to-kv",
+    let with_binary_key = |prefix: &str| {
+        let mut bad = prefix.as_bytes().to_vec();
+        bad.extend_from_slice(b"bin\xff\xfe");
+        vec![
+            (format!("{prefix}fine").into_bytes(), b"ok".to_vec()),
+            (bad, b"x".to_vec()),
+        ]
     };
-    let etcd = EtcdServer::start();
-    let mut c = etcd.client().await;
-    etcd_put(&mut c, format!("{prefix}fine").into_bytes(), b"ok".to_vec()).await;
-    let mut bad = prefix.clone().into_bytes();
-    bad.extend_from_slice(b"bin\xff\xfe");
-    etcd_put(&mut c, bad, b"x".to_vec()).await;
-    let ws = Workspace::new(etcd.endpoint(), &[area]);
-    ws.kvgit(&["export"]).ok();
+    let Exported {
+        consul,
+        prefix,
+        area,
+        ws,
+        ..
+    } = exported_from_etcd("binary-key", "git-to-kv", with_binary_key).await;
 
     ws.set_backend_kind("consul");
     ws.write_config(consul.addr(), &[area], "");
@@ -194,22 +228,14 @@ async fn a_key_consul_cannot_hold_stops_the_apply_before_any_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_then_restarting_serve_alone_restores_consul_and_deletes_nothing_in_git() {
-    let consul = ConsulServer::start();
-    let prefix = consul.prefix("serve-switch");
-    let area = Area {
-        name: "t",
-        prefix: Box::leak(prefix.clone().into_boxed_str()),
-        path: "state/t",
-        mode: "both",
-    };
-    let etcd = EtcdServer::start();
-    let mut c = etcd.client().await;
-    for (k, v) in tricky(&prefix) {
-        etcd_put(&mut c, k, v).await;
-    }
-    let before = etcd_all(&mut c, &prefix).await;
-    let ws = Workspace::new(etcd.endpoint(), &[area]);
-    ws.kvgit(&["export"]).ok();
+    let Exported {
+        consul,
+        prefix,
+        area,
+        ws,
+        before,
+        ..
+    } = exported_from_etcd("serve-switch", "both", tricky).await;
     let files_before = git_files(&ws.repo, "main", "state/t");
 
     // Only the config changes; `serve` restarts on Consul and restores it by the no-base pass.
