@@ -54,6 +54,8 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
         return;
     };
     let mut first = true;
+    // The claim the last session ran under: only a newly acquired one needs a fetch first.
+    let mut started_under = None;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -75,8 +77,17 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
             svc.metrics.watch_restart();
         }
         first = false;
-        let outcome = match start_from_remote(&svc).await {
-            Ok(()) => session(&svc, &area, &shutdown, &mut grant).await,
+        let epoch = grant.borrow().epoch();
+        let fetched = if epoch == started_under {
+            Ok(())
+        } else {
+            start_from_remote(&svc).await
+        };
+        let outcome = match fetched {
+            Ok(()) => {
+                started_under = epoch;
+                session(&svc, &area, &shutdown, &mut grant).await
+            }
             Err(e) => Err(e),
         };
         let outcome = match outcome {
