@@ -195,11 +195,16 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
                 own.set(a, Grant::NotOwned);
             }
         }
-        for a in &areas {
-            let owned = own.fence(a).is_some();
-            svc.metrics.owner(a, owned);
-            svc.ctx.set_epoch(&AreaName(a.clone()), own.fence(a));
-        }
+        publish(&svc, &areas);
+    }
+}
+
+/// What the rest of the service reads: `kvgit_area_owner` and the epoch stamped on commits.
+fn publish(svc: &Service, areas: &[String]) {
+    for a in areas {
+        let fence = svc.ownership.fence(a);
+        svc.metrics.owner(a, fence.is_some());
+        svc.ctx.set_epoch(&AreaName(a.clone()), fence);
     }
 }
 
@@ -212,11 +217,7 @@ pub async fn start(svc: &Arc<Service>) {
     if let Err(e) = round(svc, &record, &areas, &mut unowned).await {
         tracing::warn!(error = %format!("{e:#}"), "first ownership round failed; retrying in the loop");
     }
-    for a in &areas {
-        svc.metrics.owner(a, svc.ownership.fence(a).is_some());
-        svc.ctx
-            .set_epoch(&AreaName(a.clone()), svc.ownership.fence(a));
-    }
+    publish(svc, &areas);
 }
 
 async fn round(

@@ -139,14 +139,6 @@ impl ServiceState {
         }
     }
 
-    /// A copy of the status of `area`.
-    pub fn area(&self, area: &str) -> Option<AreaStatus> {
-        self.areas()
-            .iter()
-            .find(|(name, _)| name == area)
-            .map(|(_, s)| s.clone())
-    }
-
     /// Whether the batcher of `area` has caught up once (false for an unknown area).
     pub fn caught_up(&self, area: &str) -> bool {
         self.areas()
