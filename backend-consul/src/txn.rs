@@ -8,6 +8,12 @@
 //! 16 KiB of headroom, `max_bytes = (512 KiB − ops × 128 − 16 KiB) × 3/4`: 374,784 bytes of
 //! keys and values for 64 ops (a full request is then at most ~508 KiB), 368,640 for 128.
 //! Keys needing JSON escapes grow further, so the encoded body is measured before sending.
+//!
+//! A single op written alone is bound by the same request limit, not by `kv_max_value_size`
+//! (also 512 KiB, but of the decoded value: base64 makes the request limit bind first). Its
+//! limit is the same formula for one op: `(512 KiB − 128 − 16 KiB) × 3/4` = 380,832 bytes of
+//! key and value (a body of at most ~508 KiB). A value bigger than that cannot be written
+//! through `/v1/txn` at all, so kvgit cannot restore it.
 
 use crate::backend::Conn;
 use crate::errors::{other, quote, refused, KIND};
@@ -25,17 +31,22 @@ const OP_FRAMING: usize = 128;
 /// Left free below `TXN_MAX_REQ_LEN`.
 const HEADROOM: usize = 16 * 1024;
 
-/// The limits `write` enforces for `max_ops` operations per transaction.
+/// The limits `write` enforces for `max_ops` operations per transaction: the batch budget
+/// for `max_ops` ops, the single-op limit for one.
 pub(crate) fn limits(max_ops: usize) -> WriteLimits {
-    let budget = TXN_MAX_REQ_LEN
-        .saturating_sub(max_ops.saturating_mul(OP_FRAMING))
-        .saturating_sub(HEADROOM);
-    let max_bytes = budget / 4 * 3;
     WriteLimits {
         max_ops,
-        max_bytes,
-        max_value_bytes: max_bytes,
+        max_bytes: payload_budget(max_ops),
+        max_value_bytes: payload_budget(1),
     }
+}
+
+/// Bytes of keys and values that `ops` operations may carry under `TXN_MAX_REQ_LEN`.
+fn payload_budget(ops: usize) -> usize {
+    let budget = TXN_MAX_REQ_LEN
+        .saturating_sub(ops.saturating_mul(OP_FRAMING))
+        .saturating_sub(HEADROOM);
+    budget / 4 * 3
 }
 
 /// One KV operation of `/v1/txn`.
@@ -308,6 +319,7 @@ mod tests {
         assert_eq!(l.max_ops, 64);
         assert_eq!(l.max_bytes, 374_784);
         assert_eq!(limits(128).max_bytes, 368_640);
+        assert_eq!(l.max_value_bytes, 380_832);
         // The worst case the limits allow: 64 ops of 1-byte keys and values filling
         // max_bytes, every op with the longest verb and a 20-digit index.
         let each = l.max_bytes / 64 - 1;
@@ -321,6 +333,19 @@ mod tests {
         check_limits(&ops, l).expect("within limits");
         let keys: Vec<&str> = ops.iter().map(|o| keys::utf8(o.key()).unwrap()).collect();
         let body = serde_json::to_vec(&build(&ops, &keys)).unwrap();
+        assert!(
+            body.len() < TXN_MAX_REQ_LEN - 8 * 1024,
+            "{} bytes",
+            body.len()
+        );
+        // The largest op written alone.
+        let alone = [WriteOp::Put {
+            key: Key::from("k"),
+            value: vec![0xff; l.max_value_bytes - 1],
+            expect: Precondition::ModRevision(Revision(u64::MAX)),
+        }];
+        check_limits(&alone, l).expect("within the single-op limit");
+        let body = serde_json::to_vec(&build(&alone, &["k"])).unwrap();
         assert!(
             body.len() < TXN_MAX_REQ_LEN - 8 * 1024,
             "{} bytes",

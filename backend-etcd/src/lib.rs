@@ -12,5 +12,7 @@ mod snapshot;
 mod txn;
 mod watch;
 
-pub use backend::{EtcdBackend, MAX_TXN_BYTES, MAX_TXN_OPS};
+pub use backend::{
+    EtcdBackend, MAX_REQUEST_BYTES, MAX_SINGLE_OP_BYTES, MAX_TXN_BYTES, MAX_TXN_OPS,
+};
 pub use config::{ConnectError, EtcdConfig};

@@ -67,7 +67,7 @@ mod tests {
     const LIMITS: WriteLimits = WriteLimits {
         max_ops: 128,
         max_bytes: 1000,
-        max_value_bytes: 1000,
+        max_value_bytes: 2000,
     };
 
     fn put(k: &str, len: usize) -> WriteOp {
@@ -90,6 +90,17 @@ mod tests {
         assert!(matches!(
             check_limits(&[put("k", 999), put("j", 10)], LIMITS),
             Err(BackendError::TooLarge { .. })
+        ));
+        // Alone, one op may go past the batch budget up to the single-op limit.
+        assert!(check_limits(&[put("k", 1999)], LIMITS).is_ok());
+        assert!(matches!(
+            check_limits(&[put("k", 2000)], LIMITS),
+            Err(BackendError::TooLarge {
+                ops: 1,
+                bytes: 2001,
+                max_bytes: 2000,
+                ..
+            })
         ));
     }
 

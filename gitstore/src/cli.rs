@@ -1,8 +1,11 @@
 //! Running the `git` CLI against the bare repository for what gix cannot do (push) or what
 //! git does best (fetch, repack), isolated from user/system config, hooks and prompts.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Why a `git` command could not run.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,17 @@ pub enum CliError {
         status: String,
         stderr: String,
     },
+    #[error(
+        "`git {args}` did not finish within {limit:?} (git.timeout); killed with its children"
+    )]
+    TimedOut { args: String, limit: Duration },
+}
+
+impl CliError {
+    /// Worth retrying later: the remote was slow or away, nothing is wrong locally.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CliError::TimedOut { .. })
+    }
 }
 
 /// Environment variables that would point git at another repository or config.
@@ -48,17 +62,38 @@ const CONFIG: &[&str] = &[
 /// A `git` command bound to one repository.
 pub(crate) struct Git {
     git_dir: PathBuf,
+    /// Network commands (fetch, push) are killed after this long: a hung remote must
+    /// delay pushes only, never hold a thread or a lock forever.
+    limit: Option<Duration>,
 }
 
 impl Git {
     pub(crate) fn new(git_dir: &Path) -> Self {
         Git {
             git_dir: git_dir.to_owned(),
+            limit: None,
         }
+    }
+
+    /// Bounds every command run through this value to `limit`.
+    pub(crate) fn with_limit(mut self, limit: Option<Duration>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Runs `git <args>`; a non-zero exit is not an error here (callers read the output).
     pub(crate) fn output(&self, args: &[&str]) -> Result<Output, CliError> {
+        let mut cmd = self.command(args);
+        match self.limit {
+            None => cmd.output().map_err(|source| CliError::Spawn {
+                args: args.join(" "),
+                source,
+            }),
+            Some(limit) => run_bounded(cmd, args, limit),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
         for var in CLEARED_ENV {
             cmd.env_remove(var);
@@ -72,10 +107,7 @@ impl Git {
             cmd.arg("-c").arg(setting);
         }
         cmd.arg("--git-dir").arg(&self.git_dir).args(args);
-        cmd.output().map_err(|source| CliError::Spawn {
-            args: args.join(" "),
-            source,
-        })
+        cmd
     }
 
     /// Runs `git <args>` and requires success.
@@ -93,8 +125,69 @@ impl Git {
     }
 }
 
+/// Runs `cmd` in a process group of its own and kills the whole group (git and the ssh or
+/// https helper it started) when it outlives `limit`.
+fn run_bounded(mut cmd: Command, args: &[&str], limit: Duration) -> Result<Output, CliError> {
+    let spawn_error = |source| CliError::Spawn {
+        args: args.join(" "),
+        source,
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(spawn_error)?;
+    // Pipes are drained on their own threads so a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().map_err(spawn_error)? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                // SAFETY-free: kill(2) on our own child's process group id.
+                let pgid = child.id() as i32;
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+                let _ = child.wait();
+                return Err(CliError::TimedOut {
+                    args: args.join(" "),
+                    limit,
+                });
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// `url` without user info (`https://user:token@host/x` → `https://host/x`), for messages.
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

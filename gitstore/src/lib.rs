@@ -24,7 +24,7 @@ mod trees;
 mod write;
 
 pub use ancestry::MergeBaseError;
-pub use cli::CliError;
+pub use cli::{redact as redact_url, CliError};
 pub use commit::{Author, CommitWriteError};
 pub use diff::{DiffError, FileChange};
 pub use edit::SetSubtreeError;

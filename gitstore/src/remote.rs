@@ -33,7 +33,11 @@ pub enum FetchError {
 impl FetchError {
     /// Worth retrying later (the remote may come back).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, FetchError::Unreachable { .. })
+        match self {
+            FetchError::Unreachable { .. } => true,
+            FetchError::Git { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -59,7 +63,11 @@ pub enum PushError {
 impl PushError {
     /// Worth retrying later (the remote may come back).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PushError::Unreachable { .. })
+        match self {
+            PushError::Unreachable { .. } => true,
+            PushError::Git { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -104,7 +112,7 @@ impl GitStore {
         }
         let branch_spec = format!("+refs/heads/{branch}:{tracking}");
         let meta_spec = "+refs/kvgit/*:refs/remotes/kvgit-meta/*";
-        let git = Git::new(self.git_dir());
+        let git = Git::new(self.git_dir()).with_limit(self.network_timeout());
         let base = [
             "fetch",
             "--quiet",
@@ -192,6 +200,7 @@ impl GitStore {
         ];
         args.extend(specs.iter().map(String::as_str));
         let out = Git::new(self.git_dir())
+            .with_limit(self.network_timeout())
             .output(&args)
             .map_err(|source| PushError::Git {
                 url: url.clone(),

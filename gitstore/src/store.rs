@@ -17,6 +17,8 @@ pub struct GitStore {
     branch_ref_str: String,
     /// The repository directory, handed to the `git` CLI for fetch, push and repack.
     git_dir: PathBuf,
+    /// How long a fetch or push may run before it is killed (None: unbounded).
+    network_timeout: Option<std::time::Duration>,
 }
 
 /// Pack indices the object database can hold at once (git keeps far fewer after a repack).
@@ -120,6 +122,7 @@ impl GitStore {
             branch_ref,
             branch_ref_str,
             git_dir,
+            network_timeout: None,
         })
     }
 
@@ -136,6 +139,17 @@ impl GitStore {
     /// The repository directory.
     pub fn git_dir(&self) -> &Path {
         &self.git_dir
+    }
+
+    /// Bounds every fetch and push to `limit`: the `git` child and its helpers are killed
+    /// after it (`CliError::TimedOut`).
+    pub fn with_network_timeout(mut self, limit: std::time::Duration) -> GitStore {
+        self.network_timeout = Some(limit);
+        self
+    }
+
+    pub(crate) fn network_timeout(&self) -> Option<std::time::Duration> {
+        self.network_timeout
     }
 
     /// A thread-local view of the repository for one call.

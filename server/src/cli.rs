@@ -40,6 +40,10 @@ pub enum Command {
         /// Only this area.
         #[arg(long, value_name = "AREA")]
         area: Option<String>,
+        /// Record a deletion of more than sync.max_delete_fraction of an area's keys (at
+        /// least sync.mass_delete_min_keys), emptying it included: the operator means it.
+        #[arg(long)]
+        allow_mass_delete: bool,
     },
     /// Show what an apply would do: `+ key`, `~ key`, `- key` per line, then a summary.
     Plan {
@@ -95,7 +99,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         .context("cannot start")?;
     match cli.command {
         Command::Serve => crate::service::run(ctx).await,
-        Command::Export { area } => engine::export::run(&ctx, area.as_deref()).await,
+        Command::Export {
+            area,
+            allow_mass_delete,
+        } => engine::export::run(&ctx, area.as_deref(), allow_mass_delete).await,
         Command::Plan {
             area,
             rev,

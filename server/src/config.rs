@@ -53,6 +53,8 @@ pub struct GitConfig {
     pub remote: Option<String>,
     pub author_name: String,
     pub author_email: String,
+    /// A fetch or push still running after this long is killed (with its ssh/https child).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +65,9 @@ pub struct SyncConfig {
     pub push_interval: Duration,
     pub fetch_interval: Duration,
     pub max_delete_fraction: f64,
+    /// KV -> Git: a batch deleting fewer keys than this is never held back as a mass
+    /// delete, whatever the fraction (small areas may lose their last keys).
+    pub mass_delete_min_keys: usize,
     /// TTL of this node's lease (etcd) or session (Consul); its areas move to another node
     /// when it is not renewed for this long.
     pub lease_ttl: Duration,
@@ -137,6 +142,7 @@ struct RawGit {
     remote: Option<String>,
     author_name: Option<String>,
     author_email: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -147,6 +153,7 @@ struct RawSync {
     push_interval: Option<String>,
     fetch_interval: Option<String>,
     max_delete_fraction: Option<f64>,
+    mass_delete_min_keys: Option<i64>,
     lease_ttl: Option<String>,
     ownership_prefix: Option<String>,
 }
@@ -186,7 +193,14 @@ const KNOWN: &[(&str, &[&str])] = &[
     ),
     (
         "git",
-        &["repo", "branch", "remote", "author_name", "author_email"],
+        &[
+            "repo",
+            "branch",
+            "remote",
+            "author_name",
+            "author_email",
+            "timeout",
+        ],
     ),
     (
         "sync",
@@ -197,6 +211,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "push_interval",
             "fetch_interval",
             "max_delete_fraction",
+            "mass_delete_min_keys",
             "lease_ttl",
             "ownership_prefix",
         ],
@@ -430,7 +445,18 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
             "sync.max_delete_fraction: must be between 0 and 1, got {max_delete_fraction}"
         ));
     }
+    let mass_delete_min_keys = match raw.sync.mass_delete_min_keys {
+        None => 10,
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => {
+            problems.push(format!(
+                "sync.mass_delete_min_keys: must be at least 1, got {n}"
+            ));
+            1
+        }
+    };
     let sync = SyncConfig {
+        mass_delete_min_keys,
         batch_window: duration("sync.batch_window", raw.sync.batch_window, "1s", problems),
         batch_max,
         push_interval: duration("sync.push_interval", raw.sync.push_interval, "5s", problems),
@@ -481,6 +507,7 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
             .git
             .author_email
             .unwrap_or_else(|| format!("kvgit@{node}")),
+        timeout: duration("git.timeout", raw.git.timeout, "60s", problems),
     };
 
     let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
@@ -537,6 +564,13 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
             problems.push(format!("{at}.name: {name:?} is also the name of area[{j}]"));
         }
         let prefix = match a.prefix {
+            // "/" (or "") would take the whole keyspace, other tools' keys included.
+            Some(p) if p.trim_matches('/').is_empty() && !p.is_empty() => {
+                problems.push(format!(
+                    "{at}.prefix: {p:?} would cover the whole keyspace; name a prefix such as \"/app/config/\""
+                ));
+                Vec::new()
+            }
             Some(p) if !p.is_empty() => p.into_bytes(),
             _ => {
                 problems.push(format!(
@@ -604,7 +638,10 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
 }
 
 fn check_repo_path(path: &str) -> Result<(), &'static str> {
-    let trimmed = path.trim_matches('/');
+    if path.starts_with('/') {
+        return Err("must be relative to the repository root (e.g. \"entries\"), not absolute");
+    }
+    let trimmed = path.trim_end_matches('/');
     if trimmed.is_empty() {
         return Err("must name a directory of the repository (e.g. \"entries\")");
     }
@@ -742,5 +779,28 @@ mode = "both"
             "{text}"
         );
         assert!(text.contains("sync.lease_ttl"), "{text}");
+    }
+
+    #[test]
+    fn a_root_prefix_and_an_absolute_path_are_refused() {
+        let err = load_str(
+            "[[area]]\nname = \"all\"\nprefix = \"/\"\npath = \"/etc\"\nmode = \"both\"\n",
+        )
+        .expect_err("prefix / and path /etc must be refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("area[0].prefix: \"/\" would cover the whole keyspace"),
+            "{text}"
+        );
+        assert!(
+            text.contains("area[0].path: \"/etc\" must be relative"),
+            "{text}"
+        );
+        let err = load_str("[sync]\nmass_delete_min_keys = 0\n[[area]]\nname = \"a\"\nprefix = \"/a/\"\npath = \"a\"\nmode = \"both\"\n")
+            .expect_err("zero min keys");
+        assert!(
+            err.to_string().contains("sync.mass_delete_min_keys"),
+            "{err}"
+        );
     }
 }

@@ -58,17 +58,27 @@ impl BackendError {
 }
 
 impl WriteLimits {
+    /// The largest value `key` can have and still be written (alone).
+    pub fn max_value_len(&self, key: &Key) -> usize {
+        self.max_value_bytes.saturating_sub(key.0.len())
+    }
+
     /// Refuses, before anything is sent, a write the backend would refuse: too many ops,
-    /// too many bytes in all, or one op over the single-value limit.
+    /// a batch over the batch budget, or one op over the single-op limit. One op alone may
+    /// exceed the batch budget up to the single-op limit.
     pub fn check(&self, backend: &'static str, ops: &[WriteOp]) -> Result<(), BackendError> {
         let bytes: usize = ops.iter().map(WriteOp::payload_len).sum();
-        if ops.len() > self.max_ops || bytes > self.max_bytes {
+        let max_bytes = match ops.len() {
+            1 => self.max_value_bytes,
+            _ => self.max_bytes,
+        };
+        if ops.len() > self.max_ops || bytes > max_bytes {
             return Err(BackendError::TooLarge {
                 backend,
                 ops: ops.len(),
                 bytes,
                 max_ops: self.max_ops,
-                max_bytes: self.max_bytes,
+                max_bytes,
             });
         }
         if let Some(op) = ops
@@ -170,4 +180,54 @@ pub trait KvBackend: Send + Sync + 'static {
 
     /// Every claim held under `prefix`, sorted by key, read at one revision.
     async fn claims(&self, prefix: &[u8]) -> Result<Vec<Claim>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: WriteLimits = WriteLimits {
+        max_ops: 4,
+        max_bytes: 100,
+        max_value_bytes: 250,
+    };
+
+    fn put(k: &str, len: usize) -> WriteOp {
+        WriteOp::Put {
+            key: Key::from(k),
+            value: vec![b'x'; len],
+            expect: Precondition::ModRevision(Revision(1)),
+        }
+    }
+
+    fn refused(ops: &[WriteOp]) -> Option<(usize, usize)> {
+        match LIMITS.check("test", ops) {
+            Ok(()) => None,
+            Err(BackendError::TooLarge {
+                bytes, max_bytes, ..
+            }) => Some((bytes, max_bytes)),
+            Err(e) => panic!("expected TooLarge, got {e}"),
+        }
+    }
+
+    #[test]
+    fn one_op_alone_may_exceed_the_batch_budget_up_to_the_single_op_limit() {
+        assert_eq!(refused(&[put("k", 249)]), None);
+        assert_eq!(refused(&[put("k", 250)]), Some((251, 250)));
+        assert_eq!(LIMITS.max_value_len(&Key::from("k")), 249);
+    }
+
+    #[test]
+    fn a_batch_stays_within_the_batch_budget() {
+        assert_eq!(refused(&[put("a", 49), put("b", 49)]), None);
+        assert_eq!(refused(&[put("a", 49), put("b", 50)]), Some((101, 100)));
+        // Not even the batch budget lets a big op ride along with a small one.
+        assert_eq!(refused(&[put("a", 1), put("b", 150)]), Some((153, 100)));
+        let five: Vec<WriteOp> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|k| put(k, 1))
+            .collect();
+        assert!(refused(&five).is_some(), "over max_ops");
+        assert_eq!(refused(&[]), None);
+    }
 }

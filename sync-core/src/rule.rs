@@ -81,7 +81,7 @@ pub struct Rule {
 /// Decide one key. `V` is anything comparable: values, or Git blob ids of values.
 ///
 /// Deletions happen only when base had the key and one side removed it; with no base the
-/// pass is a union where Git wins on differing values.
+/// pass is a union where Git wins on differing values (the live value in kv-to-git areas).
 pub fn decide<V: Clone + PartialEq>(
     rule: Rule,
     base: Base<&V>,
@@ -97,9 +97,14 @@ pub fn decide<V: Clone + PartialEq>(
     };
     let base_value = match base {
         Base::Unknown => {
-            // The no-base pass: carry one-sided keys over, Git wins on a difference.
+            // The no-base pass: carry one-sided keys over; on a difference Git wins, except
+            // in kv-to-git areas, which record the KV store (the live value is committed).
             return match (live, desired) {
                 (Some(l), None) => Decision {
+                    git: Some(Action::Put(l.clone())),
+                    ..Decision::none()
+                },
+                (Some(l), Some(_)) if rule.mode == Mode::KvToGit => Decision {
                     git: Some(Action::Put(l.clone())),
                     ..Decision::none()
                 },
@@ -185,12 +190,12 @@ mod tests {
         ("-", "-", "B", ".", "kv=B", "kv=B"),
         ("-", "B", "B", ".", ".", "."),
         ("-", "B", "C", "git=B", "kv=C ~", "kv=C !"),
-        // no base: union, Git wins, nothing deleted, in every mode
+        // no base: union, nothing deleted; Git wins a difference, except in kv-to-git
         ("?", "-", "-", ".", ".", "."),
         ("?", "B", "-", "git=B", "git=B", "git=B"),
         ("?", "-", "B", "kv=B", "kv=B", "kv=B"),
         ("?", "B", "B", ".", ".", "."),
-        ("?", "B", "C", "kv=C !", "kv=C !", "kv=C !"),
+        ("?", "B", "C", "git=B", "kv=C !", "kv=C !"),
     ];
 
     fn val(s: &str) -> Option<String> {

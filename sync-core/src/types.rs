@@ -193,14 +193,19 @@ impl WriteOp {
     }
 }
 
-/// How big one atomic write may be on this backend.
+/// How big one atomic write may be on this backend. Two byte limits, because a batch is
+/// sized for throughput with headroom for many ops' framing, while a single large value
+/// must still be writable: what the backend accepted, apply must be able to write back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteLimits {
     /// Operations per transaction (etcd 128, Consul 64).
     pub max_ops: usize,
-    /// Bytes of keys + values per transaction, with headroom for the request's framing.
+    /// The batch budget: bytes of keys + values per transaction of several ops, with
+    /// headroom for the request's framing and every op's compare.
     pub max_bytes: usize,
-    /// Largest single value the backend accepts.
+    /// The largest single op (key + value bytes, `WriteOp::payload_len`) the backend takes
+    /// when written alone: a one-op transaction with its compare. At least `max_bytes`; an
+    /// op bigger than the batch budget goes in a transaction of its own.
     pub max_value_bytes: usize,
 }
 

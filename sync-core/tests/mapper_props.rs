@@ -660,16 +660,13 @@ fn a_key_stored_twice_is_reported_with_both_paths() {
 }
 
 #[test]
-fn bad_names_in_a_tree_are_reported_with_their_path() {
-    let mut store = Store::default();
-    let root = store.hand_written(&[("d/x~1", "1")]);
-    let err = plan_changes(&store, Some(&root), changes_of(&[("d/y", Some("2"))])).unwrap_err();
-    match err {
-        PlanError::Map(MapError::BadName {
+fn bad_names_in_a_tree_are_reported_by_strict_decoding_with_their_path() {
+    match decode_paths(["d/x~1"]).unwrap_err() {
+        MapError::BadName {
             path,
             name,
             problem,
-        }) => {
+        } => {
             assert_eq!(path, "d/x~1");
             assert_eq!(name, "x~1");
             assert_eq!(
@@ -682,16 +679,48 @@ fn bad_names_in_a_tree_are_reported_with_their_path() {
         }
         other => panic!("unexpected {other}"),
     }
-    let root = store.hand_written(&[("%self", "1")]);
-    let err = lookup(&store, Some(&root), b"x", &mut Locator::default()).unwrap_err();
+    let err = decode_paths(["%self"]).unwrap_err();
     assert!(
         err.to_string()
             .contains("`%self` cannot be at the area root"),
         "{err}"
     );
-    let root = store.hand_written(&[("a%+", "1")]);
-    let err = lookup(&store, Some(&root), b"a", &mut Locator::default()).unwrap_err();
+    let err = decode_paths(["a%+"]).unwrap_err();
     assert!(err.to_string().contains("must be a directory"), "{err}");
+}
+
+/// A hand-written file whose name maps to no key never stops recording: lookups pass it by,
+/// and rewriting its directory carries it over untouched (a person's file is not deleted).
+#[test]
+fn files_that_map_to_no_key_are_kept_and_passed_by() {
+    let mut store = Store::default();
+    let root = store.hand_written(&[("d/x~1", "1"), ("d/z", "z"), ("%ZZ", "junk")]);
+    let plan = plan_changes(
+        &store,
+        Some(&root),
+        changes_of(&[("d/y", Some("2")), ("d/z", None)]),
+    )
+    .expect("a bad name does not fail the plan");
+    let new_root = store.write_opt(plan);
+    let files = store.files(new_root);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["%ZZ", "d/x~1", "d/y"], "{files:?}");
+    assert_eq!(files["%ZZ"], b"junk");
+    assert_eq!(files["d/x~1"], b"1");
+    for bad in [&[("%self", "1")][..], &[("a%+", "1")][..]] {
+        let root = store.hand_written(bad);
+        let found = lookup(&store, Some(&root), b"a", &mut Locator::default())
+            .expect("a bad name is passed by");
+        assert_eq!(found, None);
+    }
+    let root = store.hand_written(&[("d/x~1", "1"), ("d/y", "2")]);
+    let found = lookup(&store, Some(&root), b"d/y", &mut Locator::default()).expect("lookup");
+    assert!(found.is_some());
+    // Deleting the last mapped key keeps the directory for the unmapped file.
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("d/y", None)])).expect("plan");
+    let kept = store.write_opt(plan);
+    let files = store.files(kept);
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["d/x~1"]);
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! temp data dir, polled until healthy, killed on `stop()` or drop.
 
 use backend_etcd::{EtcdBackend, EtcdConfig};
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,6 +25,10 @@ pub struct EtcdServer {
     endpoint: String,
     /// etcd's stdout and stderr, for the panic message when something goes wrong.
     log_path: PathBuf,
+    /// The binary and ports, to start it again in place (after a snapshot restore).
+    bin: PathBuf,
+    client_port: u16,
+    peer_port: u16,
     /// Data dir and log; removed when the server is dropped.
     _dir: TempDir,
 }
@@ -59,6 +62,49 @@ impl EtcdServer {
             // An error here means it already exited; wait reaps it either way.
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// `etcdctl snapshot save`: the whole store as of now, to restore later.
+    pub fn save_snapshot(&self, name: &str) -> PathBuf {
+        let path = self._dir.path().join(name);
+        etcdctl(&[
+            &format!("--endpoints={}", self.endpoint),
+            "snapshot",
+            "save",
+            path.to_str().expect("utf-8 path"),
+        ]);
+        path
+    }
+
+    /// Stops etcd, restores `snapshot` the way an operator does (`etcdctl snapshot restore`
+    /// with the same member name and peer URL, so cluster and member ids are kept and only
+    /// the revision goes back), and starts it again on the same ports.
+    pub fn restore_snapshot(&mut self, snapshot: &Path) {
+        self.stop();
+        let data = self._dir.path().join("data");
+        std::fs::remove_dir_all(&data).expect("remove the old data dir");
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        etcdctl(&[
+            "snapshot",
+            "restore",
+            snapshot.to_str().expect("utf-8 path"),
+            "--name=default",
+            &format!("--initial-cluster=default={peer_url}"),
+            &format!("--initial-advertise-peer-urls={peer_url}"),
+            &format!("--data-dir={}", data.display()),
+        ]);
+        let child = spawn(
+            &self.bin,
+            self._dir.path(),
+            self.client_port,
+            self.peer_port,
+        )
+        .unwrap_or_else(|e| panic!("restart etcd: {e}"));
+        self.pid = child.id();
+        self.child = Some(child);
+        if let Err(why) = wait_healthy(self, self.client_port) {
+            panic!("etcd after restore: {why}\n{}", self.log_tail(30));
         }
     }
 
@@ -138,29 +184,16 @@ fn try_start(bin: &Path) -> Result<EtcdServer, String> {
         .map_err(|e| format!("temp dir: {e}"))?;
     let (client_port, peer_port) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
     let log_path = dir.path().join("etcd.log");
-    let log = File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
-    let log_err = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
-    let child = Command::new(bin)
-        .arg("--name=default")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=default={peer_url}"))
-        .arg(format!("--quota-backend-bytes={QUOTA_BYTES}"))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let child = spawn(bin, dir.path(), client_port, peer_port)?;
     let mut server = EtcdServer {
         pid: child.id(),
         child: Some(child),
         endpoint: client_url,
         log_path,
+        bin: bin.to_owned(),
+        client_port,
+        peer_port,
         _dir: dir,
     };
     match wait_healthy(&mut server, client_port) {
@@ -173,6 +206,48 @@ fn try_start(bin: &Path) -> Result<EtcdServer, String> {
             ))
         }
     }
+}
+
+/// Starts etcd on these ports with its data (`data`) and log (`etcd.log`, appended) in `dir`.
+fn spawn(bin: &Path, dir: &Path, client_port: u16, peer_port: u16) -> Result<Child, String> {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log_path = dir.join("etcd.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
+    Command::new(bin)
+        .arg("--name=default")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .arg(format!("--quota-backend-bytes={QUOTA_BYTES}"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))
+}
+
+/// `etcdctl ARGS…` (API v3); panics with its output when it fails.
+fn etcdctl(args: &[&str]) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .expect("run etcdctl (apt-get install -y etcd-client)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn wait_healthy(server: &mut EtcdServer, port: u16) -> Result<(), String> {

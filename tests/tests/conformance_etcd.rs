@@ -56,7 +56,55 @@ async fn etcd_ids_are_lowercase_hex() {
     assert_eq!(backend.kind(), "etcd");
     let limits = backend.write_limits();
     assert_eq!(limits.max_ops, 128);
-    assert!(limits.max_bytes < 1536 * 1024 && limits.max_value_bytes <= limits.max_bytes);
+    assert!(limits.max_bytes <= limits.max_value_bytes && limits.max_value_bytes < 1536 * 1024);
+}
+
+/// The single-op limit is etcd's request limit less a margin, as measured (see
+/// `backend_etcd::MAX_SINGLE_OP_BYTES`): the margin holds for a 3,000-byte key written under
+/// a compare, and without the pre-check etcd itself refuses a one-op txn of 1.5 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_single_op_limit_is_below_etcds_request_limit_with_its_margin() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    use sync_core::{Key, Precondition, TxnOutcome, WriteOp};
+    let server = EtcdServer::start();
+    let backend = server.backend().await;
+    let limits = backend.write_limits();
+    assert_eq!(limits.max_value_bytes, backend_etcd::MAX_SINGLE_OP_BYTES);
+
+    let long = Key(format!("/kvgit-limit/{}", "k".repeat(3000)).into_bytes());
+    let value = vec![b'v'; limits.max_value_len(&long)];
+    let mut ops = vec![WriteOp::Put {
+        key: long.clone(),
+        value: value.clone(),
+        expect: Precondition::Absent,
+    }];
+    let created = match backend.write(&ops).await {
+        Ok(TxnOutcome::Committed { revision }) => revision,
+        other => panic!("a 3,000-byte key at the limit: expected Committed, got {other:?}"),
+    };
+    ops[0] = WriteOp::Put {
+        key: long,
+        value,
+        expect: Precondition::ModRevision(created),
+    };
+    assert!(
+        matches!(backend.write(&ops).await, Ok(TxnOutcome::Committed { .. })),
+        "replacing it under its mod_revision"
+    );
+
+    let key = b"/kvgit-limit/raw".to_vec();
+    let value = vec![b'v'; backend_etcd::MAX_REQUEST_BYTES - key.len()];
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, value, None)]);
+    let refused = server.client().await.txn(txn).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("too large")),
+        "etcd took a one-op txn of 1.5 MiB: {:?}",
+        refused.map(|r| r.succeeded())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -712,3 +712,60 @@ async fn unknown_datacenter_and_lost_leader_are_500s() {
     assert!(c.put_ok(&format!("/v1/kv/{p}a"), "2").await);
     assert_eq!(c.entry(&format!("{p}a")).await.unwrap()["Value"], b64(b"2"));
 }
+
+#[tokio::test]
+async fn index_skew_fault_answers_blocking_queries_below_the_clients_index() {
+    let server = ConsulServer::start();
+    if server.is_real() {
+        eprintln!("skipped: /v1/_test/index_skew is the in-repo API's fault hook, not Consul's");
+        return;
+    }
+    let c = Client::of(&server);
+    let p = server.prefix("skew");
+    assert!(c.put_ok(&format!("/v1/kv/{p}a"), "1").await);
+    let index = c.get(&format!("/v1/kv/{p}?recurse")).await.index();
+
+    // A query already waiting is woken by the switch and answers below its index.
+    let started = Instant::now();
+    let watcher = {
+        let c = c.clone();
+        let path = format!("/v1/kv/{p}?recurse&index={index}&wait=10s");
+        tokio::spawn(async move { c.get(&path).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!watcher.is_finished(), "nothing changed: the query waits");
+    assert!(c.put_ok("/v1/_test/index_skew?by=3", "").await);
+    let response = watcher.await.expect("watcher task");
+    assert!(started.elapsed() < Duration::from_secs(5), "woken at once");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.index(), index - 3);
+    assert_eq!(keys_of(&response), [format!("{p}a")], "the current body");
+
+    // Every blocking query, a 404 included, keeps answering at once; plain reads do not lie.
+    let started = Instant::now();
+    let absent = c
+        .get(&format!("/v1/kv/{p}none/?recurse&index={index}&wait=10s"))
+        .await;
+    assert_eq!((absent.status, absent.index()), (404, index - 3));
+    let key = c.get(&format!("/v1/kv/{p}a?index={index}&wait=10s")).await;
+    assert_eq!((key.status, key.index()), (200, index - 3));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once"
+    );
+    assert_eq!(c.get(&format!("/v1/kv/{p}?recurse")).await.index(), index);
+    assert_eq!(
+        c.get(&format!("/v1/kv/{p}a?index=2&wait=1s")).await.index(),
+        1
+    );
+
+    // Switched off: Consul's behaviour again (wait out the quiet prefix, same index).
+    assert_eq!(c.put("/v1/_test/index_skew?by=x", "").await.status, 400);
+    assert!(c.put_ok("/v1/_test/index_skew?by=0", "").await);
+    let started = Instant::now();
+    let quiet = c
+        .get(&format!("/v1/kv/{p}?recurse&index={index}&wait=1s"))
+        .await;
+    assert_eq!(quiet.index(), index);
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited again");
+}

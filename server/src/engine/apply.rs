@@ -1,10 +1,10 @@
 //! `kvgit plan` and `kvgit apply`: Git -> KV by the sync rule. Every selected area is read,
 //! decided and validated (paths, value sizes, the mass-delete guard) before the first write.
 
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Judged};
 use super::decide::{base_after, Outcome, Sides};
 use super::export::write_changes;
-use super::view::{area_tree, read_area};
+use super::view::{area_tree, read_area, read_area_lenient};
 use super::writer;
 use super::Context;
 use crate::config::AreaConfig;
@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::rule::Base;
-use sync_core::{ClusterId, Key, KvEntry, Precondition, Value, WriteOp};
+use sync_core::{ClusterId, Key, KvEntry, Precondition, Revision, Value, WriteOp};
 
 /// How a planned write changes a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +52,18 @@ pub struct AreaPlan {
     /// Keys only the KV store has a newer value for (they go to Git by export).
     pub pending_export: usize,
     pub live_keys: usize,
-    checkpoint: Option<Checkpoint>,
+    /// The area's checkpoint as judged against the live cluster.
+    pub checkpoint: Judged,
+    cluster: ClusterId,
+    /// The tree the base changes apply to: the checkpoint's base, or for a first apply
+    /// (no trusted checkpoint) the desired tree.
+    base_start: Option<ObjectId>,
     /// Base changes that hold once every op is written: relative key -> agreed value.
     base_changes: BTreeMap<Vec<u8>, Option<Value>>,
+    /// For a first apply, the revision its checkpoint records: every live change up to it
+    /// is in the new base, or is a key the rule carries to Git (those are dated before it,
+    /// so the next export sees them and commits them).
+    first_revision: Revision,
 }
 
 impl AreaPlan {
@@ -182,14 +191,19 @@ pub async fn plan_area(
 ) -> anyhow::Result<AreaPlan> {
     let backend = ctx.backend().await?;
     let limits = backend.write_limits();
-    let cp = checkpoint::load(ctx, &area.name)
-        .await?
-        .filter(|c| &c.cluster == cluster);
+    let cp = checkpoint::load(ctx, &area.name).await?;
     let started = std::time::Instant::now();
+    // Read after the checkpoint: its revision is the cluster's current one or later.
     let snap = backend.snapshot(&area.prefix, None).await?;
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), keys = snap.entries.len(), "live read");
+    let judged = Judged::judge(cp, &area.name, cluster, snap.revision);
+    if let Some(why) = judged.distrust() {
+        tracing::warn!(area = %area.name, reason = %why, "checkpoint not trusted: planning with no base");
+    }
+    let snap_revision = snap.revision;
+    let plan_cluster = cluster.clone();
     let area_cfg = area.clone();
-    let base_tree = cp.as_ref().map(|c| c.base_tree);
+    let base_tree = judged.trusted().map(|c| c.base_tree);
     let checker = backend.clone();
     let mut plan = ctx
         .git_blocking(move |git| {
@@ -200,7 +214,9 @@ pub async fn plan_area(
             let desired = read_area(git, desired_tree, &area.path)?;
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "desired read");
             let base = match base_tree {
-                Some(t) => Some(read_area(git, t, &area.path)?),
+                // The base is kvgit's own record: a file in it that maps to no key was
+                // carried over from Git and stands for no key.
+                Some(t) => Some(read_area_lenient(git, t, &area.path)?.0),
                 None => None,
             };
             let live_keys = snap.entries.len();
@@ -229,10 +245,8 @@ pub async fn plan_area(
                     Some(a) => *a,
                     None => s.live,
                 };
-                if base.is_some() {
-                    if let Some(v) = base_after(&s.base, live_after, s.desired) {
-                        agreed.insert(rel.clone(), v);
-                    }
+                if let Some(v) = base_after(&s.base, live_after, s.desired) {
+                    agreed.insert(rel.clone(), v);
                 }
             }
             let key_of = |rel: &[u8]| {
@@ -257,15 +271,17 @@ pub async fn plan_area(
                     })?;
                 }
                 // Sizes come from object headers: validated now, contents read while writing.
+                // The limit is the backend's single-op one: a value too big for a batch is
+                // written alone, so only what the backend cannot take at all is refused.
                 if let Some(id) = target {
                     let size = blobs.size(*id)?;
-                    if size > limits.max_value_bytes as u64 {
+                    let max = limits.max_value_len(&key_of(rel));
+                    if size > max as u64 {
                         bail!(
-                            "{}/{}: the value of key {} is {size} bytes, over the backend's limit of {} bytes",
+                            "{}/{}: the value of key {} is {size} bytes, over the backend's limit of {max} bytes (the largest single write it takes)",
                             area.path,
                             desired.get(rel).map_or("?", |f| f.path.as_str()),
                             key_of(rel),
-                            limits.max_value_bytes
                         );
                     }
                 }
@@ -284,27 +300,51 @@ pub async fn plan_area(
                 });
             }
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "decided and sized");
-            // The base after a full apply: agreed values, read from the desired side.
             let mut base_changes = BTreeMap::new();
-            for (rel, v) in agreed {
-                let bytes = match v {
-                    Some(id) => Some(git.read_blob(id)?),
-                    None => None,
-                };
-                base_changes.insert(rel, bytes);
-            }
+            let base_start = match base_tree {
+                Some(start) => {
+                    // The base after a full apply: agreed values, read from the desired side.
+                    for (rel, v) in agreed {
+                        let bytes = match v {
+                            Some(id) => Some(git.read_blob(id)?),
+                            None => None,
+                        };
+                        base_changes.insert(rel, bytes);
+                    }
+                    start
+                }
+                None => {
+                    // A first apply: the base is the desired tree less the keys the two
+                    // sides still disagree on (no value needs reading).
+                    for (rel, f) in &desired {
+                        if agreed.get(rel) != Some(&Some(f.id)) {
+                            base_changes.insert(rel.clone(), None);
+                        }
+                    }
+                    desired_tree
+                }
+            };
+            let first_revision = outcome
+                .git
+                .keys()
+                .filter_map(|rel| live.get(rel))
+                .map(|(_, e)| Revision(e.mod_revision.0.saturating_sub(1)))
+                .fold(snap_revision, Revision::min);
             Ok(AreaPlan {
                 drift: outcome.drift.iter().map(|r| key_of(r)).collect(),
                 pending_export: outcome.git.len(),
                 live_keys,
                 ops,
                 area,
-                checkpoint: None,
+                checkpoint: Judged::Missing,
+                cluster: plan_cluster,
+                base_start,
                 base_changes,
+                first_revision,
             })
         })
         .await?;
-    plan.checkpoint = cp;
+    plan.checkpoint = judged;
     guard_mass_delete(&plan, ctx.cfg.sync.max_delete_fraction, allow_mass_delete)?;
     Ok(plan)
 }
@@ -396,20 +436,41 @@ fn print_applied(plan: &AreaPlan, w: &writer::Written) {
     let rev = w
         .last_revision
         .map_or_else(|| "-".to_string(), |r| r.to_string());
+    // Count what was written, not what was planned: a raced op was not written.
+    let raced: std::collections::HashSet<&Key> = w.raced.iter().collect();
+    let written = |kind: OpKind| {
+        plan.ops
+            .iter()
+            .filter(|o| o.kind == kind && !raced.contains(&o.key))
+            .count()
+    };
     println!(
         "{}: {} added, {} changed, {} deleted (revision {rev})",
         plan.area.name,
-        plan.count(OpKind::Add),
-        plan.count(OpKind::Change),
-        plan.count(OpKind::Delete),
+        written(OpKind::Add),
+        written(OpKind::Change),
+        written(OpKind::Delete),
     );
-    for op in &plan.ops {
+    for op in plan.ops.iter().filter(|o| !raced.contains(&o.key)) {
         if let Some(v) = &op.overwrites {
             println!("  ! {}: overwrote live value {}", op.key, preview(v));
         }
     }
-    for k in &w.raced {
-        println!("  ? {k}: changed by someone else meanwhile; re-deciding");
+    if !w.raced.is_empty() {
+        // Another writer (a second apply, an operator): a summary, not a line per key.
+        const SHOWN: usize = 5;
+        let some: Vec<String> = w.raced.iter().take(SHOWN).map(|k| k.to_string()).collect();
+        let more = w.raced.len().saturating_sub(SHOWN);
+        let tail = if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        };
+        println!(
+            "  ? {} keys changed by someone else meanwhile ({}{tail}); re-deciding them",
+            w.raced.len(),
+            some.join(", ")
+        );
     }
 }
 
@@ -439,7 +500,7 @@ pub async fn write_plans(
                     expect: op.expect,
                 },
             };
-            if let Some(chunk) = chunker.push(w) {
+            for chunk in chunker.push(w) {
                 if tx.blocking_send(Ok(chunk)).is_err() {
                     return Ok(()); // the writers stopped on an error; they report it
                 }
@@ -467,30 +528,41 @@ pub async fn write_plans(
             last_revision: all.last_revision,
             raced,
         };
-        if let Some(cp) = &plan.checkpoint {
-            if report.raced.is_empty() && !plan.base_changes.is_empty() {
-                save_base(ctx, plan, cp)
-                    .await
-                    .with_context(|| format!("area {}", plan.area.name))?;
-            }
+        if report.raced.is_empty() {
+            record_base(ctx, plan)
+                .await
+                .with_context(|| format!("area {}", plan.area.name))?;
         }
         per_area.push(report);
     }
     Ok(per_area)
 }
 
-async fn save_base(ctx: &Context, plan: &AreaPlan, cp: &Checkpoint) -> anyhow::Result<()> {
+/// After a complete apply, record what both sides now agree on. With a trusted checkpoint
+/// only its base moves; otherwise (a first apply, or a checkpoint that cannot be trusted)
+/// a checkpoint is written, so that live changes made after this apply are recorded by
+/// the next export instead of being reverted as conflicts.
+async fn record_base(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<()> {
+    let (previous, revision, cluster) = match &plan.checkpoint {
+        Judged::Trusted(_) if plan.base_changes.is_empty() => return Ok(()),
+        Judged::Trusted(cp) => (Some(cp.id), cp.revision, cp.cluster.clone()),
+        Judged::Distrusted(cp, _) => (Some(cp.id), plan.first_revision, plan.cluster.clone()),
+        Judged::Missing => (None, plan.first_revision, plan.cluster.clone()),
+    };
     let changes = plan.base_changes.clone();
-    let base = cp.base_tree;
-    let new_base = ctx
-        .git_blocking(move |git| write_changes(git, base.as_ref(), changes))
-        .await?;
+    let start = plan.base_start;
+    let new_base = if changes.is_empty() {
+        start
+    } else {
+        ctx.git_blocking(move |git| write_changes(git, start.as_ref(), changes))
+            .await?
+    };
     checkpoint::save(
         ctx,
         &plan.area.name,
-        Some(cp.id),
-        cp.revision,
-        &cp.cluster,
+        previous,
+        revision,
+        &cluster,
         new_base,
         None,
     )

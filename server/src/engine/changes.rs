@@ -14,7 +14,6 @@ pub enum Delta {
     Changes {
         upto: Revision,
         changes: BTreeMap<Key, Option<Value>>,
-        events: usize,
     },
     /// History since the checkpoint is gone: the caller must resync by the sync rule.
     Resync(ResyncReason),
@@ -29,12 +28,10 @@ pub async fn since(
     timeout: Duration,
 ) -> anyhow::Result<Delta> {
     let mut changes = BTreeMap::new();
-    let mut events = 0;
     if from > target {
         return Ok(Delta::Changes {
             upto: target,
             changes,
-            events,
         });
     }
     // Exact and cheap where the backend can answer without a watch.
@@ -43,7 +40,6 @@ pub async fn since(
         .await
     {
         Ok(Some(list)) => {
-            let events = list.len();
             for c in list {
                 let v = match c.kind {
                     ChangeKind::Put(v) => Some(v),
@@ -54,7 +50,6 @@ pub async fn since(
             return Ok(Delta::Changes {
                 upto: target,
                 changes,
-                events,
             });
         }
         Ok(None) => {}
@@ -85,7 +80,6 @@ pub async fn since(
                     return Ok(Delta::Changes {
                         upto: revision,
                         changes,
-                        events,
                     });
                 }
             }
@@ -94,7 +88,6 @@ pub async fn since(
                 changes: batch,
             })) => {
                 for c in batch {
-                    events += 1;
                     let v = match c.kind {
                         ChangeKind::Put(v) => Some(v),
                         ChangeKind::Delete => None,
@@ -105,7 +98,6 @@ pub async fn since(
                     return Ok(Delta::Changes {
                         upto: revision,
                         changes,
-                        events,
                     });
                 }
             }

@@ -22,6 +22,129 @@ pub struct Checkpoint {
     /// The branch commit this checkpoint was taken with, if any.
     pub branch_commit: Option<String>,
     pub node: String,
+    /// The `Kvgit-Area` it was written for: a checkpoint copied under another area's ref
+    /// (by hand, or a rename in the config) describes another prefix and is not trusted.
+    pub area: Option<String>,
+}
+
+/// Why a checkpoint cannot be the base of this pass: the area is then synced again by the
+/// rule with no base (nothing deleted), and the reason is logged, shown and counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Distrust {
+    /// Written against another cluster (a backend switch, a restore onto a new cluster).
+    OtherCluster { recorded: ClusterId },
+    /// Above the cluster's current revision: the store went back in time (a snapshot
+    /// restore keeps the cluster id), so events after it were never seen.
+    RevisionAhead {
+        recorded: Revision,
+        current: Revision,
+    },
+    /// Its `Kvgit-Area` trailer names another area.
+    OtherArea { recorded: String },
+}
+
+impl Distrust {
+    /// Every label, so each series exists from the first scrape.
+    pub const LABELS: [&'static str; 3] = ["other_cluster", "revision_ahead", "other_area"];
+
+    /// The `reason` label of `kvgit_resyncs_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Distrust::OtherCluster { .. } => "other_cluster",
+            Distrust::RevisionAhead { .. } => "revision_ahead",
+            Distrust::OtherArea { .. } => "other_area",
+        }
+    }
+}
+
+impl std::fmt::Display for Distrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Distrust::OtherCluster { recorded } => {
+                write!(f, "checkpoint belongs to cluster {recorded}, not this one")
+            }
+            Distrust::RevisionAhead { recorded, current } => write!(
+                f,
+                "checkpoint revision {recorded} is above the cluster's current revision \
+                 {current} (the store was restored from a snapshot?)"
+            ),
+            Distrust::OtherArea { recorded } => {
+                write!(f, "checkpoint was written for area {recorded:?}")
+            }
+        }
+    }
+}
+
+impl Checkpoint {
+    /// Whether this checkpoint can be the base of `area` on `cluster`, whose newest
+    /// revision is `current` (read after the checkpoint, so a trusted one is never above it).
+    pub fn distrust(
+        &self,
+        area: &AreaName,
+        cluster: &ClusterId,
+        current: Revision,
+    ) -> Option<Distrust> {
+        if let Some(recorded) = self.area.as_ref().filter(|a| **a != area.0) {
+            return Some(Distrust::OtherArea {
+                recorded: recorded.clone(),
+            });
+        }
+        if &self.cluster != cluster {
+            return Some(Distrust::OtherCluster {
+                recorded: self.cluster.clone(),
+            });
+        }
+        if self.revision > current {
+            return Some(Distrust::RevisionAhead {
+                recorded: self.revision,
+                current,
+            });
+        }
+        None
+    }
+}
+
+/// An area's checkpoint as judged against the live cluster.
+#[derive(Debug, Clone)]
+pub enum Judged {
+    /// No checkpoint was ever written: a first pass, with no base.
+    Missing,
+    /// A base to build on.
+    Trusted(Checkpoint),
+    /// One exists (its ref moves by compare-and-swap on it) but cannot be the base.
+    Distrusted(Checkpoint, Distrust),
+}
+
+impl Judged {
+    pub fn judge(
+        cp: Option<Checkpoint>,
+        area: &AreaName,
+        cluster: &ClusterId,
+        current: Revision,
+    ) -> Judged {
+        match cp {
+            None => Judged::Missing,
+            Some(cp) => match cp.distrust(area, cluster, current) {
+                None => Judged::Trusted(cp),
+                Some(why) => Judged::Distrusted(cp, why),
+            },
+        }
+    }
+
+    /// The checkpoint to build on, if trusted.
+    pub fn trusted(&self) -> Option<&Checkpoint> {
+        match self {
+            Judged::Trusted(cp) => Some(cp),
+            _ => None,
+        }
+    }
+
+    pub fn distrust(&self) -> Option<&Distrust> {
+        match self {
+            Judged::Distrusted(_, why) => Some(why),
+            _ => None,
+        }
+    }
 }
 
 pub fn ref_name(area: &AreaName) -> String {
@@ -65,6 +188,7 @@ pub async fn load(ctx: &Context, area: &AreaName) -> anyhow::Result<Option<Check
             base_tree: (!empty).then_some(info.tree),
             branch_commit: t.get(message::COMMIT).cloned(),
             node: t.get(message::NODE).cloned().unwrap_or_default(),
+            area: t.get(message::AREA).cloned(),
         }))
     })
     .await

@@ -2,10 +2,10 @@
 //! changed since it are read (cost follows the changes); otherwise a full pass by the rule.
 
 use super::changes::{self, Delta};
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, Judged};
 use super::decide::{base_after, Outcome, Sides};
 use super::message::{commit_message, Trailers};
-use super::view::{area_tree, read_area};
+use super::view::{area_tree, read_area_lenient};
 use super::Context;
 use crate::config::AreaConfig;
 use anyhow::Context as _;
@@ -29,15 +29,76 @@ const PACK_THRESHOLD: usize = 64;
 pub enum PassKind {
     /// Watch events since the checkpoint.
     Incremental,
-    /// A full snapshot with no base (first export, or a checkpoint of another cluster).
+    /// A full snapshot with no base (first export, or a checkpoint that cannot be trusted).
     NoBase,
     /// A full snapshot against the checkpoint's base (its revision was compacted).
     Resync,
 }
 
-impl PassKind {
-    /// The `reason` label of a resync pass (etcd compaction is the only cause today).
-    pub const RESYNC_REASON: &'static str = "compacted";
+/// Why a pass started again from a full read instead of following the checkpoint.
+#[derive(Debug, Clone)]
+pub struct ResyncCause {
+    /// The `reason` label of `kvgit_resyncs_total`.
+    pub label: &'static str,
+    /// For people: logs, `/status`, the export's output.
+    pub why: String,
+}
+
+/// The guard against recording an accidental wipe (SPEC: mass deletion, KV -> Git).
+#[derive(Debug, Clone, Copy)]
+pub struct DeleteGuard {
+    /// Refuse when more than this fraction of the area's keys would be deleted...
+    pub fraction: f64,
+    /// ...and at least this many (small areas may lose their last keys).
+    pub min_keys: usize,
+    /// `--allow-mass-delete`: the operator means it.
+    pub allowed: bool,
+}
+
+impl DeleteGuard {
+    pub fn from_config(cfg: &crate::config::Config, allowed: bool) -> DeleteGuard {
+        DeleteGuard {
+            fraction: cfg.sync.max_delete_fraction,
+            min_keys: cfg.sync.mass_delete_min_keys,
+            allowed,
+        }
+    }
+
+    /// Whether deleting `deletes` of `keys` must be refused.
+    fn refuses(&self, deletes: usize, keys: usize) -> bool {
+        !self.allowed
+            && deletes > 0
+            && deletes >= self.min_keys
+            && deletes as f64 > self.fraction * keys as f64
+    }
+}
+
+/// A batch the guard held back: nothing committed, the checkpoint not moved.
+#[derive(Debug, Clone)]
+pub struct HeldDeletes {
+    pub deletes: usize,
+    pub keys: usize,
+    pub fraction: f64,
+    pub prefix: String,
+}
+
+impl std::fmt::Display for HeldDeletes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.deletes >= self.keys {
+            "would empty the area".to_string()
+        } else {
+            format!(
+                "is more than sync.max_delete_fraction = {} of them",
+                self.fraction
+            )
+        };
+        write!(
+            f,
+            "not recording the deletion of {} of {} keys under {:?}: it {what}; if that is \
+             intended, run `kvgit export --allow-mass-delete`",
+            self.deletes, self.keys, self.prefix
+        )
+    }
 }
 
 /// What one area's export did.
@@ -50,22 +111,36 @@ pub struct ExportReport {
     pub revision: Revision,
     pub conflicts: Vec<Key>,
     pub pending_apply: usize,
+    /// Set when the checkpoint could not be followed (compacted, or not trusted).
+    pub resync: Option<ResyncCause>,
+    /// Set when the mass-delete guard held the batch back.
+    pub held: Option<HeldDeletes>,
+    /// The live changes of a held incremental batch, handed back so the caller keeps them.
+    pub held_changes: BTreeMap<Key, Option<Value>>,
+    /// Files of the area that map to no key, when the pass read the whole area (`None`
+    /// when it did not look: an incremental pass reads only the changed paths).
+    pub unmapped: Option<Vec<String>>,
 }
 
-pub async fn run(ctx: &Context, only: Option<&str>) -> anyhow::Result<u8> {
+pub async fn run(ctx: &Context, only: Option<&str>, allow_mass_delete: bool) -> anyhow::Result<u8> {
     let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
     let backend = ctx.backend().await?;
     let cluster = backend
         .cluster_id()
         .await
         .context("cannot read the cluster id")?;
+    let guard = DeleteGuard::from_config(&ctx.cfg, allow_mass_delete);
+    let mut held = Vec::new();
     for area in areas {
-        let r = export_area(ctx, area, &cluster)
+        let r = export_area(ctx, area, &cluster, guard)
             .await
             .with_context(|| format!("area {}", area.name))?;
-        let what = match r.commit {
-            Some(c) => format!("committed {} ({} changes)", &c.to_string()[..12], r.changes),
-            None => "no changes".to_string(),
+        let what = match (&r.held, r.commit) {
+            (Some(_), _) => "held back".to_string(),
+            (None, Some(c)) => {
+                format!("committed {} ({} changes)", &c.to_string()[..12], r.changes)
+            }
+            (None, None) => "no changes".to_string(),
         };
         let pass = match r.pass {
             PassKind::Incremental => "incremental",
@@ -73,6 +148,12 @@ pub async fn run(ctx: &Context, only: Option<&str>) -> anyhow::Result<u8> {
             PassKind::Resync => "full resync, checkpoint compacted",
         };
         println!("{}: {what} up to revision {} ({pass})", r.area, r.revision);
+        if let Some(cause) = &r.resync {
+            println!("  resync: {}", cause.why);
+        }
+        for u in r.unmapped.iter().flatten() {
+            println!("  ? {u}; left as it is (rename or remove it)");
+        }
         for k in &r.conflicts {
             println!("  ! {k}: live and Git both changed; Git wins on the next apply");
         }
@@ -82,8 +163,15 @@ pub async fn run(ctx: &Context, only: Option<&str>) -> anyhow::Result<u8> {
                 r.pending_apply
             );
         }
+        if let Some(h) = r.held {
+            held.push(format!("area {}: {h}", r.area));
+        }
     }
-    Ok(0)
+    // Other areas are recorded; the held one fails the command, naming what to do.
+    match held.len() {
+        0 => Ok(0),
+        _ => anyhow::bail!("{}", held.join("; ")),
+    }
 }
 
 /// Export one area; the checkpoint moves only after the commit is on the branch.
@@ -91,34 +179,58 @@ pub async fn export_area(
     ctx: &Context,
     area: &AreaConfig,
     cluster: &ClusterId,
+    guard: DeleteGuard,
 ) -> anyhow::Result<ExportReport> {
     let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
-    let target = backend.current_revision().await?;
     let cp = checkpoint::load(ctx, &area.name).await?;
+    // Read after the checkpoint: a trusted checkpoint is never above it.
+    let target = backend.current_revision().await?;
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "checkpoint loaded");
-    let same_cluster = cp.clone().filter(|c| &c.cluster == cluster);
-    if let Some(cp) = same_cluster {
-        let delta = changes::since(
-            backend.as_ref(),
-            &area.prefix,
-            cp.revision.next(),
-            target,
-            ctx.cfg.backend.request_timeout,
-        )
-        .await?;
-        tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "live delta read");
-        match delta {
-            Delta::Changes { upto, changes, .. } => {
-                return incremental(ctx, area, cluster, cp, upto, changes).await;
-            }
-            Delta::Resync(reason) => {
-                tracing::warn!(area = %area.name, ?reason, "checkpoint history gone; resyncing");
-                return full_pass(ctx, area, cluster, Some(cp), PassKind::Resync).await;
+    match Judged::judge(cp, &area.name, cluster, target) {
+        Judged::Trusted(cp) => {
+            let delta = changes::since(
+                backend.as_ref(),
+                &area.prefix,
+                cp.revision.next(),
+                target,
+                ctx.cfg.backend.request_timeout,
+            )
+            .await?;
+            tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "live delta read");
+            match delta {
+                Delta::Changes { upto, changes, .. } => {
+                    incremental(ctx, area, cluster, cp, upto, changes, guard).await
+                }
+                Delta::Resync(reason) => {
+                    tracing::warn!(area = %area.name, ?reason, "checkpoint history gone; resyncing");
+                    let cause = ResyncCause {
+                        label: reason.label(),
+                        why: format!(
+                            "history since checkpoint revision {} is gone ({})",
+                            cp.revision,
+                            reason.label()
+                        ),
+                    };
+                    let mut r =
+                        full_pass(ctx, area, cluster, Some(cp), PassKind::Resync, guard).await?;
+                    r.resync = Some(cause);
+                    Ok(r)
+                }
             }
         }
+        Judged::Distrusted(cp, why) => {
+            tracing::warn!(area = %area.name, reason = %why, "checkpoint not trusted: syncing the area again by the rule, with no base");
+            let cause = ResyncCause {
+                label: why.label(),
+                why: why.to_string(),
+            };
+            let mut r = full_pass(ctx, area, cluster, Some(cp), PassKind::NoBase, guard).await?;
+            r.resync = Some(cause);
+            Ok(r)
+        }
+        Judged::Missing => full_pass(ctx, area, cluster, None, PassKind::NoBase, guard).await,
     }
-    full_pass(ctx, area, cluster, cp, PassKind::NoBase).await
 }
 
 /// Commit one batch of live changes (collapsed, complete up to `upto`) on top of the
@@ -130,7 +242,13 @@ pub async fn incremental(
     cp: Checkpoint,
     upto: Revision,
     changes: BTreeMap<Key, Option<Value>>,
+    guard: DeleteGuard,
 ) -> anyhow::Result<ExportReport> {
+    warn_near_limit(
+        area,
+        ctx.backend().await?.write_limits(),
+        changes.iter().filter_map(|(k, v)| Some((k, v.as_deref()?))),
+    );
     let prefix_len = area.prefix.len();
     let live: BTreeMap<Vec<u8>, Option<Value>> = changes
         .into_iter()
@@ -156,7 +274,7 @@ pub async fn incremental(
                 };
                 sides.push((rel.clone(), s));
             }
-            finish(git, rule, tip, desired_tree, base_tree, sides, live)
+            finish(git, rule, guard, tip, desired_tree, base_tree, sides, live)
         })
         .await?;
     record(
@@ -179,11 +297,17 @@ pub async fn full_pass(
     cluster: &ClusterId,
     cp: Option<Checkpoint>,
     pass: PassKind,
+    guard: DeleteGuard,
 ) -> anyhow::Result<ExportReport> {
     // One full pass at a time: each holds a whole area in memory.
     let _permit = FULL_PASSES.acquire().await?;
     let backend = ctx.backend().await?;
     let snap = backend.snapshot(&area.prefix, None).await?;
+    warn_near_limit(
+        area,
+        backend.write_limits(),
+        snap.entries.iter().map(|e| (&e.key, &e.value[..])),
+    );
     let revision = snap.revision;
     let prefix_len = area.prefix.len();
     let path = area.path.clone();
@@ -202,9 +326,14 @@ pub async fn full_pass(
             if desired_tree.is_none() && !base_known {
                 return first_export(git, tip, live);
             }
-            let desired = read_area(git, desired_tree, &path)?;
+            // A file that maps to no key is reported, not fatal: live changes keep
+            // being recorded, and rewriting its directory keeps the file as it is.
+            let (desired, unmapped) = read_area_lenient(git, desired_tree, &path)?;
+            for u in &unmapped {
+                tracing::warn!("{u}; left as it is");
+            }
             let base = if base_known {
-                Some(read_area(git, base_tree, &path)?)
+                Some(read_area_lenient(git, base_tree, &path)?.0)
             } else {
                 None
             };
@@ -231,7 +360,9 @@ pub async fn full_pass(
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let base_start = if base_known { base_tree } else { None };
-            finish(git, rule, tip, desired_tree, base_start, sides, live)
+            let mut step = finish(git, rule, guard, tip, desired_tree, base_start, sides, live)?;
+            step.unmapped = unmapped;
+            Ok(step)
         })
         .await?;
     let previous = cp;
@@ -246,12 +377,17 @@ struct Step {
     changes: usize,
     base_tree: Option<ObjectId>,
     outcome: Outcome,
+    /// The guard held the batch back: nothing was written.
+    held: Option<(HeldDeletes, BTreeMap<Vec<u8>, Option<Value>>)>,
+    /// Files of the area that map to no key (full passes only read every file).
+    unmapped: Vec<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish(
     git: &GitStore,
     rule: sync_core::rule::Rule,
+    guard: DeleteGuard,
     tip: Option<ObjectId>,
     desired_tree: Option<ObjectId>,
     base_tree: Option<ObjectId>,
@@ -272,6 +408,32 @@ fn finish(
         }
     }
     drop(sides);
+    let deletes = outcome.git.values().filter(|v| v.is_none()).count();
+    if deletes > 0 && deletes >= guard.min_keys && !guard.allowed {
+        // Counted only when the batch could be refused: a walk of the area's tree.
+        let keys = match desired_tree {
+            Some(t) => git.files_under(t)?.len(),
+            None => 0,
+        };
+        if guard.refuses(deletes, keys) {
+            let held = HeldDeletes {
+                deletes,
+                keys,
+                fraction: guard.fraction,
+                prefix: String::new(),
+            };
+            return Ok(Step {
+                tip,
+                new_area_tree: desired_tree,
+                changed: false,
+                changes: 0,
+                base_tree,
+                outcome,
+                held: Some((held, live)),
+                unmapped: Vec::new(),
+            });
+        }
+    }
     // The base usually equals the new area tree (nothing pending either way): the same
     // edits from the same start give the same tree, so reuse it instead of writing twice.
     let reuse_base = base_tree == desired_tree && base_ids == outcome.git;
@@ -312,6 +474,8 @@ fn finish(
         changes,
         base_tree: new_base,
         outcome,
+        held: None,
+        unmapped: Vec::new(),
     })
 }
 
@@ -339,6 +503,8 @@ fn first_export(
         changes,
         base_tree: tree,
         outcome: Outcome::default(),
+        held: None,
+        unmapped: Vec::new(),
     })
 }
 
@@ -377,6 +543,31 @@ async fn record(
     step: Step,
     pass: PassKind,
 ) -> anyhow::Result<ExportReport> {
+    let rel_key = |rel: &Vec<u8>| {
+        let mut k = area.prefix.clone();
+        k.extend_from_slice(rel);
+        Key(k)
+    };
+    if let Some((mut held, live)) = step.held {
+        held.prefix = String::from_utf8_lossy(&area.prefix).into_owned();
+        tracing::error!(area = %area.name, "{held}");
+        return Ok(ExportReport {
+            area: area.name.0.clone(),
+            pass,
+            commit: None,
+            changes: 0,
+            revision: previous.as_ref().map_or(revision, |p| p.revision),
+            conflicts: Vec::new(),
+            pending_apply: 0,
+            resync: None,
+            held: Some(held),
+            held_changes: live
+                .into_iter()
+                .map(|(rel, v)| (rel_key(&rel), v))
+                .collect(),
+            unmapped: None,
+        });
+    }
     let mut commit = None;
     if step.changed {
         let path = area.path.clone();
@@ -429,11 +620,6 @@ async fn record(
         )
         .await?;
     }
-    let rel_key = |rel: &Vec<u8>| {
-        let mut k = area.prefix.clone();
-        k.extend_from_slice(rel);
-        Key(k)
-    };
     Ok(ExportReport {
         area: area.name.0.clone(),
         pass,
@@ -442,5 +628,34 @@ async fn record(
         revision,
         conflicts: step.outcome.conflicts.iter().map(rel_key).collect(),
         pending_apply: step.outcome.kv.len(),
+        resync: None,
+        held: None,
+        held_changes: BTreeMap::new(),
+        unmapped: (pass != PassKind::Incremental).then_some(step.unmapped),
     })
+}
+
+/// Warns (log, so also on `kvgit export`'s stderr) about each live value a pass reads that
+/// is within 10% of the backend's single-op limit or over it: `kvgit apply` can write it
+/// back only alone, and one over the limit (etcd takes a plain put a little above what fits
+/// in a compare-and-swap txn) could not be restored at all.
+fn warn_near_limit<'a>(
+    area: &AreaConfig,
+    limits: sync_core::WriteLimits,
+    values: impl Iterator<Item = (&'a Key, &'a [u8])>,
+) {
+    /// Warn from this share of the limit on: etcd's 1.5 MiB less 10% is ~1.41 MB.
+    const NEAR_PERCENT: u64 = 90;
+    for (key, value) in values {
+        let (bytes, limit) = (value.len(), limits.max_value_len(key));
+        if (bytes as u64) * 100 < limit as u64 * NEAR_PERCENT {
+            continue;
+        }
+        let what = if bytes > limit { "over" } else { "near" };
+        tracing::warn!(
+            area = %area.name, %key, bytes, limit,
+            "the value of key {key} is {bytes} bytes, {what} the backend's limit of {limit} bytes for one write; \
+             `kvgit apply` could not restore a value over it"
+        );
+    }
 }

@@ -36,10 +36,13 @@ impl Context {
     pub async fn connect(cfg: Config) -> anyhow::Result<Context> {
         let repo = cfg.git.repo.clone();
         let branch = cfg.git.branch.clone();
-        let git = tokio::task::spawn_blocking(move || GitStore::open_or_init(&repo, &branch))
-            .await
-            .context("git task panicked")?
-            .with_context(|| format!("git.repo {}", cfg.git.repo.display()))?;
+        let timeout = cfg.git.timeout;
+        let git = tokio::task::spawn_blocking(move || {
+            GitStore::open_or_init(&repo, &branch).map(|g| g.with_network_timeout(timeout))
+        })
+        .await
+        .context("git task panicked")?
+        .with_context(|| format!("git.repo {}", cfg.git.repo.display()))?;
         Ok(Context {
             cfg,
             git: Arc::new(git),

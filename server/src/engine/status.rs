@@ -3,7 +3,7 @@
 
 use super::apply::plan_area;
 use super::changes::{self, Delta};
-use super::checkpoint;
+use super::checkpoint::{self, Judged};
 use super::Context;
 use anyhow::Context as _;
 use serde_json::{json, Value as Json};
@@ -68,55 +68,62 @@ pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
             (area, String::from_utf8_lossy(&c.value).into_owned())
         })
         .collect();
-    let mut areas = Vec::new();
-    for area in &ctx.cfg.areas {
-        let cp = checkpoint::load(ctx, &area.name).await?;
-        let same = cp.as_ref().is_some_and(|c| c.cluster == cluster);
-        let pending = match &cp {
-            Some(c) if same => match changes::since(
-                backend.as_ref(),
-                &area.prefix,
-                c.revision.next(),
-                current,
-                ctx.cfg.backend.request_timeout,
-            )
-            .await?
-            {
-                Delta::Changes { events, .. } => json!(events),
-                Delta::Resync(r) => json!(format!("resync needed ({})", r.label())),
-            },
-            _ => Json::Null,
-        };
-        let mut entry = json!({
-            "area": area.name.0,
-            "mode": area.rule.mode.as_str(),
-            "prefix": String::from_utf8_lossy(&area.prefix),
-            "path": area.path,
-            "checkpoint": cp.as_ref().map(|c| json!({
-                "revision": c.revision.0,
-                "cluster": c.cluster.0,
-                "same_cluster": same,
-                "node": c.node,
-                "commit": c.id.to_string(),
-            })),
-            "base_commit": cp.as_ref().and_then(|c| c.branch_commit.clone()),
-            "owner": owners.get(area.name.0.as_bytes()),
-            "pending_events": pending,
-            "drift": Json::Null,
-            "pending_apply": Json::Null,
-            "pending_export": Json::Null,
-            "error": Json::Null,
-        });
-        match plan_area(ctx, area, tip, &cluster, true).await {
-            Ok(plan) => {
-                entry["drift"] = json!(plan.drift.len());
-                entry["pending_apply"] = json!(plan.ops.len());
-                entry["pending_export"] = json!(plan.pending_export);
+    // Areas are independent: read side by side.
+    let areas = futures::future::try_join_all(ctx.cfg.areas.iter().map(|area| {
+        let (backend, cluster, owners) = (&backend, &cluster, &owners);
+        async move {
+            let cp = checkpoint::load(ctx, &area.name).await?;
+            let judged = Judged::judge(cp.clone(), &area.name, cluster, current);
+            // Keys changed since the checkpoint (a key written many times counts once).
+            let pending = match judged.trusted() {
+                Some(c) => match changes::since(
+                    backend.as_ref(),
+                    &area.prefix,
+                    c.revision.next(),
+                    current,
+                    ctx.cfg.backend.request_timeout,
+                )
+                .await?
+                {
+                    Delta::Changes { changes, .. } => json!(changes.len()),
+                    Delta::Resync(r) => json!(format!("resync needed ({})", r.label())),
+                },
+                None => Json::Null,
+            };
+            let mut entry = json!({
+                "area": area.name.0,
+                "mode": area.rule.mode.as_str(),
+                "prefix": String::from_utf8_lossy(&area.prefix),
+                "path": area.path,
+                "checkpoint": cp.as_ref().map(|c| json!({
+                    "revision": c.revision.0,
+                    "cluster": c.cluster.0,
+                    "same_cluster": &c.cluster == cluster,
+                    "trusted": judged.trusted().is_some(),
+                    "distrust": judged.distrust().map(ToString::to_string),
+                    "node": c.node,
+                    "commit": c.id.to_string(),
+                })),
+                "base_commit": cp.as_ref().and_then(|c| c.branch_commit.clone()),
+                "owner": owners.get(area.name.0.as_bytes()),
+                "pending_events": pending,
+                "drift": Json::Null,
+                "pending_apply": Json::Null,
+                "pending_export": Json::Null,
+                "error": Json::Null,
+            });
+            match plan_area(ctx, area, tip, cluster, true).await {
+                Ok(plan) => {
+                    entry["drift"] = json!(plan.drift.len());
+                    entry["pending_apply"] = json!(plan.ops.len());
+                    entry["pending_export"] = json!(plan.pending_export);
+                }
+                Err(e) => entry["error"] = json!(format!("{e:#}")),
             }
-            Err(e) => entry["error"] = json!(format!("{e:#}")),
+            Ok::<_, anyhow::Error>(entry)
         }
-        areas.push(entry);
-    }
+    }))
+    .await?;
     Ok(json!({
         "node": ctx.cfg.sync.node,
         "backend": { "kind": backend.kind(), "cluster": cluster.0, "revision": current.0 },

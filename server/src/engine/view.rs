@@ -5,6 +5,7 @@ use anyhow::anyhow;
 use gitstore::GitStore;
 use gitstore::ObjectId;
 use std::collections::BTreeMap;
+use sync_core::mapper::MapError;
 
 /// One file of an area tree.
 #[derive(Debug, Clone)]
@@ -52,4 +53,39 @@ pub fn read_area(
                 .map(|(path, id)| (rel, AreaFile { id, path }))
         })
         .collect())
+}
+
+/// Like [`read_area`], but a file that maps to no key (a hand-written `%ZZ`) is set aside
+/// and returned by path instead of failing: recording KV changes goes on around it.
+pub fn read_area_lenient(
+    git: &GitStore,
+    tree: Option<ObjectId>,
+    area_path: &str,
+) -> anyhow::Result<(AreaFiles, Vec<String>)> {
+    let Some(tree) = tree else {
+        return Ok((AreaFiles::new(), Vec::new()));
+    };
+    let files = git.files_under(tree)?;
+    let (decoded, bad) =
+        sync_core::mapper::decode_paths_lenient(files.iter().map(|(p, _)| p.as_str()))
+            .map_err(|e| anyhow!("{area_path}: {e}"))?;
+    let unmapped = bad
+        .iter()
+        .map(|e| match e {
+            MapError::BadName { path, problem, .. } => {
+                format!("{area_path}/{path}: maps to no key ({problem})")
+            }
+            other => format!("{area_path}: {other}"),
+        })
+        .collect();
+    let mut files: Vec<Option<(String, ObjectId)>> = files.into_iter().map(Some).collect();
+    let area = decoded
+        .into_iter()
+        .filter_map(|(rel, i)| {
+            files[i]
+                .take()
+                .map(|(path, id)| (rel, AreaFile { id, path }))
+        })
+        .collect();
+    Ok((area, unmapped))
 }

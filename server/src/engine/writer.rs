@@ -42,17 +42,26 @@ impl Chunker {
         }
     }
 
-    /// Add an op; returns a full transaction when `op` does not fit in the current one.
-    pub fn push(&mut self, op: WriteOp) -> Option<Vec<WriteOp>> {
+    /// Add an op; returns the transactions that are complete: the current one when `op`
+    /// does not fit in it, and `op` alone when it is bigger than the batch budget (the
+    /// backend takes it in a transaction of its own, up to its single-op limit).
+    pub fn push(&mut self, op: WriteOp) -> Vec<Vec<WriteOp>> {
         let len = op.payload_len() + OP_OVERHEAD;
+        let mut out = Vec::new();
         let full = !self.cur.is_empty()
-            && (self.cur.len() >= self.limits.max_ops || self.bytes + len > self.limits.max_bytes);
-        let out = full.then(|| {
+            && (self.cur.len() >= self.limits.max_ops
+                || self.bytes + len > self.limits.max_bytes
+                || len > self.limits.max_bytes);
+        if full {
             self.bytes = 0;
-            std::mem::take(&mut self.cur)
-        });
-        self.bytes += len;
-        self.cur.push(op);
+            out.push(std::mem::take(&mut self.cur));
+        }
+        if len > self.limits.max_bytes {
+            out.push(vec![op]);
+        } else {
+            self.bytes += len;
+            self.cur.push(op);
+        }
         out
     }
 
@@ -66,7 +75,7 @@ impl Chunker {
 #[cfg(test)]
 pub fn chunk(ops: Vec<WriteOp>, limits: WriteLimits) -> Vec<Vec<WriteOp>> {
     let mut chunker = Chunker::new(limits);
-    let mut out: Vec<Vec<WriteOp>> = ops.into_iter().filter_map(|op| chunker.push(op)).collect();
+    let mut out: Vec<Vec<WriteOp>> = ops.into_iter().flat_map(|op| chunker.push(op)).collect();
     out.extend(chunker.finish());
     out
 }
@@ -150,5 +159,45 @@ mod tests {
             .iter()
             .all(|c| c.iter().map(|o| o.payload_len() + 64).sum::<usize>() <= 10_000));
         assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 300);
+    }
+
+    #[test]
+    fn an_op_over_the_batch_budget_goes_alone_in_order() {
+        let limits = WriteLimits {
+            max_ops: 128,
+            max_bytes: 10_000,
+            max_value_bytes: 50_000,
+        };
+        let sizes = [10, 10, 20_000, 10, 30_000, 40_000, 10];
+        let ops: Vec<WriteOp> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, len)| WriteOp::Put {
+                key: Key(format!("k{i}").into_bytes()),
+                value: vec![0; *len],
+                expect: sync_core::Precondition::Any,
+            })
+            .collect();
+        let chunks = chunk(ops, limits);
+        let keys: Vec<Vec<String>> = chunks
+            .iter()
+            .map(|c| c.iter().map(|o| o.key().to_string()).collect())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                vec!["k0", "k1"],
+                vec!["k2"],
+                vec!["k3"],
+                vec!["k4"],
+                vec!["k5"],
+                vec!["k6"]
+            ]
+        );
+        for c in &chunks {
+            limits
+                .check("test", c)
+                .expect("every transaction within the limits");
+        }
     }
 }

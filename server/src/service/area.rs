@@ -8,6 +8,7 @@ use super::backoff::Backoff;
 use super::ownership::Grant;
 use super::Service;
 use crate::config::AreaConfig;
+use crate::engine::export::DeleteGuard;
 use crate::engine::{checkpoint, export};
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -47,26 +48,40 @@ fn fence(svc: &Service, area: &AreaConfig) -> Result<sync_core::Epoch, Fenced> {
 const LAG_TICK: Duration = Duration::from_secs(1);
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 
+/// A session that asks for a resync sooner than this after it started counts as a repeat:
+/// the next one waits longer, so a backend that keeps forcing resyncs is not hammered.
+const RESYNC_QUIET: Duration = Duration::from_secs(30);
+
 pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToken) {
     let name = area.name.0.clone();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut resync_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let Some(mut grant) = svc.ownership.subscribe(&name) else {
         return;
     };
     let mut first = true;
     // The claim the last session ran under: only a newly acquired one needs a fetch first.
     let mut started_under = None;
+    // A resync the watch asked for and that was counted already: the catch-up that
+    // performs it does not count it again.
+    let mut watch_resync: Option<&'static str> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         // Wait until this node owns the area.
         loop {
-            if matches!(
-                *grant.borrow_and_update(),
-                Grant::Owned(_) | Grant::HandOver(_)
-            ) {
-                break;
+            let now = *grant.borrow_and_update();
+            match now {
+                Grant::Owned(_) => break,
+                // Asked to hand over between sessions (e.g. while backing off): nothing is
+                // buffered here, so let go at once; the next owner commits from the
+                // checkpoint whatever was not committed.
+                Grant::HandOver(_) => {
+                    stopped(&svc, &name);
+                    svc.ownership.released(&name);
+                }
+                Grant::NotOwned | Grant::Released(_) => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -78,6 +93,7 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
         }
         first = false;
         let epoch = grant.borrow().epoch();
+        let session_started = Instant::now();
         let fetched = if epoch == started_under {
             Ok(())
         } else {
@@ -86,7 +102,7 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
         let outcome = match fetched {
             Ok(()) => {
                 started_under = epoch;
-                session(&svc, &area, &shutdown, &mut grant).await
+                session(&svc, &area, &shutdown, &mut grant, watch_resync.take()).await
             }
             Err(e) => Err(e),
         };
@@ -105,22 +121,49 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
                 svc.ownership.released(&name);
             }
             Ok(Stop::Resync(reason)) => {
-                tracing::warn!(area = %name, ?reason, "watch asks for a resync");
-                // The next session's catch-up sees the compaction and resyncs by the rule.
+                svc.metrics.resync(&name, reason.label());
+                watch_resync = Some(reason.label());
+                let why = format!("the watch asked for a resync ({})", reason.label());
+                svc.state.update(&name, |s| {
+                    s.resyncs += 1;
+                    s.last_resync = Some(why.clone());
+                });
                 backoff.reset();
+                // The next session's catch-up resyncs by the rule. Repeats back off, and the
+                // log line says when the next try is, so it stays readable at any rate.
+                if session_started.elapsed() >= RESYNC_QUIET {
+                    resync_backoff.reset();
+                }
+                let delay = resync_backoff.next_delay();
+                tracing::warn!(area = %name, reason = reason.label(), retry_in = ?delay, "watch asks for a resync");
+                if !pause(&shutdown, &mut grant, delay).await {
+                    return;
+                }
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                tracing::warn!(area = %name, error = %msg, "area loop failed; retrying");
-                svc.state.update(&name, |s| s.last_error = Some(msg));
-                svc.state.set_backend_ok(false);
                 let delay = backoff.next_delay();
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                tracing::warn!(area = %name, error = %msg, retry_in = ?delay, "area loop failed; retrying");
+                svc.state.update(&name, |s| s.last_error = Some(msg));
+                if !pause(&shutdown, &mut grant, delay).await {
+                    return;
                 }
             }
         }
+    }
+}
+
+/// Waits `delay`, or less when ownership changes (a hand-over must not wait out a backoff).
+/// False on shutdown.
+async fn pause(
+    shutdown: &CancellationToken,
+    grant: &mut tokio::sync::watch::Receiver<Grant>,
+    delay: Duration,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+        changed = grant.changed() => changed.is_ok(),
     }
 }
 
@@ -143,7 +186,6 @@ async fn start_from_remote(svc: &Arc<Service>) -> anyhow::Result<()> {
     if svc.ctx.cfg.git.remote.is_none() {
         return Ok(());
     }
-    let _git = svc.git_lock.lock().await;
     super::push::integrate_remote(svc).await
 }
 
@@ -154,18 +196,23 @@ async fn session(
     area: &AreaConfig,
     shutdown: &CancellationToken,
     grant: &mut tokio::sync::watch::Receiver<Grant>,
+    counted: Option<&'static str>,
 ) -> anyhow::Result<Stop> {
     let name = area.name.0.as_str();
     let backend = svc.ctx.backend().await?;
     let cluster = backend.cluster_id().await?;
-    svc.state.set_backend_ok(true);
+    let guard = DeleteGuard::from_config(&svc.ctx.cfg, false);
     let report = {
-        let _git = svc.git_lock.lock().await;
+        let _git = svc.git_lock.lock("catch-up").await;
         fence(svc, area)?;
-        export::export_area(&svc.ctx, area, &cluster).await?
+        export::export_area(&svc.ctx, area, &cluster, guard).await?
     };
-    if report.pass == export::PassKind::Resync {
-        svc.metrics.resync(name, export::PassKind::RESYNC_REASON);
+    if let Some(cause) = report.resync.as_ref().filter(|c| counted != Some(c.label)) {
+        svc.metrics.resync(name, cause.label);
+        svc.state.update(name, |s| {
+            s.resyncs += 1;
+            s.last_resync = Some(cause.why.clone());
+        });
     }
     note_commit(svc, name, &report);
     let cp = checkpoint::load(&svc.ctx, &area.name).await?;
@@ -177,20 +224,38 @@ async fn session(
         s.owned_here = true;
         s.caught_up = true;
         s.last_error = None;
+        // The catch-up committed everything up to now: nothing waits any more.
+        s.pending_events = 0;
+        s.oldest_pending = None;
         // kv-to-git is in sync once caught up; the others after their first apply.
         s.ready = s.ready || !applies_git;
     });
     if applies_git {
         svc.trigger.notify_one();
     }
-    let mut stream = backend.watch(&area.prefix, from.next()).await?;
     let mut batch = Batch::new(name, from);
+    // A catch-up held back by the mass-delete guard becomes the pending batch: it is
+    // re-examined as events come (a restore of the keys lets it through), never dropped.
+    let watch_from = match report.held {
+        Some(held) => {
+            batch.hold(report.held_changes, report.revision);
+            note_held(svc, name, Some(&held));
+            svc.state.update(name, |s| {
+                s.pending_events = batch.events as u64;
+                s.oldest_pending = batch.first_at;
+            });
+            report.revision
+        }
+        None => {
+            note_held(svc, name, None);
+            from
+        }
+    };
+    let mut stream = backend.watch(&area.prefix, watch_from.next()).await?;
     let mut last_checkpoint = Instant::now();
     let mut tick = tokio::time::interval(LAG_TICK);
     loop {
-        let deadline = batch
-            .first_at
-            .map(|t| tokio::time::Instant::from_std(t + svc.ctx.cfg.sync.batch_window));
+        let deadline = batch.deadline(svc.ctx.cfg.sync.batch_window);
         tokio::select! {
             _ = shutdown.cancelled() => {
                 drain(svc, &backend, &mut stream, &mut batch).await;
@@ -250,7 +315,7 @@ async fn session(
                         s.pending_events = batch.events as u64;
                         s.oldest_pending = batch.first_at;
                     });
-                    if batch.events >= svc.ctx.cfg.sync.batch_max {
+                    if batch.events >= svc.ctx.cfg.sync.batch_max && batch.may_retry() {
                         flush(svc, area, &cluster, &mut batch).await?;
                         last_checkpoint = Instant::now();
                     }
@@ -259,6 +324,9 @@ async fn session(
         }
     }
 }
+
+/// A held batch is examined again this often (and on `batch_max`), never in a tight loop.
+const HOLD_RECHECK: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for the watch to deliver writes acknowledged before it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(3);
@@ -311,6 +379,8 @@ struct Batch {
     upto: Revision,
     /// The revision the checkpoint already holds; a flush with nothing new is skipped.
     committed: Revision,
+    /// Held back by the mass-delete guard: not tried again before this.
+    held_until: Option<Instant>,
 }
 
 impl Batch {
@@ -322,7 +392,30 @@ impl Batch {
             first_at: None,
             upto: from,
             committed: from,
+            held_until: None,
         }
+    }
+
+    /// When the batch is due: `window` after its first event, or after the hold.
+    fn deadline(&self, window: Duration) -> Option<tokio::time::Instant> {
+        let due = self.first_at.map(|t| t + window)?;
+        let due = self.held_until.map_or(due, |h| due.max(h));
+        Some(tokio::time::Instant::from_std(due))
+    }
+
+    fn may_retry(&self) -> bool {
+        self.held_until.is_none_or(|h| Instant::now() >= h)
+    }
+
+    /// Keep `changes` (complete up to `upto`) pending after the guard refused them.
+    fn hold(&mut self, changes: BTreeMap<Key, Option<Value>>, upto: Revision) {
+        for (k, v) in changes {
+            self.changes.insert(k, v);
+        }
+        self.events = self.events.max(self.changes.len());
+        self.upto = self.upto.max(upto);
+        self.first_at.get_or_insert_with(Instant::now);
+        self.held_until = Some(Instant::now() + HOLD_RECHECK);
     }
 
     fn add(&mut self, key: Key, value: Option<Value>) {
@@ -349,7 +442,7 @@ async fn flush(
     }
     let name = area.name.0.as_str();
     let started = Instant::now();
-    let _git = svc.git_lock.lock().await;
+    let _git = svc.git_lock.lock("commit").await;
     fence(svc, area)?;
     let cp = checkpoint::load(&svc.ctx, &area.name)
         .await?
@@ -362,8 +455,22 @@ async fn flush(
         return Err(Fenced(name.to_string()).into());
     }
     let changes = std::mem::take(&mut batch.changes);
-    let report = { export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes).await? };
+    let guard = DeleteGuard::from_config(&svc.ctx.cfg, false);
+    let report =
+        export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes, guard).await?;
     drop(_git);
+    if let Some(held) = &report.held {
+        batch.hold(report.held_changes, batch.upto);
+        note_held(svc, name, Some(held));
+        svc.state.update(name, |s| {
+            s.pending_events = batch.events as u64;
+            s.oldest_pending = batch.first_at;
+        });
+        return Ok(());
+    }
+    if batch.held_until.take().is_some() {
+        note_held(svc, name, None);
+    }
     if report.commit.is_some() {
         svc.metrics.commit(name, started.elapsed().as_secs_f64());
         svc.after_commit().await;
@@ -380,10 +487,21 @@ async fn flush(
     Ok(())
 }
 
+/// Shows (or clears) a batch held back by the mass-delete guard: `/status`, `/readyz`,
+/// `kvgit_export_refused`.
+fn note_held(svc: &Service, name: &str, held: Option<&export::HeldDeletes>) {
+    let msg = held.map(ToString::to_string);
+    svc.metrics.export_refused(name, msg.is_some());
+    svc.state.update(name, |s| s.held = msg);
+}
+
 fn note_commit(svc: &Service, name: &str, report: &export::ExportReport) {
     // Conflicts are counted when apply overwrites the live value, not here.
     svc.metrics.checkpoint(name, report.revision.0);
     svc.state.update(name, |s| {
+        if let Some(unmapped) = &report.unmapped {
+            s.unmapped_files = unmapped.clone();
+        }
         s.checkpoint = Some(report.revision.0);
         if let Some(c) = report.commit {
             s.last_commit = Some(c.to_string());

@@ -1,5 +1,13 @@
 //! The HTTP face of `serve` (SPEC "HTTP (serve)"): metrics, liveness, readiness, status,
 //! and `POST /sync` to ask for a fetch now; it only reads shared state and pokes a Notify.
+//!
+//! The endpoints face the network, and a descriptor spent on an idle socket is one that the
+//! Git subprocesses and etcd connections cannot have. So every connection is bounded: at most
+//! [`MAX_CONNECTIONS`] at once (beyond that, new ones wait in the kernel's listen queue, which
+//! costs us no descriptor), a deadline for the request header, one for silence, one for its
+//! whole life. A failed `accept` (EMFILE, ENFILE, ...) is logged at a bounded rate and retried
+//! after a pause; it never ends the server. Connections are served by hyper's HTTP/1 server,
+//! the routes by axum.
 
 use super::metrics::Metrics;
 use super::state::ServiceState;
@@ -8,11 +16,52 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connections served at once. Our clients are a few probes, a Prometheus scraper and
+/// webhooks; 256 is far more than they need, and a quarter of the common 1,024-descriptor
+/// limit, which leaves the rest to Git subprocesses, pack files and etcd.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's header block. A header is a few hundred
+/// bytes, sent in one packet; ten seconds leaves room for a slow link and cuts off a client
+/// that trickles bytes to hold a connection open.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay silent (no byte either way) before it is closed. Probes and
+/// webhooks send one request per connection and a scraper comes back every 15 s or more, so a
+/// kept-alive connection would mostly sit idle holding a descriptor; reconnecting is cheap.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest life of a connection, however busy. No exchange with these endpoints takes
+/// anywhere near a minute; this catches what the other deadlines do not (a body or a response
+/// moved one byte at a time).
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// Once a connection is asked to close (idle, too old, shutdown), how long the response in
+/// flight may take before the connection is dropped. Also bounds graceful shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Length of the kernel's queue of connections not yet accepted (tokio listens with 128). A
+/// deeper queue lets a burst beyond [`MAX_CONNECTIONS`] wait there rather than have its SYNs
+/// dropped and retried seconds later; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Pause after a failed `accept`: running out of descriptors lasts until some are closed, and
+/// retrying at once would only spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// At most one log line per this period for a repeated condition (accept errors, the
+/// connection limit reached), with the count of the lines held back.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the handlers need; built once by the service.
 pub struct HttpContext {
@@ -39,17 +88,298 @@ pub fn router(ctx: HttpContext) -> Router {
         .with_state(Arc::new(ctx))
 }
 
-/// Serves until `shutdown` is cancelled, then lets requests in flight finish. The caller
-/// binds the listener, so tests can use port 0 and the service can report a bind error
-/// with the configured address.
+/// Serves until `shutdown` is cancelled, then stops accepting and closes every connection:
+/// idle ones at once, ones with a request in flight after its response (within
+/// [`CLOSE_GRACE`]). The caller binds the listener, so tests can use port 0 and the service
+/// can report a bind error with the configured address. Once listening it does not fail: an
+/// accept error is logged and retried.
 pub async fn serve(
     listener: TcpListener,
     app: HttpContext,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(listener, router(app), shutdown, Limits::default()).await;
+    Ok(())
+}
+
+/// The bounds on connections; [`Limits::default`] is what `serve` uses, tests shrink them.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections served at once.
+    max_connections: usize,
+    /// Deadline for a request's header block (hyper's `header_read_timeout`).
+    header_read: Duration,
+    /// Silence after which a connection is closed.
+    idle: Duration,
+    /// Life after which a connection is closed.
+    max_age: Duration,
+    /// Time a connection asked to close has to finish its response.
+    close_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_read: HEADER_READ_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            max_age: MAX_CONNECTION_AGE,
+            close_grace: CLOSE_GRACE,
+        }
+    }
+}
+
+/// The accept loop: a slot first, then a connection, then a task for it.
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    limits: Limits,
+) {
+    if let Err(e) = socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG) {
+        tracing::warn!(error = %e, "cannot deepen the HTTP listen queue; keeping the default");
+    }
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut full_log = Throttle::new(LOG_EVERY);
+    let mut error_log = Throttle::new(LOG_EVERY);
+    loop {
+        // The slot is taken before accepting: at the limit, new connections wait in the
+        // kernel's queue, where they cost no descriptor, until a connection closes.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(held) = full_log.check() {
+                    tracing::info!(
+                        limit = limits.max_connections,
+                        held,
+                        "HTTP connection limit reached; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                connections.spawn(serve_connection(
+                    stream,
+                    app.clone(),
+                    limits,
+                    shutdown.clone(),
+                    slot,
+                ));
+            }
+            // The peer gave up before we accepted: nothing is short, take the next one.
+            Err(e) if is_peer_error(&e) => tracing::debug!(error = %e, "HTTP accept: peer gone"),
+            Err(e) => {
+                if let Some(held) = error_log.check() {
+                    tracing::warn!(
+                        error = %e,
+                        held,
+                        "cannot accept HTTP connections; retrying (sync goes on)"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+    // No new connections; each open one sees the same token and ends within `close_grace`.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Errors of `accept` that concern one connection, not the server.
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Serves one connection with hyper until it ends, or until it is idle, too old or the server
+/// shuts down; then closes it gracefully, dropping it if the response in flight takes longer
+/// than `close_grace`. The slot is freed when this returns.
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .keep_alive(true)
+        .serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let too_old = tokio::time::sleep(limits.max_age);
+    tokio::pin!(too_old);
+    let reason = loop {
+        let idle_at = activity.last() + limits.idle;
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    // Timeouts and clients that hang up mid-request land here; not our fault.
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled() => break "shutdown",
+            () = &mut too_old => break "maximum age",
+            () = tokio::time::sleep_until(idle_at) => {
+                if activity.last() + limits.idle <= Instant::now() {
+                    break "idle";
+                }
+                // Bytes moved meanwhile: wait again from the last one.
+            }
+        }
+    };
+    tracing::debug!(reason, "closing HTTP connection");
+    conn.as_mut().graceful_shutdown();
+    match tokio::time::timeout(limits.close_grace, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+        Err(_) => tracing::debug!(
+            reason,
+            "HTTP connection dropped: its response was not done in time"
+        ),
+    }
+}
+
+/// When a connection last moved a byte, shared by its stream and its watchdog.
+#[derive(Clone)]
+struct Activity {
+    /// When the connection was accepted; `last` counts from here.
+    born: Instant,
+    /// Milliseconds from `born` to the last byte read or written.
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.born + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that records in [`Activity`] every read or write that moved bytes, so silence
+/// can be measured whatever hyper is doing (waiting for a request, a body or the client).
+struct Tracked<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Lets a repeated log line through at most once per period, counting the ones held back.
+struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn check(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 type Ctx = State<Arc<HttpContext>>;
@@ -71,10 +401,15 @@ async fn readyz(State(ctx): Ctx) -> Response {
         return (StatusCode::OK, Json(json!({ "ready": true }))).into_response();
     }
     // Say why, so whoever looks at a failing probe knows where to look next.
+    let reasons = ctx.state.not_ready_reasons();
     let body = json!({
         "ready": false,
         "backend_ok": ctx.state.backend_ok(),
-        "not_ready": ctx.state.not_ready_areas(),
+        "not_ready": reasons.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        "reasons": reasons
+            .into_iter()
+            .map(|(name, why)| (name, serde_json::Value::String(why)))
+            .collect::<serde_json::Map<_, _>>(),
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
@@ -150,6 +485,11 @@ mod tests {
     }
 
     async fn start(sync_token: Option<&str>) -> Harness {
+        start_with(sync_token, None).await
+    }
+
+    /// Like `start`; with `Some(limits)`, the server runs with those bounds on connections.
+    async fn start_with(sync_token: Option<&str>, limits: Option<Limits>) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -177,7 +517,16 @@ mod tests {
             trigger: trigger.clone(),
             sync_token: sync_token.map(str::to_string),
         };
-        let task = tokio::spawn(serve(listener, ctx, shutdown.clone()));
+        let task = match limits {
+            None => tokio::spawn(serve(listener, ctx, shutdown.clone())),
+            Some(limits) => {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    serve_with(listener, router(ctx), shutdown, limits).await;
+                    Ok(())
+                })
+            }
+        };
         Harness {
             addr,
             state,
@@ -347,6 +696,212 @@ mod tests {
             .await
             .expect("the trigger fires");
         stop(h).await;
+    }
+
+    /// Bounds small enough for a test to watch them act; `Limits::default()` otherwise.
+    fn limits(f: impl FnOnce(&mut Limits)) -> Option<Limits> {
+        let mut l = Limits {
+            max_connections: 8,
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            max_age: Duration::from_secs(60),
+            close_grace: Duration::from_secs(2),
+        };
+        f(&mut l);
+        Some(l)
+    }
+
+    /// Slack for a loaded machine when a test checks that a deadline acted.
+    const SLACK: Duration = Duration::from_secs(3);
+
+    /// Reads until the server closes the connection (EOF or reset); how long that took from
+    /// `since`, and what the server sent meanwhile.
+    async fn until_closed(stream: &mut TcpStream, since: Instant) -> (Duration, Vec<u8>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(40), read)
+            .await
+            .expect("the server closes the connection");
+        (since.elapsed(), got)
+    }
+
+    /// Sends `GET /healthz` on a kept-alive connection.
+    async fn send_healthz(stream: &mut TcpStream) {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .expect("send");
+    }
+
+    /// Reads one `/healthz` answer ("200", body "ok") and leaves the connection open.
+    async fn read_healthz(stream: &mut TcpStream) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = async {
+            while !got.ends_with(b"\r\n\r\nok") {
+                let n = stream.read(&mut buf).await.expect("receive");
+                assert!(n > 0, "closed before the answer: {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server answers in time");
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+    }
+
+    async fn healthz_ok(addr: SocketAddr) {
+        let r = request(addr, "GET", "/healthz", &[]).await;
+        assert_eq!((r.code, r.body.as_str()), (200, "ok"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_trickling_client_is_cut_off_by_the_header_timeout() {
+        let header = Duration::from_millis(400);
+        let h = start_with(None, limits(|l| l.header_read = header)).await;
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(h.addr).await.expect("connect");
+        let mut trickle = TcpStream::connect(h.addr).await.expect("connect");
+        // One header byte every 50 ms: never idle, never done.
+        let trickler = async {
+            trickle
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .expect("send");
+            for b in b"X-Slow: ".iter().cycle().take(400) {
+                if trickle.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            until_closed(&mut trickle, started).await
+        };
+        let ((silent_after, _), (trickle_after, _)) =
+            tokio::join!(until_closed(&mut silent, started), trickler);
+        for (who, after) in [("silent", silent_after), ("trickling", trickle_after)] {
+            assert!(
+                after >= header - Duration::from_millis(50) && after < header + SLACK,
+                "the {who} connection closed after {after:?}, header timeout {header:?}"
+            );
+        }
+        healthz_ok(h.addr).await;
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed() {
+        let idle = Duration::from_millis(400);
+        let h = start_with(None, limits(|l| l.idle = idle)).await;
+        let mut c = TcpStream::connect(h.addr).await.expect("connect");
+        // Kept alive: two requests on one connection.
+        for _ in 0..2 {
+            send_healthz(&mut c).await;
+            read_healthz(&mut c).await;
+        }
+        let (after, rest) = until_closed(&mut c, Instant::now()).await;
+        assert!(rest.is_empty(), "nothing more was asked: {rest:?}");
+        assert!(
+            after >= idle - Duration::from_millis(50) && after < idle + SLACK,
+            "closed {after:?} after the last answer, idle timeout {idle:?}"
+        );
+        healthz_ok(h.addr).await;
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_closed_at_its_maximum_age() {
+        let max_age = Duration::from_millis(600);
+        let h = start_with(None, limits(|l| l.max_age = max_age)).await;
+        let started = Instant::now();
+        let mut c = TcpStream::connect(h.addr).await.expect("connect");
+        let mut answered = 0;
+        // Never idle; every request sent is answered before the close.
+        while started.elapsed() < max_age + SLACK {
+            // After the close, a write may fail (reset) or succeed into the void.
+            let sent = c
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+                .await;
+            if sent.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    assert!(buf.starts_with(b"HTTP/1.1 200 "), "{:?}", &buf[..n]);
+                    answered += 1;
+                }
+                Ok(_) => break,
+                Err(_) => panic!("no answer and no close"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = started.elapsed();
+        assert!(answered >= 3, "{answered} answers");
+        assert!(
+            after >= max_age - Duration::from_millis(50) && after < max_age + SLACK,
+            "closed after {after:?}, maximum age {max_age:?}"
+        );
+        healthz_ok(h.addr).await;
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_a_new_connection_waits_for_an_old_one_to_close() {
+        let h = start_with(None, limits(|l| l.max_connections = 2)).await;
+        let mut old = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(h.addr).await.expect("connect");
+            send_healthz(&mut c).await;
+            read_healthz(&mut c).await;
+            old.push(c);
+        }
+        // The kernel completes the handshake; the server does not take it yet.
+        let mut new = TcpStream::connect(h.addr).await.expect("connect");
+        send_healthz(&mut new).await;
+        let mut buf = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(300), new.read(&mut buf)).await;
+        assert!(early.is_err(), "served beyond the limit: {early:?}");
+
+        drop(old.pop());
+        read_healthz(&mut new).await;
+        drop(old);
+        drop(new);
+        healthz_ok(h.addr).await;
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_at_once() {
+        let h = start_with(None, limits(|_| {})).await;
+        let mut c = TcpStream::connect(h.addr).await.expect("connect");
+        send_healthz(&mut c).await;
+        read_healthz(&mut c).await;
+        let started = Instant::now();
+        stop(h).await;
+        let (after, _) = until_closed(&mut c, started).await;
+        assert!(
+            after < Duration::from_secs(2),
+            "closed {after:?} after shutdown"
+        );
+    }
+
+    #[test]
+    fn throttle_lets_one_line_through_per_period() {
+        let mut t = Throttle::new(Duration::from_millis(200));
+        assert_eq!(t.check(), Some(0));
+        assert_eq!(t.check(), None);
+        assert_eq!(t.check(), None);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(t.check(), Some(2), "the held-back lines are counted");
+        assert_eq!(t.check(), None);
     }
 
     #[test]

@@ -79,6 +79,14 @@ pub struct Metrics {
     /// Times local commits of an area were left out because this node no longer owned it
     /// (a stale owner fenced off): each is work another node commits instead.
     fenced: IntCounterVec,
+    /// 1 while a KV -> Git batch of the area is held back as a mass delete (SPEC
+    /// "Guarantees"): an accidental wipe waits for an operator instead of being committed.
+    export_refused: IntGaugeVec,
+    /// The backend's current revision, as the health probe last read it: against
+    /// `kvgit_checkpoint_revision` it shows how far behind an area is.
+    backend_revision: prometheus::IntGauge,
+    /// 1 while `/readyz` would answer 200.
+    ready: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -192,6 +200,25 @@ impl Metrics {
             &["area"],
         );
 
+        let export_refused = gauge(
+            "kvgit_export_refused",
+            "1 while a KV -> Git batch of the area is held back as a mass delete.",
+            &["area"],
+        );
+        let plain_gauge = |name: &str, help: &str| {
+            let g =
+                prometheus::IntGauge::new(name, help).expect("a static metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("each metric name is registered once");
+            g
+        };
+        let backend_revision = plain_gauge(
+            "kvgit_backend_revision",
+            "The backend's current revision, as last read by the health probe.",
+        );
+        let ready = plain_gauge("kvgit_ready", "1 while /readyz answers 200.");
+
         for result in PushResult::ALL {
             push.with_label_values(&[result.label()]);
         }
@@ -212,6 +239,9 @@ impl Metrics {
             area_owner,
             apply_refused,
             fenced,
+            export_refused,
+            backend_revision,
+            ready,
         }
     }
 
@@ -239,6 +269,7 @@ impl Metrics {
         self.area_owner.with_label_values(&[area]);
         self.apply_refused.with_label_values(&[area]);
         self.fenced.with_label_values(&[area]);
+        self.export_refused.with_label_values(&[area]);
         // The reasons the backends report; labels come from sync-core so they match.
         let known = [
             ResyncReason::Compacted {
@@ -248,6 +279,10 @@ impl Metrics {
         ];
         for reason in known {
             self.resyncs.with_label_values(&[area, reason.label()]);
+        }
+        // And the reasons a checkpoint is not trusted.
+        for label in crate::engine::checkpoint::Distrust::LABELS {
+            self.resyncs.with_label_values(&[area, label]);
         }
     }
 
@@ -336,6 +371,24 @@ impl Metrics {
         self.fenced.with_label_values(&[area]).inc();
     }
 
+    /// Whether a KV -> Git batch of the area is held back as a mass delete.
+    pub fn export_refused(&self, area: &str, held: bool) {
+        self.export_refused
+            .with_label_values(&[area])
+            .set(i64::from(held));
+    }
+
+    /// The backend's revision as the health probe read it.
+    pub fn backend_revision(&self, rev: u64) {
+        self.backend_revision
+            .set(i64::try_from(rev).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the service is ready.
+    pub fn ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     /// Whether the area's apply is currently refused as a mass delete.
     pub fn refused(&self, area: &str, refused: bool) {
         self.apply_refused
@@ -363,6 +416,9 @@ pub(crate) const ALL_NAMES: &[&str] = &[
     "kvgit_area_owner",
     "kvgit_apply_refused",
     "kvgit_fenced_total",
+    "kvgit_export_refused",
+    "kvgit_backend_revision",
+    "kvgit_ready",
 ];
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 pub mod area;
 pub mod backoff;
+pub mod gitlock;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ownership;
@@ -14,7 +16,7 @@ use crate::engine::Context;
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown may take: flush batches, commit, one push.
@@ -26,7 +28,7 @@ pub struct Service {
     pub metrics: Arc<metrics::Metrics>,
     pub state: Arc<state::ServiceState>,
     /// Serialises every write to the branch and the checkpoint refs.
-    pub git_lock: Mutex<()>,
+    pub git_lock: Arc<gitlock::GitLock>,
     /// `POST /sync` and the fetch timer meet here; concurrent triggers coalesce.
     pub trigger: Arc<Notify>,
     /// Commits since the last pack merge (large commits each write a pack).
@@ -47,7 +49,7 @@ impl Service {
             return;
         }
         self.commits_since_repack.store(0, Ordering::Relaxed);
-        let _git = self.git_lock.lock().await;
+        let _git = self.git_lock.lock("repack").await;
         let started = std::time::Instant::now();
         match self
             .ctx
@@ -71,7 +73,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
     let names: Vec<&str> = ctx.cfg.areas.iter().map(|a| a.name.0.as_str()).collect();
     let metrics = Arc::new(metrics::Metrics::new());
     metrics.for_areas(&names);
-    let state = Arc::new(state::ServiceState::new(&ctx.cfg));
+    let git_lock = Arc::new(gitlock::GitLock::default());
+    let state = Arc::new(state::ServiceState::new(&ctx.cfg).with_git_lock(git_lock.clone()));
     let area_names: Vec<sync_core::AreaName> =
         ctx.cfg.areas.iter().map(|a| a.name.clone()).collect();
     let ownership = Arc::new(ownership::Ownership::new(
@@ -84,7 +87,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
         ctx,
         metrics,
         state,
-        git_lock: Mutex::new(()),
+        git_lock,
         trigger: Arc::new(Notify::new()),
         commits_since_repack: std::sync::atomic::AtomicUsize::new(0),
     });
@@ -105,13 +108,13 @@ pub async fn run(ctx: Context) -> anyhow::Result<u8> {
 
     // Start from the remote's state when there is one (a new node adopts the checkpoints).
     if svc.ctx.cfg.git.remote.is_some() {
-        let _git = svc.git_lock.lock().await;
         if let Err(e) = push::integrate_at_start(&svc).await {
             tracing::warn!(error = %format!("{e:#}"), "first fetch failed; continuing with the local repository");
         }
     }
     ownership::start(&svc).await;
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(health::run(svc.clone(), shutdown.clone()));
     tasks.spawn(ownership::run(svc.clone(), shutdown.clone()));
     for area in svc.ctx.cfg.areas.clone() {
         tasks.spawn(area::run(svc.clone(), area, shutdown.clone()));

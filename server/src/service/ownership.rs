@@ -185,8 +185,8 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
         }
         tick = ttl / 4;
         if let Err(e) = round(&svc, &record, &areas, &mut unowned_since).await {
+            // backend_ok is the health probe's to say: this may be a config problem.
             tracing::warn!(error = %format!("{e:#}"), "ownership round failed; retrying");
-            svc.state.set_backend_ok(false);
             tick = Duration::from_secs(1).min(ttl / 4);
         }
         // Without a trusted lease nothing may be committed: tell the area tasks.
@@ -264,7 +264,6 @@ async fn round(
 
     // 3. Who is alive, and who owns what.
     let claims = backend.claims(&own.prefix).await?;
-    svc.state.set_backend_ok(true);
     let members_prefix = own.member_key("").0;
     let areas_prefix = own.owner_key("").0;
     let mut members: Vec<(String, BTreeSet<String>)> = Vec::new();

@@ -47,11 +47,15 @@ async fn push_once(svc: &Arc<Service>) -> anyhow::Result<bool> {
         return Ok(false);
     };
     for attempt in 0..PUSH_ATTEMPTS {
-        let _git = svc.git_lock.lock().await;
-        let (mut updates, mut areas) = pending_updates(svc).await?;
+        let pending = {
+            let _git = svc.git_lock.lock("push").await;
+            pending_updates(svc).await?
+        };
+        let (mut updates, mut areas) = pending;
         // Only an owner with a live lease publishes an area: anything else is left out first.
         if areas.iter().any(|a| svc.ownership.fence(a).is_none()) {
             integrate_remote(svc).await?;
+            let _git = svc.git_lock.lock("push").await;
             (updates, areas) = pending_updates(svc).await?;
             if areas.iter().any(|a| svc.ownership.fence(a).is_none()) {
                 anyhow::bail!("checkpoints of areas this node does not own are still pending");
@@ -63,6 +67,9 @@ async fn push_once(svc: &Arc<Service>) -> anyhow::Result<bool> {
         }
         let url = remote.clone();
         let branch = svc.ctx.cfg.git.branch.clone();
+        // Network I/O without the Git lock: areas keep committing while the remote is slow.
+        // The push is a compare-and-swap on the remote, so commits made meanwhile simply
+        // go with the next one.
         let outcome = svc
             .ctx
             .git_blocking(move |git| {
@@ -124,7 +131,9 @@ async fn pending_updates(
 }
 
 /// Fetch, then bring the local branch up to the remote tip: fast-forward when we have no
-/// commits of our own, replay ours on top otherwise. The caller holds the Git lock.
+/// commits of our own, replay ours on top otherwise. The fetch runs without the Git lock
+/// (a slow remote must not stop commits); the integration takes it. The caller must not
+/// hold it.
 ///
 /// Per area, our local checkpoint (and the local commits behind it) survives only while this
 /// node owns the area with a live lease and is strictly ahead of the remote's checkpoint,
@@ -157,12 +166,18 @@ async fn integrate(svc: &Arc<Service>, at_start: bool) -> anyhow::Result<()> {
             (a.name.0.clone(), a.path.clone(), fence)
         })
         .collect();
+    let fetch_branch = branch.clone();
+    let theirs = svc
+        .ctx
+        .git_blocking(move |git| {
+            git.fetch(&remote, &fetch_branch)
+                .with_context(|| format!("git.remote {}", gitstore::redact_url(&remote)))
+        })
+        .await?;
+    let _git = svc.git_lock.lock("integrate").await;
     let dropped = svc
         .ctx
         .git_blocking(move |git| {
-            let theirs = git
-                .fetch(&remote, &branch)
-                .with_context(|| format!("git.remote {remote}"))?;
             let mut fenced: BTreeSet<String> = BTreeSet::new();
             for (name, _, fence) in &areas {
                 let local_ref = format!("refs/kvgit/checkpoints/{name}");

@@ -1,11 +1,17 @@
 //! What `serve` knows about itself right now: per area its progress and errors, and whether
 //! the backend answers. The sync tasks write it; `/status` and `/readyz` read it.
 
+use super::gitlock::GitLock;
 use crate::config::Config;
 use serde_json::{json, Value as Json};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long past `batch_window` an uncommitted event may wait before the area counts as
+/// unable to commit (a hung Git lock, a disk that does not answer): long enough for a
+/// large commit, short enough that a probe notices within seconds.
+const STALL_GRACE: Duration = Duration::from_secs(10);
 
 /// The live status of one area, as `/status` reports it.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +47,18 @@ pub struct AreaStatus {
     pub last_error: Option<String>,
     /// A mass-delete refusal: reported, not retried, until someone acts.
     pub refused: Option<String>,
+    /// A KV -> Git batch held back by the mass-delete guard: not committed (SPEC).
+    pub held: Option<String>,
+    /// Why the last apply of Git to this area could not even be planned (a file that maps
+    /// to no key, a value over the backend's limit, the backend failing).
+    pub apply_error: Option<String>,
+    /// Why the area last started over from a full read (an untrusted or compacted
+    /// checkpoint), and how often that happened since the start.
+    pub last_resync: Option<String>,
+    pub resyncs: u64,
+    /// Files of the area in Git that map to no key (e.g. a hand-written `%ZZ`): left as
+    /// they are, recorded around, and listed here until someone fixes them.
+    pub unmapped_files: Vec<String>,
     /// The last commit written for the area.
     pub last_commit: Option<String>,
     /// Keys whose live value Git overwrote in the last apply, with the value lost:
@@ -49,9 +67,34 @@ pub struct AreaStatus {
 }
 
 impl AreaStatus {
-    /// Nothing to wait for here: this node has synced the area, or another node owns it.
-    pub fn settled(&self) -> bool {
-        self.ready || (self.owner.is_some() && !self.owned_here)
+    /// Nothing to wait for here: another node owns the area, or this node has synced it and
+    /// can commit its changes now.
+    pub fn settled(&self, now: Instant, stall_after: Duration) -> bool {
+        self.blocker(now, stall_after).is_none()
+    }
+
+    /// What keeps this area from being in sync here, for `/readyz` and `/status`.
+    pub fn blocker(&self, now: Instant, stall_after: Duration) -> Option<String> {
+        if self.owner.is_some() && !self.owned_here {
+            return None;
+        }
+        if let Some(e) = &self.last_error {
+            return Some(format!("cannot sync: {e}"));
+        }
+        if let Some(e) = &self.apply_error {
+            return Some(format!("cannot apply Git: {e}"));
+        }
+        if let Some(h) = &self.held {
+            return Some(format!("mass delete held back: {h}"));
+        }
+        if !self.ready {
+            return Some("first sync not completed".into());
+        }
+        let lag = self.lag_seconds(now);
+        if lag > stall_after.as_secs_f64() {
+            return Some(format!("changes waiting {lag:.0}s for their commit"));
+        }
+        None
     }
 
     /// Seconds since the oldest uncommitted event arrived, 0 when there is none.
@@ -70,8 +113,14 @@ pub struct ServiceState {
     branch: String,
     /// This build's version, for the same reason as `kvgit_build_info`.
     version: &'static str,
-    /// Whether the backend answered the last request: `/readyz` fails while it does not.
+    /// Whether the backend answered the last health probe: `/readyz` fails while it does not.
     backend_ok: AtomicBool,
+    /// What the backend last answered when it failed, for `/status`.
+    backend_error: Mutex<Option<String>>,
+    /// An event older than this (batch window + grace) means the area cannot commit.
+    stall_after: Duration,
+    /// The Git lock, so a stalled area can say who holds it.
+    git_lock: Option<Arc<GitLock>>,
     /// The last error of the fetch/apply loop (not per area: one fetch serves all).
     sync_error: Mutex<Option<String>>,
     /// The last push error: an unreachable remote only delays pushes, so it is reported
@@ -101,7 +150,16 @@ impl ServiceState {
             };
             (a.name.0.clone(), status)
         });
-        ServiceState::with_areas(cfg.sync.node.clone(), cfg.git.branch.clone(), areas)
+        let mut state =
+            ServiceState::with_areas(cfg.sync.node.clone(), cfg.git.branch.clone(), areas);
+        state.stall_after = cfg.sync.batch_window + STALL_GRACE;
+        state
+    }
+
+    /// Reports the holder of `lock` when an area waits for its commit.
+    pub fn with_git_lock(mut self, lock: Arc<GitLock>) -> ServiceState {
+        self.git_lock = Some(lock);
+        self
     }
 
     /// A state for `areas` (name and initial status, in config order). The backend counts
@@ -116,6 +174,9 @@ impl ServiceState {
             branch: branch.into(),
             version: env!("CARGO_PKG_VERSION"),
             backend_ok: AtomicBool::new(false),
+            backend_error: Mutex::new(None),
+            stall_after: Duration::from_secs(1) + STALL_GRACE,
+            git_lock: None,
             sync_error: Mutex::new(None),
             push_error: Mutex::new(None),
             areas: Mutex::new(areas.into_iter().collect()),
@@ -146,6 +207,13 @@ impl ServiceState {
             .any(|(name, s)| name == area && s.caught_up)
     }
 
+    /// Whether Git was applied to `area` since its task last (re)started.
+    pub fn applied_once(&self, area: &str) -> bool {
+        self.areas()
+            .iter()
+            .any(|(name, s)| name == area && s.applied_once)
+    }
+
     /// Records the outcome of the last fetch/apply pass (`None`: it succeeded).
     pub fn set_sync_error(&self, error: Option<String>) {
         *lock(&self.sync_error) = error;
@@ -159,6 +227,24 @@ impl ServiceState {
     /// Records whether the backend answered.
     pub fn set_backend_ok(&self, ok: bool) {
         self.backend_ok.store(ok, Ordering::Relaxed);
+        if ok {
+            *lock(&self.backend_error) = None;
+        }
+    }
+
+    /// Records that the backend failed to answer, and how.
+    pub fn set_backend_error(&self, error: String) {
+        self.backend_ok.store(false, Ordering::Relaxed);
+        *lock(&self.backend_error) = Some(error);
+    }
+
+    /// The age of the oldest uncommitted event of every area, for the lag gauge.
+    pub fn lags(&self) -> Vec<(String, f64)> {
+        let now = Instant::now();
+        self.areas()
+            .iter()
+            .map(|(name, s)| (name.clone(), s.lag_seconds(now)))
+            .collect()
     }
 
     /// Whether the backend answered the last request.
@@ -166,18 +252,51 @@ impl ServiceState {
         self.backend_ok.load(Ordering::Relaxed)
     }
 
-    /// The areas whose first sync has not completed, in config order.
+    /// The areas that are not in sync here, in config order.
+    #[cfg(test)]
     pub fn not_ready_areas(&self) -> Vec<String> {
-        self.areas()
-            .iter()
-            .filter(|(_, s)| !s.settled())
-            .map(|(name, _)| name.clone())
+        self.not_ready_reasons()
+            .into_iter()
+            .map(|(name, _)| name)
             .collect()
     }
 
-    /// Every area has completed its first sync and the backend answers (SPEC `/readyz`).
+    /// The areas that are not in sync here, each with what blocks it.
+    pub fn not_ready_reasons(&self) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let waiting_for = self.lock_holder();
+        self.areas()
+            .iter()
+            .filter_map(|(name, s)| {
+                let why = s.blocker(now, self.stall_after)?;
+                let why = match (&waiting_for, s.lag_seconds(now) > 0.0) {
+                    (Some(holder), true) => format!("{why} ({holder})"),
+                    _ => why,
+                };
+                Some((name.clone(), why))
+            })
+            .collect()
+    }
+
+    /// "the Git lock is held by fetch for 42s", when it has been held for a while.
+    fn lock_holder(&self) -> Option<String> {
+        let (who, held) = self.git_lock.as_ref()?.holder()?;
+        (held > Duration::from_secs(2)).then(|| {
+            format!(
+                "the Git lock is held by {who} for {:.0}s",
+                held.as_secs_f64()
+            )
+        })
+    }
+
+    /// Every area can commit and has synced, and the backend answers (SPEC `/readyz`).
     pub fn ready(&self) -> bool {
-        self.backend_ok() && self.areas().iter().all(|(_, s)| s.settled())
+        let now = Instant::now();
+        self.backend_ok()
+            && self
+                .areas()
+                .iter()
+                .all(|(_, s)| s.settled(now, self.stall_after))
     }
 
     /// The `/status` document.
@@ -187,8 +306,10 @@ impl ServiceState {
         // Copied before the area lock is taken: one lock at a time, no lock order to keep.
         let sync_error = lock(&self.sync_error).clone();
         let push_error = lock(&self.push_error).clone();
+        let backend_error = lock(&self.backend_error).clone();
+        let waiting_for = self.lock_holder();
         let areas = self.areas();
-        let ready = backend_ok && areas.iter().all(|(_, s)| s.settled());
+        let ready = backend_ok && areas.iter().all(|(_, s)| s.settled(now, self.stall_after));
         let list: Vec<Json> = areas
             .iter()
             .map(|(name, s)| {
@@ -207,6 +328,12 @@ impl ServiceState {
                     "ready": s.ready,
                     "last_error": s.last_error,
                     "refused": s.refused,
+                    "held": s.held,
+                    "apply_error": s.apply_error,
+                    "blocked": s.blocker(now, self.stall_after),
+                    "last_resync": s.last_resync,
+                    "resyncs": s.resyncs,
+                    "unmapped_files": s.unmapped_files,
                     "last_commit": s.last_commit,
                     "caught_up": s.caught_up,
                     "last_conflicts": s
@@ -222,6 +349,8 @@ impl ServiceState {
             "branch": self.branch,
             "version": self.version,
             "backend_ok": backend_ok,
+            "backend_error": backend_error,
+            "git_lock": waiting_for,
             "ready": ready,
             "sync_error": sync_error,
             "push_error": push_error,

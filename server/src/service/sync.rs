@@ -6,6 +6,7 @@
 
 use super::Service;
 use crate::engine::apply::{self, plan_area, AreaPlan, MassDeleteRefused, OpKind};
+use crate::engine::checkpoint::Judged;
 use crate::engine::{checkpoint, export};
 use anyhow::Context as _;
 use gitstore::ObjectId;
@@ -48,12 +49,11 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
 pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Result<()> {
     let ctx = &svc.ctx;
     if ctx.cfg.git.remote.is_some() {
-        let _git = svc.git_lock.lock().await;
         super::push::integrate_remote(svc).await.context("fetch")?;
     }
     let backend = ctx.backend().await?;
     let cluster = backend.cluster_id().await?;
-    let _git = svc.git_lock.lock().await;
+    let _git = svc.git_lock.lock("apply").await;
     correct_kv_to_git(svc, memory, &cluster).await?;
     let areas: Vec<_> = ctx
         .cfg
@@ -74,21 +74,34 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
             continue;
         }
         // Apply on top of what the batcher has committed, never before its first catch-up.
-        let Some(cp) = checkpoint::load(ctx, &area.name).await? else {
-            continue;
+        let cp = match checkpoint::load(ctx, &area.name).await {
+            Ok(Some(cp)) => cp,
+            Ok(None) => continue,
+            Err(e) => {
+                // This area's record is unreadable: its own task reports it; the other
+                // areas are applied.
+                svc.state
+                    .update(&name, |s| s.apply_error = Some(format!("{e:#}")));
+                continue;
+            }
         };
         if !svc.state.caught_up(&name) {
             continue;
         }
-        if memory.refused.get(&name) == Some(&tip)
-            || memory.applied.get(&name) == Some(&(tip, cp.id))
-        {
+        // A restarted area task (a lost and regained area, a held batch let go) has not
+        // applied yet, even when tip and checkpoint are the ones last applied.
+        let unchanged =
+            memory.applied.get(&name) == Some(&(tip, cp.id)) && svc.state.applied_once(&name);
+        if memory.refused.get(&name) == Some(&tip) || unchanged {
             continue;
         }
         match plan_area(ctx, area, tip, &cluster, false).await {
             Ok(plan) => {
                 memory.refused.remove(&name);
-                svc.state.update(&name, |s| s.refused = None);
+                svc.state.update(&name, |s| {
+                    s.refused = None;
+                    s.apply_error = None;
+                });
                 plans.push(plan);
             }
             Err(e) if e.downcast_ref::<MassDeleteRefused>().is_some() => {
@@ -98,7 +111,14 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
                 svc.state.update(&name, |s| s.refused = Some(msg));
                 memory.refused.insert(name, tip);
             }
-            Err(e) => return Err(e.context(format!("area {name}"))),
+            Err(e) => {
+                // One area's bad desired state (a file that maps to no key, a value over
+                // the limit) must not stop the others: reported on the area, tried again
+                // at the next pass.
+                let msg = format!("{e:#}");
+                tracing::warn!(area = %name, error = %msg, "cannot apply the area");
+                svc.state.update(&name, |s| s.apply_error = Some(msg));
+            }
         }
     }
     let written = apply::write_plans(ctx, &plans).await?;
@@ -165,10 +185,12 @@ async fn correct_kv_to_git(
         if svc.ownership.fence(&name).is_none() || !svc.state.caught_up(&name) {
             continue;
         }
-        let Some(cp) = checkpoint::load(ctx, &area.name)
-            .await?
-            .filter(|c| &c.cluster == cluster)
-        else {
+        let current = ctx.backend().await?.current_revision().await?;
+        let Ok(loaded) = checkpoint::load(ctx, &area.name).await else {
+            continue; // reported by the area's own task
+        };
+        // Only against a trusted base; otherwise the area task resyncs it with no base.
+        let Judged::Trusted(cp) = Judged::judge(loaded, &area.name, cluster, current) else {
             continue;
         };
         if memory.applied.get(&name) == Some(&(tip, cp.id)) {
@@ -179,8 +201,16 @@ async fn correct_kv_to_git(
             .git_blocking(move |git| crate::engine::view::area_tree(git, tip, &path))
             .await?;
         if current != cp.base_tree {
-            let report =
-                export::full_pass(ctx, area, cluster, Some(cp), export::PassKind::Resync).await?;
+            let guard = export::DeleteGuard::from_config(&ctx.cfg, false);
+            let report = export::full_pass(
+                ctx,
+                area,
+                cluster,
+                Some(cp),
+                export::PassKind::Resync,
+                guard,
+            )
+            .await?;
             if let Some(c) = report.commit {
                 tracing::info!(area = %name, commit = %c, changes = report.changes, "Git edits of a kv-to-git area reverted to the live values");
             }

@@ -69,6 +69,37 @@ where
     Ok(keys)
 }
 
+/// Like [`decode_paths`], but a path that maps to no key is set aside instead of failing
+/// the whole set: `(decoded, unmapped)`. Used where recording must go on around a bad file
+/// (KV -> Git); applying Git to the KV store stays strict. Two paths holding one key are
+/// still an error.
+pub fn decode_paths_lenient<I, P>(
+    paths: I,
+) -> Result<(Vec<(Vec<u8>, usize)>, Vec<MapError>), MapError>
+where
+    I: IntoIterator<Item = P>,
+    P: AsRef<str>,
+{
+    let paths: Vec<P> = paths.into_iter().collect();
+    let mut keys = Vec::with_capacity(paths.len());
+    let mut unmapped = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        match decode_path(p.as_ref()) {
+            Ok(k) => keys.push((k, i)),
+            Err(e) => unmapped.push(e),
+        }
+    }
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(MapError::Duplicate {
+            key: Key(pair[0].0.clone()),
+            first: paths[pair[0].1].as_ref().to_string(),
+            second: paths[pair[1].1].as_ref().to_string(),
+        });
+    }
+    Ok((keys, unmapped))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +134,18 @@ mod tests {
         assert_eq!(problem(""), NameProblem::Empty);
         assert_eq!(problem("a/./b"), NameProblem::Dot);
         assert_eq!(problem("a%2e"), NameProblem::BadEscape);
+    }
+
+    #[test]
+    fn lenient_decoding_sets_bad_paths_aside() {
+        let (ok, bad) = decode_paths_lenient(["a", "%ZZ", "b/%self", "%self"]).unwrap();
+        assert_eq!(ok, vec![(b"a".to_vec(), 0), (b"b".to_vec(), 2)]);
+        assert_eq!(bad.len(), 2);
+        assert!(bad[0].to_string().contains("%ZZ"), "{}", bad[0]);
+        assert!(
+            decode_paths_lenient(["a", "a/%self"]).is_err(),
+            "duplicates still fail"
+        );
     }
 
     #[test]

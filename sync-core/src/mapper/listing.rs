@@ -60,6 +60,10 @@ pub(crate) struct DirListing<Id> {
     /// The listing as read, when the directory is exactly one tree: lets the caller keep an
     /// opened directory that comes out unchanged as the same object.
     pub single: Option<Vec<ListedEntry<Id>>>,
+    /// Entries whose names map to no key (a hand-written `%ZZ`, a `%self` at the root):
+    /// no key can live there, so lookups pass them by, and a rewrite of the directory
+    /// carries them over untouched; a person's file is never deleted for its name.
+    pub unmapped: Vec<ListedEntry<Id>>,
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -81,6 +85,7 @@ pub(crate) fn read_dir<S: TreeSource>(
         self_file: None,
         children: BTreeMap::new(),
         single: None,
+        unmapped: Vec::new(),
     };
     for dir in dirs {
         let listed = source.list(&dir.id).map_err(|source| PlanError::List {
@@ -88,7 +93,10 @@ pub(crate) fn read_dir<S: TreeSource>(
             source,
         })?;
         for entry in &listed {
-            add_entry(&mut out, entry, join(&dir.path, &entry.name), prefix, kind)?;
+            match add_entry(&mut out, entry, join(&dir.path, &entry.name), prefix, kind) {
+                Err(MapError::BadName { .. }) => out.unmapped.push(entry.clone()),
+                other => other?,
+            }
         }
         if dirs.len() == 1 {
             out.single = Some(listed);

@@ -16,7 +16,7 @@ mod plan;
 mod doc_examples;
 
 pub use component::{components, Component};
-pub use decode::{decode_path, decode_paths};
+pub use decode::{decode_path, decode_paths, decode_paths_lenient};
 pub use error::{MapError, NameProblem, PlanError};
 pub use escape::{EMPTY_NAME, MAX_ESCAPED};
 pub use layout::layout_all;

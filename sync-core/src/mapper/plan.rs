@@ -23,6 +23,26 @@ struct DirOutcome<Id, V> {
     self_file: Option<Src<Id>>,
     slots: Vec<(Component, Slot<Id, V>)>,
     single: Option<Vec<ListedEntry<Id>>>,
+    /// Entries that map to no key, kept as they are.
+    unmapped: Vec<ListedEntry<Id>>,
+}
+
+/// The directory of `slots` plus the unmapped entries carried over; None when empty.
+fn assemble_with<Id, V>(
+    slots: Vec<(Component, Slot<Id, V>)>,
+    unmapped: Vec<ListedEntry<Id>>,
+) -> Option<DirPlan<Id, V>> {
+    let mut plan = assemble(slots);
+    plan.entries.extend(unmapped.into_iter().map(|e| {
+        (
+            e.name,
+            PlanEntry::Existing {
+                kind: e.kind,
+                id: e.id,
+            },
+        )
+    }));
+    (!plan.is_empty()).then_some(plan)
 }
 
 /// The area tree after applying `changes` (relative key -> Some(value) to put, None to
@@ -53,8 +73,7 @@ pub fn plan_changes<S: TreeSource, V>(
         .collect();
     let planner = Planner { source };
     let root = planner.dir(&roots, DirKind::Root, &mut Vec::new(), &mut items, 0)?;
-    let plan = assemble(root.slots);
-    Ok((!plan.is_empty()).then_some(plan))
+    Ok(assemble_with(root.slots, root.unmapped))
 }
 
 struct Planner<'s, S> {
@@ -102,6 +121,7 @@ impl<S: TreeSource> Planner<'_, S> {
             self_file: listing.self_file,
             slots,
             single: listing.single,
+            unmapped: listing.unmapped,
         })
     }
 
@@ -138,7 +158,7 @@ impl<S: TreeSource> Planner<'_, S> {
             (f, s) => f.or(s).map(|src| Content::Existing(src.id)),
         };
         let value = apply(stored, own);
-        let children = (!inner.slots.is_empty()).then(|| assemble(inner.slots));
+        let children = assemble_with(inner.slots, inner.unmapped);
         let slot = place(value, children);
         // Keeping an unchanged directory as the same object makes no-op changes write nothing.
         if let (Some(Slot::Dir(plan)), Some(listed), [dir]) = (&slot, &inner.single, &dirs[..]) {

@@ -386,6 +386,75 @@ pub async fn over_limits_is_refused(b: &dyn KvBackend, prefix: &[u8]) {
     assert_eq!(contents(b, prefix, None).await.len(), limits.max_ops);
 }
 
+/// The largest op `write_limits` admits (`max_value_bytes` of key and value, beyond the
+/// batch budget where the backend allows it) is written alone, as apply writes it: created
+/// on absence, then replaced under a `mod_revision` compare, and read back byte-identical.
+/// One byte more is refused with `TooLarge` by the pre-check, before anything is sent.
+pub async fn largest_op_alone_round_trips(b: &dyn KvBackend, prefix: &[u8]) {
+    let limits = b.write_limits();
+    assert!(
+        limits.max_value_bytes >= limits.max_bytes,
+        "the single-op limit {} is below the batch budget {}",
+        limits.max_value_bytes,
+        limits.max_bytes
+    );
+    let k = key(prefix, "largest");
+    let len = limits.max_value_len(&k);
+    // Every byte value, in a pattern that does not repeat at power-of-two offsets.
+    let first: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let created = commit(
+        b,
+        vec![WriteOp::Put {
+            key: k.clone(),
+            value: first.clone(),
+            expect: Precondition::Absent,
+        }],
+    )
+    .await;
+    let got = contents(b, prefix, None).await;
+    assert!(
+        got.get(&k) == Some(&(first, created)),
+        "a {len}-byte value written alone did not read back byte-identical"
+    );
+    let second: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ 0x5a).collect();
+    let replaced = commit(
+        b,
+        vec![WriteOp::Put {
+            key: k.clone(),
+            value: second.clone(),
+            expect: Precondition::ModRevision(created),
+        }],
+    )
+    .await;
+    let got = contents(b, prefix, None).await;
+    assert!(
+        got.get(&k) == Some(&(second, replaced)),
+        "a {len}-byte value replaced under its mod_revision did not read back byte-identical"
+    );
+
+    let over = key(prefix, "over");
+    let too_big = vec![WriteOp::Put {
+        value: vec![9u8; limits.max_value_len(&over) + 1],
+        key: over,
+        expect: Precondition::Absent,
+    }];
+    match b.write(&too_big).await {
+        // The pre-check's answer: the single-op limit, one byte over it.
+        Err(BackendError::TooLarge {
+            ops: 1,
+            bytes,
+            max_bytes,
+            ..
+        }) if max_bytes == limits.max_value_bytes && bytes == max_bytes + 1 => {}
+        other => panic!("one byte over the single-op limit: expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        contents(b, prefix, None).await.len(),
+        1,
+        "nothing of the refused write is stored"
+    );
+}
+
 /// Deleting `app` removes exactly that key, not `app-dev`, `app2` or `app/x`.
 pub async fn delete_is_exact(b: &dyn KvBackend, prefix: &[u8]) {
     let names = ["app", "app-dev", "app2", "app/x"];

@@ -49,6 +49,11 @@ pub async fn run_all(backend: Arc<dyn KvBackend>, prefix_root: &str, compact: Op
         over_limits_is_refused(b, &p("limits")),
     )
     .await;
+    step(
+        "largest_op_alone_round_trips",
+        largest_op_alone_round_trips(b, &p("largest")),
+    )
+    .await;
     step("delete_is_exact", delete_is_exact(b, &p("delete"))).await;
     step(
         "watch_from_revision",

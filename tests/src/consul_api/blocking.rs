@@ -4,6 +4,9 @@
 //! Every write wakes every waiting query through one watch channel; each re-computes only
 //! its index (cheap: one key, or one prefix range) and builds its body once, when it
 //! answers. A write elsewhere therefore costs a waiter one lookup, not an answer.
+//!
+//! With the test fault `/v1/_test/index_skew` on (ours, not Consul's), a query with an index
+//! answers at once, below that index.
 
 use super::duration;
 use super::http::{ApiError, Params};
@@ -76,6 +79,9 @@ pub(crate) async fn answer<T>(
         changes.borrow_and_update();
         {
             let store = shared.lock();
+            if let Some(index) = skewed(&store, blocking.min_index) {
+                return answer(&store, index);
+            }
             let index = index_of(&store).max(1);
             if index > blocking.min_index || Instant::now() >= deadline {
                 return answer(&store, index);
@@ -92,4 +98,11 @@ pub(crate) async fn answer<T>(
             }
         }
     }
+}
+
+/// The fault of `/v1/_test/index_skew` (not Consul's): an index below the client's, at once,
+/// as a Consul restored from an older snapshot answers a client that saw the newer state.
+/// Never 0, which Consul reads as 1.
+fn skewed(store: &Store, min_index: u64) -> Option<u64> {
+    (store.index_skew > 0).then(|| min_index.saturating_sub(store.index_skew).max(1))
 }

@@ -177,3 +177,19 @@ pub(crate) async fn test_set_leader(State(shared): SharedState, uri: Uri) -> Api
     shared.session_timers.notify_one();
     Ok(Json(true).into_response())
 }
+
+/// `PUT /v1/_test/index_skew?by=N`: not Consul's. With N > 0 every blocking query (`?index=I`
+/// on KV and session reads, the 404 of an absent key or prefix included) answers at once with
+/// `X-Consul-Index` `max(I - N, 1)` and the current body: the index a client waits on keeps
+/// going backwards, as after a restore from an older snapshot, on every query. Reads without
+/// `index` and writes are untouched. `by=0` switches it off. Waiting queries are woken to
+/// answer under the new setting.
+pub(crate) async fn test_set_index_skew(State(shared): SharedState, uri: Uri) -> ApiResult {
+    let by = Params::parse(&uri)
+        .get("by")
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::bad_request("by must be a whole number (0 switches off)"))?;
+    shared.update(|store| store.index_skew = by);
+    shared.wake_queries();
+    Ok(Json(true).into_response())
+}

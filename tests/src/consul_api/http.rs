@@ -31,6 +31,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status/leader", get(endpoints::status_leader))
         .route("/v1/connect/ca/roots", get(endpoints::ca_roots))
         .route("/v1/_test/leader", put(endpoints::test_set_leader))
+        .route("/v1/_test/index_skew", put(endpoints::test_set_index_skew))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)

@@ -37,7 +37,8 @@
 //! - The key validation of the newest Consul releases (no leading "/", no file-like
 //!   extensions): any UTF-8 key is accepted, and `/v1/kv//a` is the key "/a" rather than
 //!   a redirect to a cleaned path.
-//! - `/v1/_test/leader` is ours, not Consul's: fault injection for tests.
+//! - `/v1/_test/leader` and `/v1/_test/index_skew` are ours, not Consul's: fault injection
+//!   for tests (a lost leader; blocking queries answering below the client's index).
 
 mod blocking;
 mod duration;

@@ -19,6 +19,9 @@ pub(crate) struct Store {
     pub index: u64,
     /// Whether the (single, simulated) server knows a cluster leader; see `/v1/_test/leader`.
     pub leader: bool,
+    /// Not Consul's (`/v1/_test/index_skew`): when non-zero, every blocking query answers at
+    /// once with an index this much below the one its client passed. 0 is Consul's behaviour.
+    pub index_skew: u64,
     pub kv: Kv,
     pub sessions: Sessions,
 }
@@ -55,6 +58,7 @@ impl Shared {
             store: Mutex::new(Store {
                 index: START_INDEX,
                 leader: true,
+                index_skew: 0,
                 kv: Kv::default(),
                 sessions: Sessions::default(),
             }),
@@ -83,6 +87,13 @@ impl Shared {
             self.changes.send_replace(store.index);
         }
         result
+    }
+
+    /// Wakes every waiting blocking query to re-check its answer, for a fault switched on
+    /// without a write (`/v1/_test/index_skew`).
+    pub fn wake_queries(&self) {
+        let store = self.lock();
+        self.changes.send_replace(store.index);
     }
 
     /// A receiver that sees every write made after this call.

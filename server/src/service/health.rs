@@ -1,0 +1,64 @@
+//! The service's own health, measured rather than inferred: a backend probe with a short
+//! deadline every second, and the lag gauge refreshed from the areas' oldest pending events.
+//!
+//! Only this probe decides `backend_ok`: an error of the remote, the disk or the config is
+//! not the backend's, and a stopped backend must show within seconds, not after the
+//! request timeout of whichever call happened to hang.
+
+use super::Service;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the backend is asked for its revision.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A healthy backend answers a revision read in milliseconds; one that takes longer than
+/// this cannot serve the watch either.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
+pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        probe(&svc).await;
+        // The SPEC's lag: the age of the oldest event not yet committed, whatever the area
+        // task is doing (waiting for a lock, failing, holding a batch back).
+        for (area, lag) in svc.state.lags() {
+            svc.metrics.lag(&area, lag);
+        }
+        svc.metrics.ready(svc.state.ready());
+    }
+}
+
+async fn probe(svc: &Service) {
+    let answer = tokio::time::timeout(PROBE_DEADLINE, async {
+        let backend = svc.ctx.backend().await?;
+        Ok::<_, anyhow::Error>(backend.current_revision().await?)
+    })
+    .await;
+    match answer {
+        Ok(Ok(rev)) => {
+            svc.state.set_backend_ok(true);
+            svc.metrics.backend_revision(rev.0);
+        }
+        Ok(Err(e)) => {
+            let msg = format!("{e:#}");
+            if svc.state.backend_ok() {
+                tracing::warn!(error = %msg, "backend does not answer");
+            }
+            svc.state.set_backend_error(msg);
+        }
+        Err(_) => {
+            if svc.state.backend_ok() {
+                tracing::warn!("backend did not answer within {PROBE_DEADLINE:?}");
+            }
+            svc.state.set_backend_error(format!(
+                "no answer to a revision read within {PROBE_DEADLINE:?}"
+            ));
+        }
+    }
+}
