@@ -5,6 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 export CARGO_TERM_COLOR=never
+# No unused dependency in any crate. cargo-machete only reads sources (a second or two);
+# installed once into ~/.cargo/bin. A false positive (a crate used only by a macro or for a
+# feature) goes in its Cargo.toml under `[package.metadata.cargo-machete] ignored`, with why.
+if ! cargo machete --version >/dev/null 2>&1; then
+  echo "installing cargo-machete"
+  cargo install cargo-machete --version 0.9.2 --locked --quiet
+fi
+if ! unused=$(cargo machete --skip-target-dir 2>&1); then
+  printf '%s\n' "$unused" >&2
+  echo "error: unused dependencies (listed above): remove each from its crate's Cargo.toml, and from [workspace.dependencies] when no crate uses it any more" >&2
+  exit 1
+fi
 # The CLI tests run the real `kvgit` binary: build every target first.
 cargo build --locked --workspace --all-targets
 log=$(mktemp)

@@ -188,11 +188,11 @@ impl ConsulBackend {
     /// answers, has a leader and accepts the token, within `connect_timeout +
     /// request_timeout`.
     pub async fn connect(cfg: ConsulConfig) -> Result<ConsulBackend, ConnectError> {
-        let base = cfg.validate()?;
+        let base = cfg.base_url()?;
         let http = Http::new(&cfg, base.clone())?;
         let consul = rs_consul::ConsulBuilder::new(rs_consul::Config {
             address: base.clone(),
-            token: cfg.token.clone(),
+            token: cfg.token.as_ref().map(|t| t.expose().to_owned()),
             ..Default::default()
         })
         .with_https_client(http.client.clone())

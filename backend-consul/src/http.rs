@@ -82,7 +82,7 @@ impl Http {
                 endpoint: base.clone(),
             },
             base,
-            token: cfg.token.clone(),
+            token: cfg.token.as_ref().map(|t| t.expose().to_owned()),
             datacenter: cfg.datacenter.clone(),
             request_timeout: cfg.request_timeout,
         }))

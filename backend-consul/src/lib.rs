@@ -72,5 +72,5 @@ mod txn;
 mod watch;
 
 pub use backend::ConsulBackend;
-pub use config::{ConnectError, ConsulConfig};
+pub use config::{ConnectError, ConsulConfig, Secret};
 pub use txn::TXN_MAX_REQ_LEN;

@@ -15,4 +15,4 @@ mod watch;
 pub use backend::{
     EtcdBackend, MAX_REQUEST_BYTES, MAX_SINGLE_OP_BYTES, MAX_TXN_BYTES, MAX_TXN_OPS,
 };
-pub use config::{ConnectError, EtcdConfig};
+pub use config::{ConnectError, EtcdConfig, Secret};

@@ -32,8 +32,10 @@ pub use gix::ObjectId;
 pub use history::{HistoryEntry, HistoryError};
 pub use objects::{BlobReader, CommitInfo, HashError, ObjectReadError};
 pub use pack::PackWriteError;
-pub use refs::{RefReadError, RefUpdateError, ResolveError};
-pub use remote::{tracking_ref, FetchError, PushError, PushOutcome, RejectedRef};
+pub use refs::{
+    meta_tracking_ref, tracking_ref, RefReadError, RefUpdateError, ResolveError, META_REFS,
+};
+pub use remote::{FetchError, PushError, PushOutcome, RejectedRef};
 pub use replay::{AreasOf, ReplayError, Replayed};
 pub use store::{GitStore, OpenError};
 pub use trees::TreeReadError;

@@ -1,5 +1,6 @@
 //! Reading refs, resolving revisions to commits, and moving refs by compare-and-swap: an
-//! update names the value it expects, and losing a race is its own error variant.
+//! update names the value it expects, and losing a race is its own error variant. Also the
+//! one place the names of the refs gitstore reads, writes and fetches are spelled.
 
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
@@ -63,6 +64,35 @@ pub enum RefUpdateError {
         #[source]
         source: gix::Error,
     },
+}
+
+/// The namespace of kvgit's own refs (checkpoints and the like): fetched and pushed beside
+/// the branch, never checked out.
+pub const META_REFS: &str = "refs/kvgit/";
+
+/// Where a fetch keeps the remote's `refs/kvgit/*`.
+const META_TRACKING_REFS: &str = "refs/remotes/kvgit-meta/";
+
+/// `refs/heads/<branch>`.
+pub(crate) fn branch_ref(branch: &str) -> String {
+    format!("refs/heads/{branch}")
+}
+
+/// Remote-tracking ref for the branch.
+pub fn tracking_ref(branch: &str) -> String {
+    format!("refs/remotes/kvgit/{branch}")
+}
+
+/// The remote-tracking ref of one of kvgit's own refs (`refs/kvgit/x` →
+/// `refs/remotes/kvgit-meta/x`); `None` for a ref outside [`META_REFS`].
+pub fn meta_tracking_ref(name: &str) -> Option<String> {
+    name.strip_prefix(META_REFS)
+        .map(|rest| format!("{META_TRACKING_REFS}{rest}"))
+}
+
+/// The refspec a fetch copies kvgit's own refs with (forced: the remote is the truth).
+pub(crate) fn meta_fetch_spec() -> String {
+    format!("+{META_REFS}*:{META_TRACKING_REFS}*")
 }
 
 impl RefUpdateError {
@@ -208,5 +238,23 @@ fn kvgit_signature() -> gix::actor::Signature {
         name: "kvgit".into(),
         email: "kvgit@localhost".into(),
         time: gix::date::Time::now_utc(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are part of the contract with remotes and older kvgit versions.
+    #[test]
+    fn ref_names() {
+        assert_eq!(branch_ref("main"), "refs/heads/main");
+        assert_eq!(tracking_ref("main"), "refs/remotes/kvgit/main");
+        assert_eq!(
+            meta_tracking_ref("refs/kvgit/checkpoints/app").as_deref(),
+            Some("refs/remotes/kvgit-meta/checkpoints/app")
+        );
+        assert_eq!(meta_tracking_ref("refs/heads/main"), None);
+        assert_eq!(meta_fetch_spec(), "+refs/kvgit/*:refs/remotes/kvgit-meta/*");
     }
 }

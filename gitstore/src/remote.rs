@@ -4,6 +4,7 @@
 use gix::ObjectId;
 
 use crate::cli::{looks_unreachable, redact, CliError, Git};
+use crate::refs::{branch_ref, meta_fetch_spec, tracking_ref};
 use crate::GitStore;
 
 /// Why a fetch failed.
@@ -90,11 +91,6 @@ pub enum PushOutcome {
     Rejected { refs: Vec<RejectedRef> },
 }
 
-/// Remote-tracking ref for the branch.
-pub fn tracking_ref(branch: &str) -> String {
-    format!("refs/remotes/kvgit/{branch}")
-}
-
 impl GitStore {
     /// Fetches `branch` from `remote_url` into `refs/remotes/kvgit/<branch>` (and `refs/kvgit/*`
     /// into `refs/remotes/kvgit-meta/*`); returns the fetched tip, `None` if the remote has no
@@ -105,13 +101,13 @@ impl GitStore {
             return Err(FetchError::InvalidUrl { url });
         }
         let tracking = tracking_ref(branch);
-        if gix::refs::FullName::try_from(format!("refs/heads/{branch}").as_str()).is_err() {
+        if gix::refs::FullName::try_from(branch_ref(branch).as_str()).is_err() {
             return Err(FetchError::InvalidBranch {
                 branch: branch.to_owned(),
             });
         }
-        let branch_spec = format!("+refs/heads/{branch}:{tracking}");
-        let meta_spec = "+refs/kvgit/*:refs/remotes/kvgit-meta/*";
+        let branch_spec = format!("+{}:{tracking}", branch_ref(branch));
+        let meta_spec = meta_fetch_spec();
         let git = Git::new(self.git_dir()).with_limit(self.network_timeout());
         let base = [
             "fetch",
@@ -124,7 +120,7 @@ impl GitStore {
         let args: Vec<&str> = base
             .iter()
             .copied()
-            .chain([branch_spec.as_str(), meta_spec])
+            .chain([branch_spec.as_str(), meta_spec.as_str()])
             .collect();
         let out = git.output(&args).map_err(|source| FetchError::Git {
             url: url.clone(),
@@ -134,7 +130,7 @@ impl GitStore {
         if !out.status.success() {
             if stderr.contains("couldn't find remote ref") {
                 // No branch on the remote yet: fetch the rest, forget the stale tracking ref.
-                let args: Vec<&str> = base.iter().copied().chain([meta_spec]).collect();
+                let args: Vec<&str> = base.iter().copied().chain([meta_spec.as_str()]).collect();
                 git.run(&args).map_err(|source| FetchError::Git {
                     url: url.clone(),
                     source,

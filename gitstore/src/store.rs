@@ -67,7 +67,7 @@ impl GitStore {
     /// Opens the bare repository at `path`, creating it (with HEAD on `branch`) when the path is
     /// missing or an empty directory. A file or a repository with a work tree is refused.
     pub fn open_or_init(path: &Path, branch: &str) -> Result<GitStore, OpenError> {
-        let branch_ref_str = format!("refs/heads/{branch}");
+        let branch_ref_str = crate::refs::branch_ref(branch);
         let branch_ref = FullName::try_from(branch_ref_str.as_str()).map_err(|source| {
             OpenError::InvalidBranch {
                 branch: branch.to_owned(),
@@ -95,7 +95,7 @@ impl GitStore {
                 source,
             })?;
             // gix names the initial branch itself; a clone must check out kvgit's branch.
-            let head = format!("ref: refs/heads/{branch}\n");
+            let head = format!("ref: {branch_ref_str}\n");
             std::fs::write(path.join("HEAD"), head).map_err(|source| OpenError::SetHead {
                 path: path.to_owned(),
                 source,

@@ -1,8 +1,10 @@
 //! The command line: one binary, one verb per SPEC row, `-c/--config` on every verb.
-//! Each verb loads the config, connects what it needs and hands over to the engine.
+//! Each verb loads the config, connects what it needs, hands over to the engine and
+//! renders the report it returns (`render`); errors go up to `main` with their causes.
 
 use crate::config;
 use crate::engine;
+use crate::render;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -97,26 +99,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let ctx = engine::Context::connect(cfg)
         .await
         .context("cannot start")?;
+    let out = &mut std::io::stdout();
     match cli.command {
         Command::Serve => crate::service::run(ctx).await,
         Command::Export {
             area,
             allow_mass_delete,
-        } => engine::export::run(&ctx, area.as_deref(), allow_mass_delete).await,
+        } => {
+            let reports = engine::export::run(&ctx, area.as_deref(), allow_mass_delete).await?;
+            render::export(out, &reports)?;
+            // Other areas are recorded; a held one fails the command, naming what to do.
+            engine::export::held_back(&reports)?;
+            Ok(0)
+        }
         Command::Plan {
             area,
             rev,
             detailed_exitcode,
             allow_mass_delete,
         } => {
-            engine::apply::plan_cmd(
-                &ctx,
-                area.as_deref(),
-                rev.as_deref(),
-                detailed_exitcode,
-                allow_mass_delete,
-            )
-            .await
+            let plans =
+                engine::apply::plan_all(&ctx, area.as_deref(), rev.as_deref(), allow_mass_delete)
+                    .await?;
+            render::plan(out, &plans)?;
+            let changes = plans.iter().any(|p| !p.ops.is_empty());
+            Ok(if detailed_exitcode && changes { 2 } else { 0 })
         }
         Command::Apply {
             area,
@@ -124,16 +131,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             dry_run,
             allow_mass_delete,
         } => {
-            engine::apply::apply_cmd(
-                &ctx,
-                area.as_deref(),
-                rev.as_deref(),
-                dry_run,
-                allow_mass_delete,
-            )
-            .await
+            let plans =
+                engine::apply::plan_all(&ctx, area.as_deref(), rev.as_deref(), allow_mass_delete)
+                    .await?;
+            if dry_run {
+                render::plan(out, &plans)?;
+                render::dry_run(out)?;
+                return Ok(0);
+            }
+            // Each round is printed as soon as it is written.
+            let mut printed = Ok(());
+            let applied =
+                engine::apply::apply(&ctx, plans, rev.as_deref(), allow_mass_delete, |round| {
+                    if printed.is_ok() {
+                        printed = render::applied(out, round);
+                    }
+                })
+                .await;
+            printed?;
+            applied?;
+            Ok(0)
         }
-        Command::Status { json } => engine::status::run(&ctx, json).await,
-        Command::Log { key, limit } => engine::log::run(&ctx, &key, limit).await,
+        Command::Status { json } => {
+            let status = engine::status::collect(&ctx).await?;
+            if json {
+                render::status_json(out, &status)?;
+            } else {
+                render::status_table(out, &status)?;
+            }
+            Ok(0)
+        }
+        Command::Log { key, limit } => {
+            let history = engine::log::run(&ctx, &key, limit).await?;
+            render::log(out, &history)?;
+            Ok(0)
+        }
     }
 }

@@ -1,9 +1,14 @@
 //! The config file: parsed with figment (TOML + `KVGIT_…` env), then validated without I/O,
-//! collecting every problem at once, each naming the file and the exact setting.
+//! collecting every problem at once, each naming the file and the exact setting. Unknown
+//! settings are the keys serde itself ignored (`serde_ignored`); `[backend]` is the chosen
+//! backend crate's own config type, with that crate's defaults and checks.
 
+use backend_consul::ConsulConfig;
+use backend_etcd::EtcdConfig;
 use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Value};
 use figment::Figment;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,25 +29,40 @@ pub struct Config {
     pub areas: Vec<AreaConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    Etcd,
-    Consul,
+/// `[backend]`: `kind = "etcd" | "consul"` (etcd when absent) picks the variant; every
+/// other setting, its default and its checks belong to that backend's crate, and the
+/// config is handed to its `connect` as it is.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    Etcd(EtcdConfig),
+    Consul(ConsulConfig),
 }
 
-#[derive(Debug, Clone)]
-pub struct BackendConfig {
-    pub kind: BackendKind,
-    pub endpoints: Vec<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub token: Option<String>,
-    pub datacenter: Option<String>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
+impl BackendConfig {
+    /// `backend.kind` as written in the file (only the tests ask before connecting; a
+    /// connected backend names itself with `KvBackend::kind`).
+    #[allow(dead_code)]
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Etcd(_) => "etcd",
+            BackendConfig::Consul(_) => "consul",
+        }
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        match self {
+            BackendConfig::Etcd(c) => &c.endpoints,
+            BackendConfig::Consul(c) => &c.endpoints,
+        }
+    }
+
+    /// Bound on one request to the store; callers waiting on the store use it too.
+    pub fn request_timeout(&self) -> Duration {
+        match self {
+            BackendConfig::Etcd(c) => c.request_timeout,
+            BackendConfig::Consul(c) => c.request_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,11 +125,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 // The raw shapes: every field optional or loosely typed so validation can report all
-// problems at once instead of stopping at serde's first.
+// problems at once instead of stopping at serde's first. `[backend]` stays a table here and
+// is parsed by `parse_backend` once `kind` is known.
 #[derive(Deserialize, Default)]
 struct RawConfig {
     #[serde(default)]
-    backend: RawBackend,
+    backend: Dict,
     #[serde(default)]
     git: RawGit,
     #[serde(default)]
@@ -118,21 +139,6 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     area: Vec<RawArea>,
-}
-
-#[derive(Deserialize, Default)]
-struct RawBackend {
-    kind: Option<String>,
-    endpoints: Option<Vec<String>>,
-    user: Option<String>,
-    password: Option<String>,
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    token: Option<String>,
-    datacenter: Option<String>,
-    connect_timeout: Option<String>,
-    request_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -173,53 +179,6 @@ struct RawArea {
     self_heal: Option<bool>,
 }
 
-/// The settings kvgit knows, per table; anything else is refused by name.
-const KNOWN: &[(&str, &[&str])] = &[
-    (
-        "backend",
-        &[
-            "kind",
-            "endpoints",
-            "user",
-            "password",
-            "ca_file",
-            "cert_file",
-            "key_file",
-            "token",
-            "datacenter",
-            "connect_timeout",
-            "request_timeout",
-        ],
-    ),
-    (
-        "git",
-        &[
-            "repo",
-            "branch",
-            "remote",
-            "author_name",
-            "author_email",
-            "timeout",
-        ],
-    ),
-    (
-        "sync",
-        &[
-            "node",
-            "batch_window",
-            "batch_max",
-            "push_interval",
-            "fetch_interval",
-            "max_delete_fraction",
-            "mass_delete_min_keys",
-            "lease_ttl",
-            "ownership_prefix",
-        ],
-    ),
-    ("server", &["listen", "sync_token"]),
-    ("area", &["name", "prefix", "path", "mode", "self_heal"]),
-];
-
 /// Load and validate `path` with `KVGIT_…` overrides from the environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
@@ -234,16 +193,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .merge(Toml::file(path))
         // KVGIT_LOG is the log filter, not a setting.
         .merge(Env::prefixed("KVGIT_").ignore(&["log"]).split("__"));
-    let mut problems = Vec::new();
-    match figment.extract::<Dict>() {
-        Ok(dict) => unknown_settings(&dict, &mut problems),
+    let merged = match figment.extract::<Dict>() {
+        Ok(dict) => Value::from(dict),
         Err(e) => {
             return Err(ConfigError {
                 problems: figment_problems(&file, e),
             })
         }
-    }
-    let raw: RawConfig = match figment.extract() {
+    };
+    let (raw, unknown) = deserialize_noting_unknown::<RawConfig>(&merged);
+    let mut problems: Vec<String> = unknown
+        .into_iter()
+        .map(|setting| format!("{setting}: unknown setting"))
+        .collect();
+    let raw = match raw {
         Ok(raw) => raw,
         Err(e) => {
             problems.extend(figment_problems(&file, e));
@@ -293,34 +256,106 @@ fn figment_problems(file: &str, e: figment::Error) -> Vec<String> {
         .collect()
 }
 
-fn unknown_settings(dict: &Dict, problems: &mut Vec<String>) {
-    for (top, value) in dict {
-        let Some((_, known)) = KNOWN.iter().find(|(t, _)| t == top) else {
-            problems.push(format!(
-                "{top}: unknown setting (known tables: backend, git, sync, server, [[area]])"
-            ));
-            continue;
-        };
-        let tables: Vec<(String, &Dict)> = match value {
-            Value::Dict(_, d) => vec![(top.clone(), d)],
-            Value::Array(_, items) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| v.as_dict().map(|d| (format!("{top}[{i}]"), d)))
-                .collect(),
-            _ => Vec::new(),
-        };
-        for (name, table) in tables {
-            for key in table.keys() {
-                if !known.contains(&key.as_str()) {
-                    problems.push(format!(
-                        "{name}.{key}: unknown setting (known: {})",
-                        known.join(", ")
-                    ));
+/// Deserializes `T` from `value`, and names every key `T` has no field for (`sync.colour`,
+/// `area[0].colour`): serde finds them, so no list of known settings is kept by hand.
+fn deserialize_noting_unknown<T: DeserializeOwned>(
+    value: &Value,
+) -> (Result<T, figment::Error>, Vec<String>) {
+    let mut unknown = Vec::new();
+    let result = serde_ignored::deserialize(value, |path| unknown.push(setting_name(&path)));
+    (result, unknown)
+}
+
+/// A path as the messages spell settings: `sync.colour`, `area[0].colour`.
+fn setting_name(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", setting_name(parent)),
+        Path::Map { parent, key } => match setting_name(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => setting_name(parent),
+    }
+}
+
+/// `[backend]`: `kind` picks the backend, whose config type parses the rest. A setting that
+/// fails to parse is reported and left at its default, so the other settings and the
+/// backend's own checks are still reported in the same run; a setting of the other kind is
+/// refused naming the kind it belongs to.
+fn parse_backend(mut table: Dict, base_dir: &Path, problems: &mut Vec<String>) -> BackendConfig {
+    let kind = table.remove("kind");
+    let mut backend = match kind.as_ref().map(|k| k.as_str()) {
+        None | Some(Some("etcd")) => {
+            let cfg = parse_settings::<EtcdConfig, ConsulConfig>(table, "consul", problems);
+            BackendConfig::Etcd(cfg)
+        }
+        Some(Some("consul")) => {
+            let cfg = parse_settings::<ConsulConfig, EtcdConfig>(table, "etcd", problems);
+            BackendConfig::Consul(cfg)
+        }
+        Some(other) => {
+            let why = other.map_or_else(
+                || "is not a string".into(),
+                |k| format!("{k:?} is not a backend"),
+            );
+            problems.push(format!("backend.kind: {why} (valid: \"etcd\", \"consul\")"));
+            return BackendConfig::Etcd(EtcdConfig::default());
+        }
+    };
+    problems.extend(match &backend {
+        BackendConfig::Etcd(c) => c.validate(),
+        BackendConfig::Consul(c) => c.validate(),
+    });
+    if let BackendConfig::Etcd(c) = &mut backend {
+        c.resolve_paths(base_dir);
+    }
+    backend
+}
+
+/// The backend settings in `table` as `T`, every problem pushed to `problems`. A key `T`
+/// does not know but `Other` (the other kind's config) does is named as belonging to
+/// `other_kind`.
+fn parse_settings<T, Other>(mut table: Dict, other_kind: &str, problems: &mut Vec<String>) -> T
+where
+    T: DeserializeOwned + Default,
+    Other: DeserializeOwned,
+{
+    // serde stops at the first bad value: report it, drop it (its default applies) and go
+    // again; every round drops a key, so this ends.
+    let (cfg, unknown) = loop {
+        match deserialize_noting_unknown::<T>(&Value::from(table.clone())) {
+            (Ok(cfg), unknown) => break (cfg, unknown),
+            (Err(errors), _) => {
+                let mut dropped = false;
+                for e in errors {
+                    let setting = e.path.iter().fold("backend".to_owned(), |s, k| s + "." + k);
+                    problems.push(format!("{setting}: {}", e.kind));
+                    dropped |= e.path.first().is_some_and(|k| table.remove(k).is_some());
+                }
+                if !dropped {
+                    break (T::default(), Vec::new());
                 }
             }
         }
+    };
+    for setting in unknown {
+        let of_other_kind = table.get(&setting).is_some_and(|value| {
+            let probe = Value::from(Dict::from([(setting.clone(), value.clone())]));
+            deserialize_noting_unknown::<Other>(&probe).1.is_empty()
+        });
+        if of_other_kind {
+            problems.push(format!(
+                "backend.{setting}: only applies to kind = \"{other_kind}\""
+            ));
+        } else {
+            problems.push(format!("backend.{setting}: unknown setting"));
+        }
     }
+    cfg
 }
 
 fn duration(
@@ -346,86 +381,8 @@ fn duration(
 }
 
 fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<String>) -> Config {
-    let kind = match raw.backend.kind.as_deref() {
-        None | Some("etcd") => BackendKind::Etcd,
-        Some("consul") => BackendKind::Consul,
-        Some(other) => {
-            problems.push(format!(
-                "backend.kind: {other:?} is not a backend (valid: \"etcd\", \"consul\")"
-            ));
-            BackendKind::Etcd
-        }
-    };
-    let default_endpoint = match kind {
-        BackendKind::Etcd => "http://127.0.0.1:2379",
-        BackendKind::Consul => "http://127.0.0.1:8500",
-    };
-    let endpoints = raw
-        .backend
-        .endpoints
-        .unwrap_or_else(|| vec![default_endpoint.to_string()]);
-    if endpoints.is_empty() {
-        problems.push("backend.endpoints: at least one endpoint is needed".into());
-    }
-    for (i, e) in endpoints.iter().enumerate() {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            problems.push(format!(
-                "backend.endpoints[{i}]: {e:?} must start with http:// or https://"
-            ));
-        }
-    }
-    let etcd_only = [
-        ("user", raw.backend.user.is_some()),
-        ("password", raw.backend.password.is_some()),
-        ("ca_file", raw.backend.ca_file.is_some()),
-        ("cert_file", raw.backend.cert_file.is_some()),
-        ("key_file", raw.backend.key_file.is_some()),
-    ];
-    let consul_only = [
-        ("token", raw.backend.token.is_some()),
-        ("datacenter", raw.backend.datacenter.is_some()),
-    ];
-    let (wrong, for_kind) = match kind {
-        BackendKind::Etcd => (&consul_only[..], "consul"),
-        BackendKind::Consul => (&etcd_only[..], "etcd"),
-    };
-    for (name, set) in wrong {
-        if *set {
-            problems.push(format!(
-                "backend.{name}: only applies to kind = \"{for_kind}\""
-            ));
-        }
-    }
-    if raw.backend.user.is_some() != raw.backend.password.is_some() {
-        problems.push("backend.user and backend.password: set both or neither".into());
-    }
-    if raw.backend.cert_file.is_some() != raw.backend.key_file.is_some() {
-        problems.push("backend.cert_file and backend.key_file: set both or neither".into());
-    }
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
-    let backend = BackendConfig {
-        kind,
-        endpoints,
-        user: raw.backend.user,
-        password: raw.backend.password,
-        ca_file: raw.backend.ca_file.map(resolve),
-        cert_file: raw.backend.cert_file.map(resolve),
-        key_file: raw.backend.key_file.map(resolve),
-        token: raw.backend.token,
-        datacenter: raw.backend.datacenter,
-        connect_timeout: duration(
-            "backend.connect_timeout",
-            raw.backend.connect_timeout,
-            "5s",
-            problems,
-        ),
-        request_timeout: duration(
-            "backend.request_timeout",
-            raw.backend.request_timeout,
-            "30s",
-            problems,
-        ),
-    };
+    let backend = parse_backend(raw.backend, base_dir, problems);
 
     let node = raw.sync.node.unwrap_or_else(default_node);
     if node.is_empty() || node.chars().any(|c| c.is_control() || c == '<' || c == '>') {
@@ -755,7 +712,9 @@ mode = "both"
             "[git]\nrepo = \"state.git\"\n[[area]]\nname = \"entries\"\nprefix = \"/sigil/entries/\"\npath = \"entries\"\nmode = \"both\"\n",
         )
         .expect("valid");
-        assert_eq!(cfg.backend.kind, BackendKind::Etcd);
+        assert_eq!(cfg.backend.kind_name(), "etcd");
+        assert_eq!(cfg.backend.endpoints(), ["http://127.0.0.1:2379"]);
+        assert_eq!(cfg.backend.request_timeout(), Duration::from_secs(30));
         assert_eq!(cfg.sync.batch_max, 10_000);
         assert_eq!(cfg.sync.max_delete_fraction, 0.5);
         assert!(cfg.git.repo.is_absolute() || cfg.git.repo.starts_with("/"));
@@ -765,6 +724,78 @@ mode = "both"
             cfg.sync.ownership_prefix,
             DEFAULT_OWNERSHIP_PREFIX.as_bytes()
         );
+    }
+
+    const AREA: &str = "[[area]]\nname = \"a\"\nprefix = \"/a/\"\npath = \"a\"\nmode = \"both\"\n";
+
+    #[test]
+    fn every_backend_problem_is_reported_at_once_naming_the_setting() {
+        let err = load_str(&format!(
+            r#"
+[backend]
+kind = "etcd"
+endpoints = ["127.0.0.1:2379"]
+token = "t0ken"
+user = "root"
+request_timeout = "soon"
+connect_timeout = "0s"
+colour = "blue"
+{AREA}"#
+        ))
+        .expect_err("bad backend must be refused");
+        let text = err.to_string();
+        for needle in [
+            "backend.endpoints[0]: \"127.0.0.1:2379\" must start with http:// or https://",
+            "backend.token: only applies to kind = \"consul\"",
+            "backend.user and backend.password: set both or neither",
+            "backend.request_timeout: \"soon\" is not a duration",
+            "backend.connect_timeout: must be longer than zero, got \"0s\"",
+            "backend.colour: unknown setting",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(text.lines().count(), 6, "{text}");
+        assert!(text.lines().all(|l| l.contains("kvgit.toml")), "{text}");
+        assert!(!text.contains("t0ken"), "{text}");
+
+        let err = load_str(&format!(
+            "[backend]\nkind = \"consul\"\nuser = \"u\"\npassword = \"p\"\ncert_file = \"c.pem\"\n{AREA}"
+        ))
+        .expect_err("etcd settings under consul must be refused");
+        let text = err.to_string();
+        for setting in ["user", "password", "cert_file"] {
+            let needle = format!("backend.{setting}: only applies to kind = \"etcd\"");
+            assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_backend_brings_its_own_defaults_and_keeps_secrets_out_of_debug() {
+        let cfg = load_str(&format!(
+            "[backend]\nkind = \"consul\"\ntoken = \"s3cr3t\"\ndatacenter = \"dc1\"\n{AREA}"
+        ))
+        .expect("valid consul config");
+        let BackendConfig::Consul(consul) = &cfg.backend else {
+            panic!("kind = consul gave {:?}", cfg.backend.kind_name());
+        };
+        assert_eq!(cfg.backend.endpoints(), ["http://127.0.0.1:8500"]);
+        assert_eq!(consul.datacenter.as_deref(), Some("dc1"));
+        assert_eq!(consul.token.as_ref().map(|t| t.expose()), Some("s3cr3t"));
+        assert_eq!(cfg.backend.request_timeout(), Duration::from_secs(30));
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+
+        let cfg = load_str(&format!(
+            "[backend]\nuser = \"root\"\npassword = \"hunter2\"\nca_file = \"tls/ca.pem\"\nrequest_timeout = \"500ms\"\n{AREA}"
+        ))
+        .expect("valid etcd config");
+        let BackendConfig::Etcd(etcd) = &cfg.backend else {
+            panic!("no kind gave {:?}", cfg.backend.kind_name());
+        };
+        assert_eq!(cfg.backend.request_timeout(), Duration::from_millis(500));
+        assert_eq!(etcd.connect_timeout, Duration::from_secs(5));
+        let ca = etcd.ca_file.as_deref().expect("ca_file");
+        assert!(ca.is_absolute() && ca.ends_with("tls/ca.pem"), "{ca:?}");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 
     #[test]

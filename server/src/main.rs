@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod engine;
+mod render;
 mod service;
 
 use clap::Parser;

@@ -23,7 +23,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 fn config(addr: &str, token: Option<&str>) -> ConsulConfig {
     ConsulConfig {
         endpoints: vec![addr.to_owned()],
-        token: token.map(str::to_owned),
+        token: token.map(Into::into),
         watch_wait: WATCH_WAIT,
         ..ConsulConfig::default()
     }

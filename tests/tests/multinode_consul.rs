@@ -13,7 +13,7 @@ async fn three_nodes_on_consul_spread_areas_and_take_over_after_kill9() {
     eprintln!("Consul: {}", consul.describe());
     let backend = ConsulBackend::connect(ConsulConfig {
         endpoints: vec![consul.addr().to_string()],
-        token: consul.token().map(str::to_string),
+        token: consul.token().map(Into::into),
         ..ConsulConfig::default()
     })
     .await

@@ -63,7 +63,7 @@ async fn etcd_all(c: &mut etcd_client::Client, prefix: &str) -> BTreeMap<Vec<u8>
 async fn consul_backend(consul: &ConsulServer) -> ConsulBackend {
     ConsulBackend::connect(ConsulConfig {
         endpoints: vec![consul.addr().to_string()],
-        token: consul.token().map(str::to_string),
+        token: consul.token().map(Into::into),
         watch_wait: Duration::from_secs(2),
         ..ConsulConfig::default()
     })

@@ -1,21 +1,25 @@
 //! `kvgit plan` and `kvgit apply`: Git -> KV by the sync rule. Every selected area is read,
 //! decided and validated (paths, value sizes, the mass-delete guard) before the first write.
 
+mod error;
+
+pub use error::{ApplyError, MassDeleteRefused};
+
 use super::checkpoint::{self, Judged};
 use super::decide::{base_after, Outcome, Sides};
 use super::export::write_changes;
 use super::view::{area_tree, read_area, read_area_lenient};
-use super::writer;
-use super::Context;
+use super::{ser, writer};
+use super::{Context, GitError};
 use crate::config::AreaConfig;
-use anyhow::{bail, Context as _};
 use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::rule::Base;
 use sync_core::{ClusterId, Key, KvEntry, Precondition, Revision, Value, WriteOp};
 
 /// How a planned write changes a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OpKind {
     Add,
     Change,
@@ -23,7 +27,8 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    fn sign(self) -> char {
+    /// `+`, `~` or `-`, as plans show it.
+    pub fn sign(self) -> char {
         match self {
             OpKind::Add => '+',
             OpKind::Change => '~',
@@ -60,6 +65,9 @@ pub struct AreaPlan {
     base_start: Option<ObjectId>,
     /// Base changes that hold once every op is written: relative key -> agreed value.
     base_changes: BTreeMap<Vec<u8>, Option<Value>>,
+    /// The epoch of `serve`'s claim on the area, stamped on the checkpoint an apply moves
+    /// (set by the caller from its fence check; None for the CLI).
+    pub epoch: Option<sync_core::Epoch>,
     /// For a first apply, the revision its checkpoint records: every live change up to it
     /// is in the new base, or is a key the rule carries to Git (those are dated before it,
     /// so the next export sees them and commits them).
@@ -72,55 +80,91 @@ impl AreaPlan {
     }
 }
 
-/// Print the plan; exit 2 with --detailed-exitcode when there is something to do.
-pub async fn plan_cmd(
-    ctx: &Context,
-    only: Option<&str>,
-    rev: Option<&str>,
-    detailed: bool,
-    allow_mass_delete: bool,
-) -> anyhow::Result<u8> {
-    let plans = plan_all(ctx, only, rev, allow_mass_delete).await?;
-    print_plans(&plans);
-    let changes = plans.iter().any(|p| !p.ops.is_empty());
-    Ok(if detailed && changes { 2 } else { 0 })
+/// What one round of an apply wrote to one area: counts of what was written (a raced op
+/// was not), the keys whose changed live value Git overwrote, and the keys someone else
+/// changed meanwhile (re-decided in the next round).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AreaApplied {
+    pub area: String,
+    pub added: usize,
+    pub changed: usize,
+    pub deleted: usize,
+    /// The newest revision the writes produced (None when nothing was written).
+    #[serde(serialize_with = "ser::revision_opt")]
+    pub revision: Option<Revision>,
+    pub overwrote: Vec<Overwrote>,
+    #[serde(serialize_with = "ser::display_seq")]
+    pub raced: Vec<Key>,
 }
 
-pub async fn apply_cmd(
-    ctx: &Context,
-    only: Option<&str>,
-    rev: Option<&str>,
-    dry_run: bool,
-    allow_mass_delete: bool,
-) -> anyhow::Result<u8> {
-    let started = std::time::Instant::now();
-    let mut plans = plan_all(ctx, only, rev, allow_mass_delete).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "planned and validated");
-    if dry_run {
-        print_plans(&plans);
-        println!("dry run: nothing written");
-        return Ok(0);
+/// A live value that had changed too, overwritten because Git wins.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overwrote {
+    #[serde(serialize_with = "ser::display")]
+    pub key: Key,
+    #[serde(serialize_with = "ser::bytes_lossy")]
+    pub live_value: Value,
+}
+
+impl AreaApplied {
+    fn new(plan: &AreaPlan, w: &writer::Written) -> AreaApplied {
+        // Count what was written, not what was planned: a raced op was not written.
+        let raced: std::collections::HashSet<&Key> = w.raced.iter().collect();
+        let written = || plan.ops.iter().filter(|o| !raced.contains(&o.key));
+        let count = |kind: OpKind| written().filter(|o| o.kind == kind).count();
+        AreaApplied {
+            area: plan.area.name.0.clone(),
+            added: count(OpKind::Add),
+            changed: count(OpKind::Change),
+            deleted: count(OpKind::Delete),
+            revision: w.last_revision,
+            overwrote: written()
+                .filter_map(|o| {
+                    Some(Overwrote {
+                        key: o.key.clone(),
+                        live_value: o.overwrites.clone()?,
+                    })
+                })
+                .collect(),
+            raced: w.raced.clone(),
+        }
     }
+}
+
+/// `kvgit apply`: write validated plans (from [`plan_all`]), then re-read and re-decide
+/// each area where someone else wrote a key meanwhile, never clobbering it (3 rounds at
+/// most). `on_round` gets each round's outcome as soon as it is written, so what earlier
+/// rounds wrote is known even when a later round fails.
+pub async fn apply(
+    ctx: &Context,
+    mut plans: Vec<AreaPlan>,
+    rev: Option<&str>,
+    allow_mass_delete: bool,
+    mut on_round: impl FnMut(&[AreaApplied]),
+) -> Result<Vec<Vec<AreaApplied>>, ApplyError> {
+    let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
-    // A key someone else changed after we read it is re-decided, never clobbered.
+    let mut rounds = Vec::new();
     for round in 0..3 {
         let written = write_plans(ctx, &plans).await?;
-        let mut raced_areas = Vec::new();
-        for (plan, report) in plans.iter().zip(&written) {
-            print_applied(plan, report);
-            if !report.raced.is_empty() {
-                raced_areas.push(plan.area.name.0.clone());
-            }
-        }
+        let applied: Vec<AreaApplied> = plans
+            .iter()
+            .zip(&written)
+            .map(|(plan, w)| AreaApplied::new(plan, w))
+            .collect();
+        on_round(&applied);
+        let raced_areas: Vec<String> = applied
+            .iter()
+            .filter(|a| !a.raced.is_empty())
+            .map(|a| a.area.clone())
+            .collect();
+        rounds.push(applied);
         if raced_areas.is_empty() {
             tracing::debug!(elapsed = ?started.elapsed(), "written");
-            return Ok(0);
+            return Ok(rounds);
         }
         if round == 2 {
-            bail!(
-                "keys in area(s) {} kept changing while applying; run apply again",
-                raced_areas.join(", ")
-            );
+            return Err(ApplyError::KeptChanging { areas: raced_areas });
         }
         let cluster = backend.cluster_id().await?;
         let commit = target_commit(ctx, rev).await?;
@@ -129,22 +173,26 @@ pub async fn apply_cmd(
             let area = ctx
                 .cfg
                 .select_areas(Some(&name))
-                .map_err(anyhow::Error::msg)?[0]
+                .map_err(ApplyError::UnknownArea)?[0]
                 .clone();
             plans.push(plan_area(ctx, &area, commit, &cluster, allow_mass_delete).await?);
         }
     }
-    Ok(0)
+    Ok(rounds)
 }
 
-pub async fn target_commit(ctx: &Context, rev: Option<&str>) -> anyhow::Result<Option<ObjectId>> {
+/// The commit to apply: `--ref` resolved, or the branch tip (None: no commits yet).
+pub async fn target_commit(
+    ctx: &Context,
+    rev: Option<&str>,
+) -> Result<Option<ObjectId>, ApplyError> {
     let rev = rev.map(str::to_string);
     let branch = ctx.cfg.git.branch.clone();
     ctx.git_blocking(move |git| match rev {
-        Some(r) => Ok(Some(
-            git.resolve_commit(&r)
-                .with_context(|| format!("--ref {r}"))?,
-        )),
+        Some(r) => git
+            .resolve_commit(&r)
+            .map(Some)
+            .map_err(|source| ApplyError::BadRef { rev: r, source }),
         None => {
             let tip = git.tip()?;
             if tip.is_none() {
@@ -162,24 +210,30 @@ pub async fn plan_all(
     only: Option<&str>,
     rev: Option<&str>,
     allow_mass_delete: bool,
-) -> anyhow::Result<Vec<AreaPlan>> {
-    let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
+) -> Result<Vec<AreaPlan>, ApplyError> {
+    let started = std::time::Instant::now();
+    let areas = ctx
+        .cfg
+        .select_areas(only)
+        .map_err(ApplyError::UnknownArea)?;
     let commit = target_commit(ctx, rev).await?;
     let backend = ctx.backend().await?;
-    let cluster = backend
-        .cluster_id()
-        .await
-        .context("cannot read the cluster id")?;
+    let cluster = backend.cluster_id().await.map_err(ApplyError::ClusterId)?;
     // Areas are independent: their Git reads run side by side on blocking threads.
-    futures::future::try_join_all(areas.into_iter().map(|area| {
+    let plans = futures::future::try_join_all(areas.into_iter().map(|area| {
         let cluster = &cluster;
         async move {
             plan_area(ctx, area, commit, cluster, allow_mass_delete)
                 .await
-                .with_context(|| format!("area {}", area.name))
+                .map_err(|e| ApplyError::Area {
+                    area: area.name.0.clone(),
+                    source: Box::new(e),
+                })
         }
     }))
-    .await
+    .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "planned and validated");
+    Ok(plans)
 }
 
 pub async fn plan_area(
@@ -188,7 +242,7 @@ pub async fn plan_area(
     commit: Option<ObjectId>,
     cluster: &ClusterId,
     allow_mass_delete: bool,
-) -> anyhow::Result<AreaPlan> {
+) -> Result<AreaPlan, ApplyError> {
     let backend = ctx.backend().await?;
     let limits = backend.write_limits();
     let cp = checkpoint::load(ctx, &area.name).await?;
@@ -198,7 +252,7 @@ pub async fn plan_area(
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), keys = snap.entries.len(), "live read");
     let judged = Judged::judge(cp, &area.name, cluster, snap.revision);
     if let Some(why) = judged.distrust() {
-        tracing::warn!(area = %area.name, reason = %why, "checkpoint not trusted: planning with no base");
+        tracing::info!(area = %area.name, reason = %why, "checkpoint not trusted: planning with no base");
     }
     let snap_revision = snap.revision;
     let plan_cluster = cluster.clone();
@@ -206,7 +260,7 @@ pub async fn plan_area(
     let base_tree = judged.trusted().map(|c| c.base_tree);
     let checker = backend.clone();
     let mut plan = ctx
-        .git_blocking(move |git| {
+        .git_blocking(move |git| -> Result<AreaPlan, ApplyError> {
             let area = area_cfg;
             let prefix_len = area.prefix.len();
             let t0 = std::time::Instant::now();
@@ -223,8 +277,13 @@ pub async fn plan_area(
             let live: BTreeMap<Vec<u8>, (ObjectId, KvEntry)> = snap
                 .entries
                 .into_iter()
-                .map(|e| Ok((e.key.0[prefix_len..].to_vec(), (git.hash_blob(&e.value)?, e))))
-                .collect::<anyhow::Result<_>>()?;
+                .map(|e| {
+                    Ok((
+                        e.key.0[prefix_len..].to_vec(),
+                        (git.hash_blob(&e.value)?, e),
+                    ))
+                })
+                .collect::<Result<_, GitError>>()?;
             let mut keys: BTreeSet<&Vec<u8>> = live.keys().chain(desired.keys()).collect();
             if let Some(b) = &base {
                 keys.extend(b.keys());
@@ -261,14 +320,21 @@ pub async fn plan_area(
                 let current = live.get(rel).map(|(_, e)| e);
                 // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
                 // before the first write of any area.
+                let file = || {
+                    format!(
+                        "{}/{}",
+                        area.path,
+                        desired.get(rel).map_or("?", |f| f.path.as_str())
+                    )
+                };
                 if target.is_some() {
-                    checker.check_key(&key_of(rel)).map_err(|e| {
-                        anyhow::anyhow!(
-                            "{}/{}: {e}",
-                            area.path,
-                            desired.get(rel).map_or("?", |f| f.path.as_str())
-                        )
-                    })?;
+                    checker
+                        .check_key(&key_of(rel))
+                        .map_err(|error| ApplyError::KeyRefused {
+                            path: file(),
+                            key: key_of(rel),
+                            error,
+                        })?;
                 }
                 // Sizes come from object headers: validated now, contents read while writing.
                 // The limit is the backend's single-op one: a value too big for a batch is
@@ -277,12 +343,12 @@ pub async fn plan_area(
                     let size = blobs.size(*id)?;
                     let max = limits.max_value_len(&key_of(rel));
                     if size > max as u64 {
-                        bail!(
-                            "{}/{}: the value of key {} is {size} bytes, over the backend's limit of {max} bytes (the largest single write it takes)",
-                            area.path,
-                            desired.get(rel).map_or("?", |f| f.path.as_str()),
-                            key_of(rel),
-                        );
+                        return Err(ApplyError::ValueTooLarge {
+                            path: file(),
+                            key: key_of(rel),
+                            size,
+                            limit: max,
+                        });
                     }
                 }
                 let value = *target;
@@ -294,8 +360,13 @@ pub async fn plan_area(
                 ops.push(PlannedOp {
                     kind,
                     key: key_of(rel),
-                    overwrites: conflicts.contains(rel).then(|| current.map(|e| e.value.clone())).flatten(),
-                    expect: current.map_or(Precondition::Absent, |e| Precondition::ModRevision(e.mod_revision)),
+                    overwrites: conflicts
+                        .contains(rel)
+                        .then(|| current.map(|e| e.value.clone()))
+                        .flatten(),
+                    expect: current.map_or(Precondition::Absent, |e| {
+                        Precondition::ModRevision(e.mod_revision)
+                    }),
                     value,
                 });
             }
@@ -341,26 +412,13 @@ pub async fn plan_area(
                 base_start,
                 base_changes,
                 first_revision,
+                epoch: None,
             })
         })
         .await?;
     plan.checkpoint = judged;
     guard_mass_delete(&plan, ctx.cfg.sync.max_delete_fraction, allow_mass_delete)?;
     Ok(plan)
-}
-
-/// An apply that would delete too much: refused unless `--allow-mass-delete`.
-#[derive(Debug, thiserror::Error)]
-pub enum MassDeleteRefused {
-    #[error("refusing to delete all {live} keys under {prefix:?}: the apply would empty the area (pass --allow-mass-delete if that is intended)")]
-    Empties { live: usize, prefix: String },
-    #[error("refusing to delete {deletes} of {live} keys under {prefix:?}, more than sync.max_delete_fraction = {fraction} (pass --allow-mass-delete if that is intended)")]
-    OverFraction {
-        deletes: usize,
-        live: usize,
-        prefix: String,
-        fraction: f64,
-    },
 }
 
 /// Refuse an apply that empties an area holding keys, or deletes more than the fraction.
@@ -392,100 +450,18 @@ fn guard_mass_delete(
     Ok(())
 }
 
-fn print_plans(plans: &[AreaPlan]) {
-    let (mut add, mut change, mut delete) = (0, 0, 0);
-    for p in plans {
-        for op in &p.ops {
-            match &op.overwrites {
-                Some(v) => println!(
-                    "{} {} (Git wins over live value {})",
-                    op.kind.sign(),
-                    op.key,
-                    preview(v)
-                ),
-                None => println!("{} {}", op.kind.sign(), op.key),
-            }
-        }
-        for k in &p.drift {
-            println!("# drift: {k} differs from Git");
-        }
-        if p.pending_export > 0 {
-            println!(
-                "# {}: {} keys changed in the KV store are not in Git yet (run export)",
-                p.area.name, p.pending_export
-            );
-        }
-        add += p.count(OpKind::Add);
-        change += p.count(OpKind::Change);
-        delete += p.count(OpKind::Delete);
-    }
-    if add + change + delete == 0 {
-        println!("No changes. The KV store matches Git.");
-    } else {
-        println!("Plan: {add} to add, {change} to change, {delete} to delete.");
-    }
-}
-
-fn preview(v: &[u8]) -> String {
-    let k = Key(v.iter().copied().take(64).collect());
-    let more = if v.len() > 64 { "…" } else { "" };
-    format!("\"{k}{more}\"")
-}
-
-fn print_applied(plan: &AreaPlan, w: &writer::Written) {
-    let rev = w
-        .last_revision
-        .map_or_else(|| "-".to_string(), |r| r.to_string());
-    // Count what was written, not what was planned: a raced op was not written.
-    let raced: std::collections::HashSet<&Key> = w.raced.iter().collect();
-    let written = |kind: OpKind| {
-        plan.ops
-            .iter()
-            .filter(|o| o.kind == kind && !raced.contains(&o.key))
-            .count()
-    };
-    println!(
-        "{}: {} added, {} changed, {} deleted (revision {rev})",
-        plan.area.name,
-        written(OpKind::Add),
-        written(OpKind::Change),
-        written(OpKind::Delete),
-    );
-    for op in plan.ops.iter().filter(|o| !raced.contains(&o.key)) {
-        if let Some(v) = &op.overwrites {
-            println!("  ! {}: overwrote live value {}", op.key, preview(v));
-        }
-    }
-    if !w.raced.is_empty() {
-        // Another writer (a second apply, an operator): a summary, not a line per key.
-        const SHOWN: usize = 5;
-        let some: Vec<String> = w.raced.iter().take(SHOWN).map(|k| k.to_string()).collect();
-        let more = w.raced.len().saturating_sub(SHOWN);
-        let tail = if more > 0 {
-            format!(", and {more} more")
-        } else {
-            String::new()
-        };
-        println!(
-            "  ? {} keys changed by someone else meanwhile ({}{tail}); re-deciding them",
-            w.raced.len(),
-            some.join(", ")
-        );
-    }
-}
-
 /// Write every area's plan as one stream of transactions (no drain between areas), then
 /// move each fully written area's base to what both sides now agree on.
 pub async fn write_plans(
     ctx: &Context,
     plans: &[AreaPlan],
-) -> anyhow::Result<Vec<writer::Written>> {
+) -> Result<Vec<writer::Written>, ApplyError> {
     let backend = ctx.backend().await?;
     let ops: Vec<PlannedOp> = plans.iter().flat_map(|p| p.ops.iter().cloned()).collect();
     let (tx, rx) = writer::channel();
     let limits = backend.write_limits();
     // Values are read from Git on a blocking thread while earlier transactions are written.
-    let producer = ctx.git_blocking(move |git| {
+    let producer = ctx.git_blocking(move |git| -> Result<(), GitError> {
         let mut chunker = writer::Chunker::new(limits);
         let blobs = git.blob_reader();
         for op in ops {
@@ -501,13 +477,13 @@ pub async fn write_plans(
                 },
             };
             for chunk in chunker.push(w) {
-                if tx.blocking_send(Ok(chunk)).is_err() {
+                if tx.blocking_send(chunk).is_err() {
                     return Ok(()); // the writers stopped on an error; they report it
                 }
             }
         }
         if let Some(chunk) = chunker.finish() {
-            let _ = tx.blocking_send(Ok(chunk));
+            let _ = tx.blocking_send(chunk);
         }
         Ok(())
     });
@@ -529,9 +505,10 @@ pub async fn write_plans(
             raced,
         };
         if report.raced.is_empty() {
-            record_base(ctx, plan)
-                .await
-                .with_context(|| format!("area {}", plan.area.name))?;
+            record_base(ctx, plan).await.map_err(|e| ApplyError::Area {
+                area: plan.area.name.0.clone(),
+                source: Box::new(e),
+            })?;
         }
         per_area.push(report);
     }
@@ -542,7 +519,7 @@ pub async fn write_plans(
 /// only its base moves; otherwise (a first apply, or a checkpoint that cannot be trusted)
 /// a checkpoint is written, so that live changes made after this apply are recorded by
 /// the next export instead of being reverted as conflicts.
-async fn record_base(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<()> {
+async fn record_base(ctx: &Context, plan: &AreaPlan) -> Result<(), ApplyError> {
     let (previous, revision, cluster) = match &plan.checkpoint {
         Judged::Trusted(_) if plan.base_changes.is_empty() => return Ok(()),
         Judged::Trusted(cp) => (Some(cp.id), cp.revision, cp.cluster.clone()),
@@ -565,6 +542,7 @@ async fn record_base(ctx: &Context, plan: &AreaPlan) -> anyhow::Result<()> {
         &cluster,
         new_base,
         None,
+        plan.epoch,
     )
     .await?;
     Ok(())

@@ -19,6 +19,34 @@ pub enum Delta {
     Resync(ResyncReason),
 }
 
+/// Why the live delta could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{backend} watch of {prefix:?} made no progress within {timeout:?}")]
+    Stalled {
+        backend: &'static str,
+        prefix: String,
+        timeout: Duration,
+    },
+    #[error("{backend} watch ended before revision {target}")]
+    Ended {
+        backend: &'static str,
+        target: Revision,
+    },
+}
+
+impl ChangesError {
+    /// A watch that stalled or ended, or a backend that is unavailable, may do better later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ChangesError::Backend(e) => e.is_retryable(),
+            ChangesError::Stalled { .. } | ChangesError::Ended { .. } => true,
+        }
+    }
+}
+
 /// Every change under `prefix` from `from` until at least `target`.
 pub async fn since(
     backend: &dyn KvBackend,
@@ -26,7 +54,7 @@ pub async fn since(
     from: Revision,
     target: Revision,
     timeout: Duration,
-) -> anyhow::Result<Delta> {
+) -> Result<Delta, ChangesError> {
     let mut changes = BTreeMap::new();
     if from > target {
         return Ok(Delta::Changes {
@@ -64,15 +92,18 @@ pub async fn since(
     loop {
         let next = tokio::time::timeout(timeout, stream.next())
             .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{} watch of {:?} made no progress within {timeout:?}",
-                    backend.kind(),
-                    String::from_utf8_lossy(prefix)
-                )
+            .map_err(|_| ChangesError::Stalled {
+                backend: backend.kind(),
+                prefix: String::from_utf8_lossy(prefix).into_owned(),
+                timeout,
             })?;
         match next {
-            None => anyhow::bail!("{} watch ended before revision {target}", backend.kind()),
+            None => {
+                return Err(ChangesError::Ended {
+                    backend: backend.kind(),
+                    target,
+                })
+            }
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(WatchEvent::ResyncNeeded(reason))) => return Ok(Delta::Resync(reason)),
             Some(Ok(WatchEvent::Progress { revision })) => {

@@ -4,11 +4,11 @@
 //! The checkpoint commit's tree *is* the area's base tree, so the base is found without
 //! walking history, and the ref moves by compare-and-swap like the branch.
 
+use super::git::from_gitstore_errors;
 use super::message::{self, Trailers};
-use super::Context;
-use anyhow::{anyhow, Context as _};
-use gitstore::ObjectId;
-use sync_core::{AreaName, ClusterId, Revision};
+use super::{Context, GitError};
+use gitstore::{ObjectId, RefUpdateError};
+use sync_core::{AreaName, ClusterId, Epoch, Revision};
 
 /// Where an area's sync stands.
 #[derive(Debug, Clone)]
@@ -147,13 +147,44 @@ impl Judged {
     }
 }
 
-pub fn ref_name(area: &AreaName) -> String {
-    format!("refs/kvgit/checkpoints/{}", area.0)
+/// Why a checkpoint could not be read or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The ref points at a commit that is not a checkpoint (written by hand?).
+    #[error("{name}: checkpoint commit {id} has no {trailer} trailer")]
+    MissingTrailer {
+        name: String,
+        id: ObjectId,
+        trailer: &'static str,
+    },
+    /// The ref did not move: someone else moved it first (a conflict), or it could not be
+    /// written.
+    #[error("cannot move {name}")]
+    Move {
+        name: String,
+        #[source]
+        source: RefUpdateError,
+    },
+}
+
+from_gitstore_errors!(CheckpointError);
+
+impl CheckpointError {
+    /// Worth running again: another writer moved the ref first (re-read, then retry).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CheckpointError::Git(e) => e.is_retryable(),
+            CheckpointError::Move { source, .. } => source.is_conflict(),
+            CheckpointError::MissingTrailer { .. } => false,
+        }
+    }
 }
 
 /// The area's checkpoint, if one was ever written.
-pub async fn load(ctx: &Context, area: &AreaName) -> anyhow::Result<Option<Checkpoint>> {
-    let name = ref_name(area);
+pub async fn load(ctx: &Context, area: &AreaName) -> Result<Option<Checkpoint>, CheckpointError> {
+    let name = super::refs::checkpoint_ref(&area.0);
     ctx.git_blocking(move |git| {
         let Some(id) = git.read_ref(&name)? else {
             return Ok(None);
@@ -164,21 +195,19 @@ pub async fn load(ctx: &Context, area: &AreaName) -> anyhow::Result<Option<Check
             .get(message::REVISION)
             .and_then(|r| r.parse().ok())
             .map(Revision)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{name}: checkpoint commit {id} has no {} trailer",
-                    message::REVISION
-                )
+            .ok_or_else(|| CheckpointError::MissingTrailer {
+                name: name.clone(),
+                id,
+                trailer: message::REVISION,
             })?;
         let cluster = t
             .get(message::CLUSTER)
             .cloned()
             .map(ClusterId)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{name}: checkpoint commit {id} has no {} trailer",
-                    message::CLUSTER
-                )
+            .ok_or_else(|| CheckpointError::MissingTrailer {
+                name: name.clone(),
+                id,
+                trailer: message::CLUSTER,
             })?;
         let empty = git.is_empty_tree(info.tree);
         Ok(Some(Checkpoint {
@@ -203,15 +232,16 @@ pub async fn save(
     cluster: &ClusterId,
     base_tree: Option<ObjectId>,
     branch_commit: Option<ObjectId>,
-) -> anyhow::Result<ObjectId> {
-    let name = ref_name(area);
+    epoch: Option<Epoch>,
+) -> Result<ObjectId, CheckpointError> {
+    let name = super::refs::checkpoint_ref(&area.0);
     let msg = message::checkpoint_message(
         &Trailers {
             area,
             revision,
             cluster,
             node: &ctx.cfg.sync.node,
-            epoch: ctx.epoch(area),
+            epoch,
         },
         branch_commit.map(|c| c.to_string()).as_deref(),
     );
@@ -224,7 +254,10 @@ pub async fn save(
         let parents: Vec<ObjectId> = previous.into_iter().collect();
         let id = git.write_commit(tree, &parents, &msg, &author, super::now_unix())?;
         git.update_ref(&name, id, previous, "kvgit: checkpoint")
-            .with_context(|| format!("cannot move {name}"))?;
+            .map_err(|source| CheckpointError::Move {
+                name: name.clone(),
+                source,
+            })?;
         Ok(id)
     })
     .await

@@ -1,21 +1,25 @@
 //! `kvgit export`: one pass KV -> Git. From a checkpoint of the same cluster only the keys
 //! changed since it are read (cost follows the changes); otherwise a full pass by the rule.
 
+mod error;
+
+pub use error::ExportError;
+
 use super::changes::{self, Delta};
 use super::checkpoint::{self, Checkpoint, Judged};
 use super::decide::{base_after, Outcome, Sides};
 use super::message::{commit_message, Trailers};
+use super::ser;
 use super::view::{area_tree, read_area_lenient};
-use super::Context;
+use super::{Context, GitError};
 use crate::config::AreaConfig;
-use anyhow::Context as _;
 use gitstore::GitStore;
 use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::mapper::{self, Locator};
 use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
-use sync_core::{ClusterId, Key, Revision, Value};
+use sync_core::{ClusterId, Epoch, Key, Revision, Value};
 
 /// Full passes hold an area's keys and values in memory; the service runs one at a time.
 static FULL_PASSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
@@ -25,7 +29,8 @@ static FULL_PASSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1
 const PACK_THRESHOLD: usize = 64;
 
 /// How an export pass read the live side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PassKind {
     /// Watch events since the checkpoint.
     Incremental,
@@ -36,7 +41,7 @@ pub enum PassKind {
 }
 
 /// Why a pass started again from a full read instead of following the checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ResyncCause {
     /// The `reason` label of `kvgit_resyncs_total`.
     pub label: &'static str,
@@ -73,8 +78,17 @@ impl DeleteGuard {
     }
 }
 
+/// How an export pass writes: the guard it honours and the owner's epoch it stamps.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportOptions {
+    pub guard: DeleteGuard,
+    /// The epoch of the claim under which `serve` owns the area, from the very fence check
+    /// that allowed this commit (`Kvgit-Epoch`); None for the one-shot CLI.
+    pub epoch: Option<Epoch>,
+}
+
 /// A batch the guard held back: nothing committed, the checkpoint not moved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct HeldDeletes {
     pub deletes: usize,
     pub keys: usize,
@@ -102,13 +116,16 @@ impl std::fmt::Display for HeldDeletes {
 }
 
 /// What one area's export did.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct ExportReport {
     pub area: String,
     pub pass: PassKind,
+    #[serde(serialize_with = "ser::display_opt")]
     pub commit: Option<ObjectId>,
     pub changes: usize,
+    #[serde(serialize_with = "ser::revision")]
     pub revision: Revision,
+    #[serde(serialize_with = "ser::display_seq")]
     pub conflicts: Vec<Key>,
     pub pending_apply: usize,
     /// Set when the checkpoint could not be followed (compacted, or not trusted).
@@ -116,61 +133,55 @@ pub struct ExportReport {
     /// Set when the mass-delete guard held the batch back.
     pub held: Option<HeldDeletes>,
     /// The live changes of a held incremental batch, handed back so the caller keeps them.
+    #[serde(skip)]
     pub held_changes: BTreeMap<Key, Option<Value>>,
     /// Files of the area that map to no key, when the pass read the whole area (`None`
     /// when it did not look: an incremental pass reads only the changed paths).
     pub unmapped: Option<Vec<String>>,
 }
 
-pub async fn run(ctx: &Context, only: Option<&str>, allow_mass_delete: bool) -> anyhow::Result<u8> {
-    let areas = ctx.cfg.select_areas(only).map_err(anyhow::Error::msg)?;
+/// `kvgit export`: one pass over every selected area, in config order. An area the
+/// mass-delete guard held back is in the reports (see [`held_back`]); any other failure
+/// stops the pass, naming the area.
+pub async fn run(
+    ctx: &Context,
+    only: Option<&str>,
+    allow_mass_delete: bool,
+) -> Result<Vec<ExportReport>, ExportError> {
+    let areas = ctx
+        .cfg
+        .select_areas(only)
+        .map_err(ExportError::UnknownArea)?;
     let backend = ctx.backend().await?;
-    let cluster = backend
-        .cluster_id()
-        .await
-        .context("cannot read the cluster id")?;
-    let guard = DeleteGuard::from_config(&ctx.cfg, allow_mass_delete);
-    let mut held = Vec::new();
+    let cluster = backend.cluster_id().await.map_err(ExportError::ClusterId)?;
+    let opts = ExportOptions {
+        guard: DeleteGuard::from_config(&ctx.cfg, allow_mass_delete),
+        epoch: None,
+    };
+    let mut reports = Vec::with_capacity(areas.len());
     for area in areas {
-        let r = export_area(ctx, area, &cluster, guard)
+        let r = export_area(ctx, area, &cluster, opts)
             .await
-            .with_context(|| format!("area {}", area.name))?;
-        let what = match (&r.held, r.commit) {
-            (Some(_), _) => "held back".to_string(),
-            (None, Some(c)) => {
-                format!("committed {} ({} changes)", &c.to_string()[..12], r.changes)
-            }
-            (None, None) => "no changes".to_string(),
-        };
-        let pass = match r.pass {
-            PassKind::Incremental => "incremental",
-            PassKind::NoBase => "full, no base",
-            PassKind::Resync => "full resync, checkpoint compacted",
-        };
-        println!("{}: {what} up to revision {} ({pass})", r.area, r.revision);
-        if let Some(cause) = &r.resync {
-            println!("  resync: {}", cause.why);
-        }
-        for u in r.unmapped.iter().flatten() {
-            println!("  ? {u}; left as it is (rename or remove it)");
-        }
-        for k in &r.conflicts {
-            println!("  ! {k}: live and Git both changed; Git wins on the next apply");
-        }
-        if r.pending_apply > 0 {
-            println!(
-                "  {} keys differ where Git wins: run `kvgit apply`",
-                r.pending_apply
-            );
-        }
-        if let Some(h) = r.held {
-            held.push(format!("area {}: {h}", r.area));
-        }
+            .map_err(|e| ExportError::Area {
+                area: area.name.0.clone(),
+                source: Box::new(e),
+            })?;
+        reports.push(r);
     }
-    // Other areas are recorded; the held one fails the command, naming what to do.
-    match held.len() {
-        0 => Ok(0),
-        _ => anyhow::bail!("{}", held.join("; ")),
+    Ok(reports)
+}
+
+/// The error a pass ends with when the guard held an area back (other areas are recorded;
+/// the held one fails the command, naming what to do).
+pub fn held_back(reports: &[ExportReport]) -> Result<(), ExportError> {
+    let held: Vec<(String, HeldDeletes)> = reports
+        .iter()
+        .filter_map(|r| Some((r.area.clone(), r.held.clone()?)))
+        .collect();
+    if held.is_empty() {
+        Ok(())
+    } else {
+        Err(ExportError::HeldBack(held))
     }
 }
 
@@ -179,8 +190,8 @@ pub async fn export_area(
     ctx: &Context,
     area: &AreaConfig,
     cluster: &ClusterId,
-    guard: DeleteGuard,
-) -> anyhow::Result<ExportReport> {
+    opts: ExportOptions,
+) -> Result<ExportReport, ExportError> {
     let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
     let cp = checkpoint::load(ctx, &area.name).await?;
@@ -194,13 +205,13 @@ pub async fn export_area(
                 &area.prefix,
                 cp.revision.next(),
                 target,
-                ctx.cfg.backend.request_timeout,
+                ctx.cfg.backend.request_timeout(),
             )
             .await?;
             tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "live delta read");
             match delta {
                 Delta::Changes { upto, changes, .. } => {
-                    incremental(ctx, area, cluster, cp, upto, changes, guard).await
+                    incremental(ctx, area, cluster, cp, upto, changes, opts).await
                 }
                 Delta::Resync(reason) => {
                     tracing::warn!(area = %area.name, ?reason, "checkpoint history gone; resyncing");
@@ -213,7 +224,7 @@ pub async fn export_area(
                         ),
                     };
                     let mut r =
-                        full_pass(ctx, area, cluster, Some(cp), PassKind::Resync, guard).await?;
+                        full_pass(ctx, area, cluster, Some(cp), PassKind::Resync, opts).await?;
                     r.resync = Some(cause);
                     Ok(r)
                 }
@@ -225,11 +236,11 @@ pub async fn export_area(
                 label: why.label(),
                 why: why.to_string(),
             };
-            let mut r = full_pass(ctx, area, cluster, Some(cp), PassKind::NoBase, guard).await?;
+            let mut r = full_pass(ctx, area, cluster, Some(cp), PassKind::NoBase, opts).await?;
             r.resync = Some(cause);
             Ok(r)
         }
-        Judged::Missing => full_pass(ctx, area, cluster, None, PassKind::NoBase, guard).await,
+        Judged::Missing => full_pass(ctx, area, cluster, None, PassKind::NoBase, opts).await,
     }
 }
 
@@ -242,8 +253,9 @@ pub async fn incremental(
     cp: Checkpoint,
     upto: Revision,
     changes: BTreeMap<Key, Option<Value>>,
-    guard: DeleteGuard,
-) -> anyhow::Result<ExportReport> {
+    opts: ExportOptions,
+) -> Result<ExportReport, ExportError> {
+    let guard = opts.guard;
     warn_near_limit(
         area,
         ctx.backend().await?.write_limits(),
@@ -285,6 +297,7 @@ pub async fn incremental(
         upto,
         step,
         PassKind::Incremental,
+        opts.epoch,
     )
     .await
 }
@@ -297,10 +310,14 @@ pub async fn full_pass(
     cluster: &ClusterId,
     cp: Option<Checkpoint>,
     pass: PassKind,
-    guard: DeleteGuard,
-) -> anyhow::Result<ExportReport> {
+    opts: ExportOptions,
+) -> Result<ExportReport, ExportError> {
+    let guard = opts.guard;
     // One full pass at a time: each holds a whole area in memory.
-    let _permit = FULL_PASSES.acquire().await?;
+    let _permit = FULL_PASSES
+        .acquire()
+        .await
+        .expect("the full-pass semaphore is never closed");
     let backend = ctx.backend().await?;
     let snap = backend.snapshot(&area.prefix, None).await?;
     warn_near_limit(
@@ -315,7 +332,7 @@ pub async fn full_pass(
     let base_tree = cp.as_ref().and_then(|c| c.base_tree);
     let base_known = pass == PassKind::Resync;
     let step = ctx
-        .git_blocking(move |git| {
+        .git_blocking(move |git| -> Result<Step, ExportError> {
             let live: BTreeMap<Vec<u8>, Option<Value>> = snap
                 .entries
                 .into_iter()
@@ -324,7 +341,7 @@ pub async fn full_pass(
             let tip = git.tip()?;
             let desired_tree = area_tree(git, tip, &path)?;
             if desired_tree.is_none() && !base_known {
-                return first_export(git, tip, live);
+                return Ok(first_export(git, tip, live)?);
             }
             // A file that maps to no key is reported, not fatal: live changes keep
             // being recorded, and rewriting its directory keeps the file as it is.
@@ -343,7 +360,7 @@ pub async fn full_pass(
             }
             let sides = keys
                 .into_iter()
-                .map(|rel| -> anyhow::Result<(Vec<u8>, Sides)> {
+                .map(|rel| -> Result<(Vec<u8>, Sides), GitError> {
                     let s = Sides {
                         base: match &base {
                             None => Base::Unknown,
@@ -358,7 +375,7 @@ pub async fn full_pass(
                     };
                     Ok((rel.clone(), s))
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>, GitError>>()?;
             let base_start = if base_known { base_tree } else { None };
             let mut step = finish(git, rule, guard, tip, desired_tree, base_start, sides, live)?;
             step.unmapped = unmapped;
@@ -366,7 +383,10 @@ pub async fn full_pass(
         })
         .await?;
     let previous = cp;
-    record(ctx, area, cluster, previous, revision, step, pass).await
+    record(
+        ctx, area, cluster, previous, revision, step, pass, opts.epoch,
+    )
+    .await
 }
 
 /// The Git side of a pass, computed in one blocking step.
@@ -393,7 +413,7 @@ fn finish(
     base_tree: Option<ObjectId>,
     sides: Vec<(Vec<u8>, Sides)>,
     mut live: BTreeMap<Vec<u8>, Option<Value>>,
-) -> anyhow::Result<Step> {
+) -> Result<Step, GitError> {
     let mut outcome = Outcome::default();
     // What the base must become, as blob ids (values are only needed if it is written).
     let mut base_ids: BTreeMap<Vec<u8>, Option<ObjectId>> = BTreeMap::new();
@@ -487,7 +507,7 @@ fn first_export(
     git: &GitStore,
     tip: Option<ObjectId>,
     live: BTreeMap<Vec<u8>, Option<Value>>,
-) -> anyhow::Result<Step> {
+) -> Result<Step, GitError> {
     let changes = live.len();
     let plan: DirPlan<ObjectId, Value> =
         mapper::layout_all(live.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
@@ -513,7 +533,7 @@ pub fn write_changes(
     git: &GitStore,
     base: Option<&ObjectId>,
     changes: BTreeMap<Vec<u8>, Option<Value>>,
-) -> anyhow::Result<Option<ObjectId>> {
+) -> Result<Option<ObjectId>, GitError> {
     let big = changes.len() >= PACK_THRESHOLD;
     let plan: Option<DirPlan<ObjectId, Value>> = match base {
         None if changes.values().all(|v| v.is_some()) => {
@@ -534,6 +554,7 @@ pub fn write_changes(
 
 /// Commit the new area tree on the branch (compare-and-swap on the tip), then move the
 /// checkpoint. A crash between the two only repeats work that then commits nothing.
+#[allow(clippy::too_many_arguments)]
 async fn record(
     ctx: &Context,
     area: &AreaConfig,
@@ -542,7 +563,8 @@ async fn record(
     revision: Revision,
     step: Step,
     pass: PassKind,
-) -> anyhow::Result<ExportReport> {
+    epoch: Option<Epoch>,
+) -> Result<ExportReport, ExportError> {
     let rel_key = |rel: &Vec<u8>| {
         let mut k = area.prefix.clone();
         k.extend_from_slice(rel);
@@ -577,7 +599,7 @@ async fn record(
                 revision,
                 cluster,
                 node: &ctx.cfg.sync.node,
-                epoch: ctx.epoch(&area.name),
+                epoch,
             },
             step.changes,
             "",
@@ -586,7 +608,7 @@ async fn record(
         let (tip, new_area_tree) = (step.tip, step.new_area_tree);
         let branch = ctx.cfg.git.branch.clone();
         commit = Some(
-            ctx.git_blocking(move |git| {
+            ctx.git_blocking(move |git| -> Result<ObjectId, ExportError> {
                 let root = match tip {
                     Some(t) => Some(git.commit_info(t)?.tree),
                     None => None,
@@ -598,8 +620,11 @@ async fn record(
                 };
                 let parents: Vec<ObjectId> = tip.into_iter().collect();
                 let id = git.write_commit(new_root, &parents, &msg, &author, super::now_unix())?;
-                git.update_ref(&format!("refs/heads/{branch}"), id, tip, "kvgit: export")
-                    .with_context(|| format!("branch {branch} moved while exporting; run again"))?;
+                git.update_ref(git.branch_ref(), id, tip, "kvgit: export")
+                    .map_err(|source| ExportError::BranchMoved {
+                        branch: branch.clone(),
+                        source,
+                    })?;
                 Ok(id)
             })
             .await?,
@@ -617,6 +642,7 @@ async fn record(
             cluster,
             step.base_tree,
             commit.or(step.tip),
+            epoch,
         )
         .await?;
     }

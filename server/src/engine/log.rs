@@ -2,30 +2,76 @@
 //! found per commit through the mapper so renames such as `a` -> `a/%self` are followed.
 
 use super::view::area_tree;
-use super::Context;
-use anyhow::anyhow;
+use super::{ser, Context, GitError};
 use gitstore::ObjectId;
 use std::collections::{BTreeSet, BinaryHeap};
+use std::path::PathBuf;
 use sync_core::mapper::{self, Locator};
 
-pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> anyhow::Result<u8> {
-    let area = ctx.cfg.area_of_key(key.as_bytes()).ok_or_else(|| {
-        anyhow!(
-            "key {key:?} is under no configured area of {} (prefixes: {})",
-            ctx.cfg.source.display(),
-            ctx.cfg
+/// Why a key's history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("key {key:?} is under no configured area of {} (prefixes: {prefixes})", .config.display())]
+    NoArea {
+        key: String,
+        /// The config file, and its areas' prefixes: what to check.
+        config: PathBuf,
+        prefixes: String,
+    },
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+impl LogError {
+    /// Always false: a key outside every area, or a repository failure, needs a person.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// The commits that changed one key, newest first.
+#[derive(Debug, serde::Serialize)]
+pub struct KeyHistory {
+    pub key: String,
+    pub entries: Vec<LogEntry>,
+}
+
+/// One commit that changed the key.
+#[derive(Debug, serde::Serialize)]
+pub struct LogEntry {
+    #[serde(serialize_with = "ser::display")]
+    pub commit: ObjectId,
+    /// Commit time, seconds since the Unix epoch.
+    pub time: i64,
+    pub author_name: String,
+    pub author_email: String,
+    /// The value's size after the commit; None when the commit deleted the key.
+    pub size: Option<usize>,
+    /// The first line of the commit message.
+    pub summary: String,
+}
+
+/// `kvgit log KEY`: the commits that changed `key`, newest first, at most `limit`.
+pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> Result<KeyHistory, LogError> {
+    let area = ctx
+        .cfg
+        .area_of_key(key.as_bytes())
+        .ok_or_else(|| LogError::NoArea {
+            key: key.to_string(),
+            config: ctx.cfg.source.clone(),
+            prefixes: ctx
+                .cfg
                 .areas
                 .iter()
                 .map(|a| format!("{:?}", String::from_utf8_lossy(&a.prefix)))
                 .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
+                .join(", "),
+        })?;
     let rel = key.as_bytes()[area.prefix.len()..].to_vec();
     let path = area.path.clone();
     let limit = limit.unwrap_or(usize::MAX);
     let entries = ctx
-        .git_blocking(move |git| {
+        .git_blocking(move |git| -> Result<_, GitError> {
             let Some(tip) = git.tip()? else {
                 return Ok(Vec::new());
             };
@@ -56,33 +102,23 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> anyhow::Resu
                         Some(b) => Some(git.read_blob(b)?.len()),
                         None => None,
                     };
-                    out.push((info, size));
+                    out.push(LogEntry {
+                        commit: info.id,
+                        time: info.time,
+                        summary: info.message.lines().next().unwrap_or("").to_string(),
+                        author_name: info.author_name,
+                        author_email: info.author_email,
+                        size,
+                    });
                 }
             }
             Ok(out)
         })
         .await?;
-    if entries.is_empty() {
-        println!("{key}: no history in Git");
-        return Ok(0);
-    }
-    for (info, size) in entries {
-        let when = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.time.max(0) as u64),
-        );
-        let what = match size {
-            Some(n) => format!("{n} bytes"),
-            None => "deleted".to_string(),
-        };
-        let summary = info.message.lines().next().unwrap_or("");
-        println!(
-            "{} {when} {} <{}> {what}  {summary}",
-            &info.id.to_string()[..12],
-            info.author_name,
-            info.author_email
-        );
-    }
-    Ok(0)
+    Ok(KeyHistory {
+        key: key.to_string(),
+        entries,
+    })
 }
 
 fn blob_at(
@@ -90,7 +126,7 @@ fn blob_at(
     commit: Option<ObjectId>,
     path: &str,
     rel: &[u8],
-) -> anyhow::Result<Option<ObjectId>> {
+) -> Result<Option<ObjectId>, GitError> {
     let tree = area_tree(git, commit, path)?;
     Ok(mapper::lookup(
         git,

@@ -6,20 +6,62 @@ pub mod changes;
 pub mod checkpoint;
 pub mod decide;
 pub mod export;
+pub mod git;
 pub mod log;
 pub mod message;
+pub mod refs;
+mod ser;
 pub mod status;
 pub mod view;
 pub mod writer;
 
-use crate::config::{BackendKind, Config};
-use anyhow::Context as _;
-use backend_consul::{ConsulBackend, ConsulConfig};
-use backend_etcd::{EtcdBackend, EtcdConfig};
+use crate::config::{BackendConfig, Config};
+use backend_consul::ConsulBackend;
+use backend_etcd::EtcdBackend;
 use gitstore::{Author, GitStore};
+use std::path::PathBuf;
 use std::sync::Arc;
-use sync_core::{AreaName, Epoch, KvBackend};
+use sync_core::KvBackend;
 use tokio::sync::OnceCell;
+
+pub use git::GitError;
+
+/// Why the repository could not be opened, or the backend not connected: each names the
+/// setting to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("git.repo {}", .repo.display())]
+    Repo {
+        repo: PathBuf,
+        #[source]
+        source: gitstore::OpenError,
+    },
+    #[error("git task panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+    #[error("backend.endpoints {endpoints}")]
+    Etcd {
+        endpoints: String,
+        #[source]
+        source: backend_etcd::ConnectError,
+    },
+    #[error("backend.endpoints {endpoints}")]
+    Consul {
+        endpoints: String,
+        #[source]
+        source: backend_consul::ConnectError,
+    },
+}
+
+impl ConnectError {
+    /// Worth retrying later: the backend did not answer yet (the rest needs a config change).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConnectError::Etcd { source, .. } => source.is_retryable(),
+            ConnectError::Consul { source, .. } => source.is_retryable(),
+            ConnectError::Repo { .. } | ConnectError::Panicked(_) => false,
+        }
+    }
+}
 
 /// What every verb works with: the config, the repository, and (on first use) the backend.
 pub struct Context {
@@ -27,13 +69,10 @@ pub struct Context {
     git: Arc<GitStore>,
     /// Connected lazily so Git-only verbs (`log`) work while the backend is down.
     backend: OnceCell<Arc<dyn KvBackend>>,
-    /// Per area, the epoch of this node's claim while `serve` owns it; stamped on every
-    /// commit and checkpoint so a stale owner's work can be told apart.
-    epochs: std::sync::Mutex<std::collections::BTreeMap<AreaName, Epoch>>,
 }
 
 impl Context {
-    pub async fn connect(cfg: Config) -> anyhow::Result<Context> {
+    pub async fn connect(cfg: Config) -> Result<Context, ConnectError> {
         let repo = cfg.git.repo.clone();
         let branch = cfg.git.branch.clone();
         let timeout = cfg.git.timeout;
@@ -41,89 +80,59 @@ impl Context {
             GitStore::open_or_init(&repo, &branch).map(|g| g.with_network_timeout(timeout))
         })
         .await
-        .context("git task panicked")?
-        .with_context(|| format!("git.repo {}", cfg.git.repo.display()))?;
+        .map_err(ConnectError::Panicked)?
+        .map_err(|source| ConnectError::Repo {
+            repo: cfg.git.repo.clone(),
+            source,
+        })?;
         Ok(Context {
             cfg,
             git: Arc::new(git),
             backend: OnceCell::new(),
-            epochs: Default::default(),
         })
     }
 
     /// The backend, connected on first use.
-    pub async fn backend(&self) -> anyhow::Result<Arc<dyn KvBackend>> {
+    pub async fn backend(&self) -> Result<Arc<dyn KvBackend>, ConnectError> {
         self.backend
             .get_or_try_init(|| async {
                 let b = &self.cfg.backend;
-                match b.kind {
-                    BackendKind::Etcd => {
-                        let cfg = EtcdConfig {
-                            endpoints: b.endpoints.clone(),
-                            user: b.user.clone(),
-                            password: b.password.clone(),
-                            ca_file: b.ca_file.clone(),
-                            cert_file: b.cert_file.clone(),
-                            key_file: b.key_file.clone(),
-                            connect_timeout: b.connect_timeout,
-                            request_timeout: b.request_timeout,
-                            ..EtcdConfig::default()
-                        };
-                        let backend = EtcdBackend::connect(cfg).await.with_context(|| {
-                            format!("backend.endpoints {}", b.endpoints.join(","))
-                        })?;
-                        Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+                let endpoints = || b.endpoints().join(",");
+                Ok(match b {
+                    BackendConfig::Etcd(cfg) => {
+                        Arc::new(EtcdBackend::connect(cfg.clone()).await.map_err(|source| {
+                            ConnectError::Etcd {
+                                endpoints: endpoints(),
+                                source,
+                            }
+                        })?) as Arc<dyn KvBackend>
                     }
-                    BackendKind::Consul => {
-                        let cfg = ConsulConfig {
-                            endpoints: b.endpoints.clone(),
-                            token: b.token.clone(),
-                            datacenter: b.datacenter.clone(),
-                            connect_timeout: b.connect_timeout,
-                            request_timeout: b.request_timeout,
-                            ..ConsulConfig::default()
-                        };
-                        let backend = ConsulBackend::connect(cfg).await.with_context(|| {
-                            format!("backend.endpoints {}", b.endpoints.join(","))
-                        })?;
-                        Ok(Arc::new(backend) as Arc<dyn KvBackend>)
-                    }
-                }
+                    BackendConfig::Consul(cfg) => Arc::new(
+                        ConsulBackend::connect(cfg.clone())
+                            .await
+                            .map_err(|source| ConnectError::Consul {
+                                endpoints: endpoints(),
+                                source,
+                            })?,
+                    ),
+                })
             })
             .await
             .cloned()
     }
 
-    /// Run blocking Git work off the async threads.
-    pub async fn git_blocking<T, F>(&self, f: F) -> anyhow::Result<T>
+    /// Run blocking Git work off the async threads; the closure's error type is the
+    /// caller's (a panicked task becomes its [`GitError::Panicked`]).
+    pub async fn git_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&GitStore) -> anyhow::Result<T> + Send + 'static,
+        E: From<GitError> + Send + 'static,
+        F: FnOnce(&GitStore) -> Result<T, E> + Send + 'static,
     {
         let git = self.git.clone();
         tokio::task::spawn_blocking(move || f(&git))
             .await
-            .context("git task panicked")?
-    }
-
-    /// The epoch this node owns `area` under, if it does.
-    pub fn epoch(&self, area: &AreaName) -> Option<Epoch> {
-        self.epochs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(area)
-            .copied()
-    }
-
-    pub fn set_epoch(&self, area: &AreaName, epoch: Option<Epoch>) {
-        let mut epochs = self
-            .epochs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match epoch {
-            Some(e) => epochs.insert(area.clone(), e),
-            None => epochs.remove(area),
-        };
+            .map_err(|e| E::from(GitError::Panicked(e)))?
     }
 
     pub fn author(&self) -> Author {

@@ -1,67 +1,147 @@
 //! `kvgit status`: per area its mode, checkpoint, base commit, owner, pending events and
-//! drift, as a table or JSON (the same data `GET /status` serves).
+//! drift, as one document (rendered as a table or JSON by the CLI).
 
 use super::apply::plan_area;
-use super::changes::{self, Delta};
-use super::checkpoint::{self, Judged};
-use super::Context;
-use anyhow::Context as _;
-use serde_json::{json, Value as Json};
+use super::changes::{self, ChangesError, Delta};
+use super::checkpoint::{self, CheckpointError, Judged};
+use super::{ser, ConnectError, Context, GitError};
+use gitstore::ObjectId;
+use serde::Serialize;
+use sync_core::{BackendError, Revision};
 
-pub async fn run(ctx: &Context, as_json: bool) -> anyhow::Result<u8> {
-    let report = collect(ctx).await?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(0);
-    }
-    println!(
-        "{:<16} {:<10} {:>12} {:<14} {:<12} {:>8} {:>6} {:>8}",
-        "AREA", "MODE", "CHECKPOINT", "BASE COMMIT", "OWNER", "PENDING", "DRIFT", "TO APPLY"
-    );
-    for a in report["areas"].as_array().into_iter().flatten() {
-        let s = |v: &Json| match v {
-            Json::Null => "-".to_string(),
-            Json::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let commit = s(&a["base_commit"]);
-        println!(
-            "{:<16} {:<10} {:>12} {:<14} {:<12} {:>8} {:>6} {:>8}",
-            s(&a["area"]),
-            s(&a["mode"]),
-            s(&a["checkpoint"]["revision"]),
-            &commit[..commit.len().min(12)],
-            s(&a["owner"]),
-            s(&a["pending_events"]),
-            s(&a["drift"]),
-            s(&a["pending_apply"]),
-        );
-        if let Some(e) = a["error"].as_str() {
-            println!("  error: {e}");
+/// Why the status could not be read at all (one area's bad desired state is not this: it
+/// is that area's `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot read the cluster id")]
+    ClusterId(#[source] BackendError),
+    #[error("cannot read the area owners")]
+    Owners(#[source] BackendError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Changes(#[from] ChangesError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+impl StatusError {
+    /// Worth asking again later: the backend was unavailable or a watch stalled.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StatusError::Connect(e) => e.is_retryable(),
+            StatusError::ClusterId(e) | StatusError::Owners(e) | StatusError::Backend(e) => {
+                e.is_retryable()
+            }
+            StatusError::Checkpoint(e) => e.is_retryable(),
+            StatusError::Changes(e) => e.is_retryable(),
+            StatusError::Git(e) => e.is_retryable(),
         }
     }
-    Ok(0)
+}
+
+// Fields are in alphabetical order: the JSON lists them so (it always has).
+
+/// The status document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub areas: Vec<AreaStatus>,
+    pub backend: BackendStatus,
+    pub branch: String,
+    pub node: String,
+    #[serde(serialize_with = "ser::display_opt")]
+    pub tip: Option<ObjectId>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub cluster: String,
+    pub kind: &'static str,
+    #[serde(serialize_with = "ser::revision")]
+    pub revision: Revision,
+}
+
+/// One area; `error` is set (and drift and pending counts are not) when it cannot be planned.
+#[derive(Debug, Serialize)]
+pub struct AreaStatus {
+    pub area: String,
+    /// The branch commit the checkpoint was taken with.
+    pub base_commit: Option<String>,
+    pub checkpoint: Option<CheckpointStatus>,
+    pub drift: Option<usize>,
+    /// What stopped the area from being planned, its causes joined by ": ".
+    pub error: Option<String>,
+    pub mode: &'static str,
+    /// The `serve` node that owns the area, as its claim records it.
+    pub owner: Option<String>,
+    pub path: String,
+    pub pending_apply: Option<usize>,
+    /// Keys changed since the checkpoint (None without a trusted checkpoint).
+    pub pending_events: Option<Pending>,
+    pub pending_export: Option<usize>,
+    pub prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckpointStatus {
+    pub cluster: String,
+    #[serde(serialize_with = "ser::display")]
+    pub commit: ObjectId,
+    /// Why it cannot be the base, if it cannot.
+    pub distrust: Option<String>,
+    pub node: String,
+    #[serde(serialize_with = "ser::revision")]
+    pub revision: Revision,
+    pub same_cluster: bool,
+    pub trusted: bool,
+}
+
+/// The live changes since an area's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// This many keys changed (a key written many times counts once).
+    Keys(usize),
+    /// History since the checkpoint is gone (the label of the resync reason).
+    ResyncNeeded(&'static str),
+}
+
+impl std::fmt::Display for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pending::Keys(n) => write!(f, "{n}"),
+            Pending::ResyncNeeded(label) => write!(f, "resync needed ({label})"),
+        }
+    }
+}
+
+/// A count as a number, a resync as its sentence.
+impl Serialize for Pending {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pending::Keys(n) => s.serialize_u64(*n as u64),
+            Pending::ResyncNeeded(_) => s.collect_str(self),
+        }
+    }
 }
 
 /// The status document: one entry per area, each with what went wrong if anything did.
-pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
+pub async fn collect(ctx: &Context) -> Result<Status, StatusError> {
     let backend = ctx.backend().await?;
-    let cluster = backend
-        .cluster_id()
-        .await
-        .context("cannot read the cluster id")?;
+    let cluster = backend.cluster_id().await.map_err(StatusError::ClusterId)?;
     let current = backend.current_revision().await?;
-    let tip = ctx.git_blocking(|git| Ok(git.tip()?)).await?;
+    let tip = ctx
+        .git_blocking(|git| -> Result<_, GitError> { Ok(git.tip()?) })
+        .await?;
     // Owners as the running `serve` nodes recorded them (claims on their leases).
-    let owners_prefix = {
-        let mut p = ctx.cfg.sync.ownership_prefix.clone();
-        p.extend_from_slice(b"areas/");
-        p
-    };
+    let owners_prefix = crate::service::ownership::owners_prefix(&ctx.cfg.sync.ownership_prefix);
     let owners: std::collections::BTreeMap<Vec<u8>, String> = backend
         .claims(&owners_prefix)
         .await
-        .context("cannot read the area owners")?
+        .map_err(StatusError::Owners)?
         .into_iter()
         .map(|c| {
             let area = c.key.0[owners_prefix.len()..].to_vec();
@@ -74,61 +154,78 @@ pub async fn collect(ctx: &Context) -> anyhow::Result<Json> {
         async move {
             let cp = checkpoint::load(ctx, &area.name).await?;
             let judged = Judged::judge(cp.clone(), &area.name, cluster, current);
-            // Keys changed since the checkpoint (a key written many times counts once).
-            let pending = match judged.trusted() {
-                Some(c) => match changes::since(
-                    backend.as_ref(),
-                    &area.prefix,
-                    c.revision.next(),
-                    current,
-                    ctx.cfg.backend.request_timeout,
-                )
-                .await?
-                {
-                    Delta::Changes { changes, .. } => json!(changes.len()),
-                    Delta::Resync(r) => json!(format!("resync needed ({})", r.label())),
-                },
-                None => Json::Null,
+            let pending_events = match judged.trusted() {
+                Some(c) => Some(
+                    match changes::since(
+                        backend.as_ref(),
+                        &area.prefix,
+                        c.revision.next(),
+                        current,
+                        ctx.cfg.backend.request_timeout(),
+                    )
+                    .await?
+                    {
+                        Delta::Changes { changes, .. } => Pending::Keys(changes.len()),
+                        Delta::Resync(r) => Pending::ResyncNeeded(r.label()),
+                    },
+                ),
+                None => None,
             };
-            let mut entry = json!({
-                "area": area.name.0,
-                "mode": area.rule.mode.as_str(),
-                "prefix": String::from_utf8_lossy(&area.prefix),
-                "path": area.path,
-                "checkpoint": cp.as_ref().map(|c| json!({
-                    "revision": c.revision.0,
-                    "cluster": c.cluster.0,
-                    "same_cluster": &c.cluster == cluster,
-                    "trusted": judged.trusted().is_some(),
-                    "distrust": judged.distrust().map(ToString::to_string),
-                    "node": c.node,
-                    "commit": c.id.to_string(),
-                })),
-                "base_commit": cp.as_ref().and_then(|c| c.branch_commit.clone()),
-                "owner": owners.get(area.name.0.as_bytes()),
-                "pending_events": pending,
-                "drift": Json::Null,
-                "pending_apply": Json::Null,
-                "pending_export": Json::Null,
-                "error": Json::Null,
-            });
+            let mut entry = AreaStatus {
+                area: area.name.0.clone(),
+                base_commit: cp.as_ref().and_then(|c| c.branch_commit.clone()),
+                checkpoint: cp.as_ref().map(|c| CheckpointStatus {
+                    cluster: c.cluster.0.clone(),
+                    commit: c.id,
+                    distrust: judged.distrust().map(ToString::to_string),
+                    node: c.node.clone(),
+                    revision: c.revision,
+                    same_cluster: &c.cluster == cluster,
+                    trusted: judged.trusted().is_some(),
+                }),
+                drift: None,
+                error: None,
+                mode: area.rule.mode.as_str(),
+                owner: owners.get(area.name.0.as_bytes()).cloned(),
+                path: area.path.clone(),
+                pending_apply: None,
+                pending_events,
+                pending_export: None,
+                prefix: String::from_utf8_lossy(&area.prefix).into_owned(),
+            };
             match plan_area(ctx, area, tip, cluster, true).await {
                 Ok(plan) => {
-                    entry["drift"] = json!(plan.drift.len());
-                    entry["pending_apply"] = json!(plan.ops.len());
-                    entry["pending_export"] = json!(plan.pending_export);
+                    entry.drift = Some(plan.drift.len());
+                    entry.pending_apply = Some(plan.ops.len());
+                    entry.pending_export = Some(plan.pending_export);
                 }
-                Err(e) => entry["error"] = json!(format!("{e:#}")),
+                Err(e) => entry.error = Some(one_line(&e)),
             }
-            Ok::<_, anyhow::Error>(entry)
+            Ok::<_, StatusError>(entry)
         }
     }))
     .await?;
-    Ok(json!({
-        "node": ctx.cfg.sync.node,
-        "backend": { "kind": backend.kind(), "cluster": cluster.0, "revision": current.0 },
-        "branch": ctx.cfg.git.branch,
-        "tip": tip.map(|t| t.to_string()),
-        "areas": areas,
-    }))
+    Ok(Status {
+        areas,
+        backend: BackendStatus {
+            cluster: cluster.0,
+            kind: backend.kind(),
+            revision: current,
+        },
+        branch: ctx.cfg.git.branch.clone(),
+        node: ctx.cfg.sync.node.clone(),
+        tip,
+    })
+}
+
+/// An error and its causes on one line, joined by ": ".
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 use std::sync::Arc;
-use sync_core::{Key, KvBackend, Revision, TxnOutcome, WriteLimits, WriteOp};
+use sync_core::{BackendError, Key, KvBackend, Revision, TxnOutcome, WriteLimits, WriteOp};
 use tokio::sync::mpsc;
 
 /// Transactions in flight at once: more than raw etcd needs (8), since every op of ours also
@@ -81,19 +81,17 @@ pub fn chunk(ops: Vec<WriteOp>, limits: WriteLimits) -> Vec<Vec<WriteOp>> {
 }
 
 /// A producer of transactions (run on a blocking thread, e.g. reading values from Git)
-/// feeding the writers through a bounded queue, so reading overlaps writing.
-pub fn channel() -> (
-    mpsc::Sender<anyhow::Result<Vec<WriteOp>>>,
-    mpsc::Receiver<anyhow::Result<Vec<WriteOp>>>,
-) {
+/// feeding the writers through a bounded queue, so reading overlaps writing. A producer
+/// that fails drops its sender and reports its own error.
+pub fn channel() -> (mpsc::Sender<Vec<WriteOp>>, mpsc::Receiver<Vec<WriteOp>>) {
     mpsc::channel(QUEUE)
 }
 
 /// Write the transactions of `rx` as they come, `CONCURRENCY` in flight.
 pub async fn write_queue(
     backend: Arc<dyn KvBackend>,
-    rx: mpsc::Receiver<anyhow::Result<Vec<WriteOp>>>,
-) -> anyhow::Result<Written> {
+    rx: mpsc::Receiver<Vec<WriteOp>>,
+) -> Result<Written, BackendError> {
     let stream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     write_stream(backend, stream).await
@@ -103,22 +101,20 @@ pub async fn write_queue(
 /// written, and each transaction is atomic, so the store never holds half of one).
 async fn write_stream(
     backend: Arc<dyn KvBackend>,
-    chunks: impl futures::Stream<Item = anyhow::Result<Vec<WriteOp>>>,
-) -> anyhow::Result<Written> {
+    chunks: impl futures::Stream<Item = Vec<WriteOp>>,
+) -> Result<Written, BackendError> {
     let mut written = Written::default();
     let results = chunks
         .map(|c| {
             let backend = backend.clone();
             async move {
-                let c = c?;
                 let r = backend.write(&c).await;
-                Ok::<_, anyhow::Error>((c, r))
+                (c, r)
             }
         })
         .buffer_unordered(CONCURRENCY);
     let mut results = std::pin::pin!(results);
-    while let Some(next) = results.next().await {
-        let (chunk, result) = next?;
+    while let Some((chunk, result)) = results.next().await {
         match result? {
             TxnOutcome::Committed { revision } => {
                 written.ops += chunk.len();

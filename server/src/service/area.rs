@@ -8,7 +8,7 @@ use super::backoff::Backoff;
 use super::ownership::Grant;
 use super::Service;
 use crate::config::AreaConfig;
-use crate::engine::export::DeleteGuard;
+use crate::engine::export::{DeleteGuard, ExportOptions};
 use crate::engine::{checkpoint, export};
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -33,14 +33,17 @@ enum Stop {
 #[error("area {0}: not owned with a live lease; not committing (fenced)")]
 struct Fenced(String);
 
-/// The epoch to commit under, or `Fenced`; stamps it on the context for the commit.
-fn fence(svc: &Service, area: &AreaConfig) -> Result<sync_core::Epoch, Fenced> {
+/// How to export under the fence: the epoch its check passed goes into the commit and
+/// the checkpoint as it is, so the trailer always names the claim that allowed the commit.
+fn fence(svc: &Service, area: &AreaConfig) -> Result<ExportOptions, Fenced> {
     let epoch = svc
         .ownership
         .fence(&area.name.0)
         .ok_or_else(|| Fenced(area.name.0.clone()))?;
-    svc.ctx.set_epoch(&area.name, Some(epoch));
-    Ok(epoch)
+    Ok(ExportOptions {
+        guard: DeleteGuard::from_config(&svc.ctx.cfg, false),
+        epoch: Some(epoch),
+    })
 }
 
 /// How often the lag gauge is refreshed while a batch waits, and a progress-only
@@ -144,6 +147,9 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
                 let msg = format!("{e:#}");
                 let delay = backoff.next_delay();
                 tracing::warn!(area = %name, error = %msg, retry_in = ?delay, "area loop failed; retrying");
+                // Ask the backend now, so /readyz never names this failure before it says
+                // whether the backend is the one at fault.
+                super::health::probe(&svc).await;
                 svc.state.update(&name, |s| s.last_error = Some(msg));
                 if !pause(&shutdown, &mut grant, delay).await {
                     return;
@@ -201,11 +207,10 @@ async fn session(
     let name = area.name.0.as_str();
     let backend = svc.ctx.backend().await?;
     let cluster = backend.cluster_id().await?;
-    let guard = DeleteGuard::from_config(&svc.ctx.cfg, false);
     let report = {
         let _git = svc.git_lock.lock("catch-up").await;
-        fence(svc, area)?;
-        export::export_area(&svc.ctx, area, &cluster, guard).await?
+        let opts = fence(svc, area)?;
+        export::export_area(&svc.ctx, area, &cluster, opts).await?
     };
     if let Some(cause) = report.resync.as_ref().filter(|c| counted != Some(c.label)) {
         svc.metrics.resync(name, cause.label);
@@ -443,7 +448,7 @@ async fn flush(
     let name = area.name.0.as_str();
     let started = Instant::now();
     let _git = svc.git_lock.lock("commit").await;
-    fence(svc, area)?;
+    let opts = fence(svc, area)?;
     let cp = checkpoint::load(&svc.ctx, &area.name)
         .await?
         .filter(|c| &c.cluster == cluster)
@@ -455,9 +460,8 @@ async fn flush(
         return Err(Fenced(name.to_string()).into());
     }
     let changes = std::mem::take(&mut batch.changes);
-    let guard = DeleteGuard::from_config(&svc.ctx.cfg, false);
     let report =
-        export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes, guard).await?;
+        export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes, opts).await?;
     drop(_git);
     if let Some(held) = &report.held {
         batch.hold(report.held_changes, batch.upto);

@@ -34,7 +34,8 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
     }
 }
 
-async fn probe(svc: &Service) {
+/// Asks the backend for its revision, within the probe's deadline, and records the answer.
+pub async fn probe(svc: &Service) {
     let answer = tokio::time::timeout(PROBE_DEADLINE, async {
         let backend = svc.ctx.backend().await?;
         Ok::<_, anyhow::Error>(backend.current_revision().await?)

@@ -53,7 +53,7 @@ impl Service {
         let started = std::time::Instant::now();
         match self
             .ctx
-            .git_blocking(|git| Ok(git.repack_geometric()?))
+            .git_blocking(|git| -> anyhow::Result<_> { Ok(git.repack_geometric()?) })
             .await
         {
             Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),

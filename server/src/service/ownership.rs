@@ -53,6 +53,17 @@ fn trusted(ttl: Duration) -> Duration {
     ttl * 3 / 4
 }
 
+/// `<ownership_prefix>members/`: one record per live node, `members/<node>`.
+pub fn members_prefix(ownership_prefix: &[u8]) -> Vec<u8> {
+    [ownership_prefix, b"members/"].concat()
+}
+
+/// `<ownership_prefix>areas/`: one claim per owned area, `areas/<area>`, holding the owner's
+/// node name.
+pub fn owners_prefix(ownership_prefix: &[u8]) -> Vec<u8> {
+    [ownership_prefix, b"areas/"].concat()
+}
+
 impl Ownership {
     pub fn new(node: &str, prefix: &[u8], areas: &[AreaName]) -> Ownership {
         Ownership {
@@ -68,15 +79,13 @@ impl Ownership {
     }
 
     pub fn member_key(&self, node: &str) -> Key {
-        let mut k = self.prefix.clone();
-        k.extend_from_slice(b"members/");
+        let mut k = members_prefix(&self.prefix);
         k.extend_from_slice(node.as_bytes());
         Key(k)
     }
 
     pub fn owner_key(&self, area: &str) -> Key {
-        let mut k = self.prefix.clone();
-        k.extend_from_slice(b"areas/");
+        let mut k = owners_prefix(&self.prefix);
         k.extend_from_slice(area.as_bytes());
         Key(k)
     }
@@ -199,12 +208,11 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
     }
 }
 
-/// What the rest of the service reads: `kvgit_area_owner` and the epoch stamped on commits.
+/// What the rest of the service reads: `kvgit_area_owner`. (The epoch stamped on a commit
+/// is the one the committer's own fence check returned, never a value published here.)
 fn publish(svc: &Service, areas: &[String]) {
     for a in areas {
-        let fence = svc.ownership.fence(a);
-        svc.metrics.owner(a, fence.is_some());
-        svc.ctx.set_epoch(&AreaName(a.clone()), fence);
+        svc.metrics.owner(a, svc.ownership.fence(a).is_some());
     }
 }
 

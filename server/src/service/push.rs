@@ -3,7 +3,7 @@
 //! never conflicts) and pushes again. Never forced; an unreachable remote only delays.
 
 use super::Service;
-use crate::engine::message;
+use crate::engine::{message, refs};
 use anyhow::{anyhow, Context as _};
 use gitstore::{GitStore, ObjectId, PushOutcome};
 use std::collections::BTreeSet;
@@ -72,7 +72,7 @@ async fn push_once(svc: &Arc<Service>) -> anyhow::Result<bool> {
         // go with the next one.
         let outcome = svc
             .ctx
-            .git_blocking(move |git| {
+            .git_blocking(move |git| -> anyhow::Result<_> {
                 let outcome = git.push(&url, &updates)?;
                 if matches!(outcome, PushOutcome::Pushed) {
                     // Remember what the remote has now, so an idle service pushes nothing.
@@ -112,12 +112,12 @@ async fn pending_updates(
             let mut pending_areas = Vec::new();
             if let Some(tip) = git.tip()? {
                 if git.read_ref(&gitstore::tracking_ref(&branch))? != Some(tip) {
-                    updates.push((tip, format!("refs/heads/{branch}")));
+                    updates.push((tip, git.branch_ref().to_owned()));
                 }
             }
             for name in areas {
-                let local = format!("refs/kvgit/checkpoints/{name}");
-                let theirs = format!("refs/remotes/kvgit-meta/checkpoints/{name}");
+                let local = refs::checkpoint_ref(&name);
+                let theirs = refs::remote_checkpoint_ref(&name);
                 if let Some(id) = git.read_ref(&local)? {
                     if git.read_ref(&theirs)? != Some(id) {
                         updates.push((id, local));
@@ -177,11 +177,11 @@ async fn integrate(svc: &Arc<Service>, at_start: bool) -> anyhow::Result<()> {
     let _git = svc.git_lock.lock("integrate").await;
     let dropped = svc
         .ctx
-        .git_blocking(move |git| {
+        .git_blocking(move |git| -> anyhow::Result<_> {
             let mut fenced: BTreeSet<String> = BTreeSet::new();
             for (name, _, fence) in &areas {
-                let local_ref = format!("refs/kvgit/checkpoints/{name}");
-                let remote_ref = format!("refs/remotes/kvgit-meta/checkpoints/{name}");
+                let local_ref = refs::checkpoint_ref(name);
+                let remote_ref = refs::remote_checkpoint_ref(name);
                 let local = git.read_ref(&local_ref)?;
                 let remote_cp = git.read_ref(&remote_ref)?;
                 if local == remote_cp {
@@ -252,7 +252,7 @@ async fn integrate(svc: &Arc<Service>, at_start: bool) -> anyhow::Result<()> {
             };
             if Some(new_tip) != ours {
                 git.update_ref(
-                    &format!("refs/heads/{branch}"),
+                    git.branch_ref(),
                     new_tip,
                     ours,
                     "kvgit: bring in the remote",
@@ -281,8 +281,8 @@ pub async fn area_pushed(svc: &Arc<Service>, area: &str) -> anyhow::Result<bool>
     if svc.ctx.cfg.git.remote.is_none() {
         return Ok(true);
     }
-    let local = format!("refs/kvgit/checkpoints/{area}");
-    let theirs = format!("refs/remotes/kvgit-meta/checkpoints/{area}");
+    let local = refs::checkpoint_ref(area);
+    let theirs = refs::remote_checkpoint_ref(area);
     svc.ctx
         .git_blocking(move |git| Ok(git.read_ref(&local)? == git.read_ref(&theirs)?))
         .await
@@ -309,10 +309,8 @@ fn area_dirs(c: &gitstore::CommitInfo, areas: &[(String, String)]) -> Result<Vec
 /// After a push, our tracking refs say what the remote now holds.
 fn note_pushed(git: &GitStore, branch: &str, updates: &[(ObjectId, String)]) -> anyhow::Result<()> {
     for (id, remote_ref) in updates {
-        let tracking = match remote_ref.strip_prefix("refs/kvgit/") {
-            Some(rest) => format!("refs/remotes/kvgit-meta/{rest}"),
-            None => gitstore::tracking_ref(branch),
-        };
+        let tracking = gitstore::meta_tracking_ref(remote_ref)
+            .unwrap_or_else(|| gitstore::tracking_ref(branch));
         let current = git.read_ref(&tracking)?;
         if current != Some(*id) {
             git.update_ref(&tracking, *id, current, "kvgit: pushed")?;

@@ -5,7 +5,7 @@
 //! tip changes: retrying the same commit would only refuse again.
 
 use super::Service;
-use crate::engine::apply::{self, plan_area, AreaPlan, MassDeleteRefused, OpKind};
+use crate::engine::apply::{self, plan_area, AreaPlan, OpKind};
 use crate::engine::checkpoint::Judged;
 use crate::engine::{checkpoint, export};
 use anyhow::Context as _;
@@ -69,10 +69,11 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
     let mut plans: Vec<AreaPlan> = Vec::new();
     for area in &areas {
         let name = area.name.0.clone();
-        // Only the owner applies: it is the one moving the area's checkpoint.
-        if svc.ownership.fence(&name).is_none() {
+        // Only the owner applies: it is the one moving the area's checkpoint, under the
+        // epoch this check passed.
+        let Some(epoch) = svc.ownership.fence(&name) else {
             continue;
-        }
+        };
         // Apply on top of what the batcher has committed, never before its first catch-up.
         let cp = match checkpoint::load(ctx, &area.name).await {
             Ok(Some(cp)) => cp,
@@ -96,7 +97,8 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
             continue;
         }
         match plan_area(ctx, area, tip, &cluster, false).await {
-            Ok(plan) => {
+            Ok(mut plan) => {
+                plan.epoch = Some(epoch);
                 memory.refused.remove(&name);
                 svc.state.update(&name, |s| {
                     s.refused = None;
@@ -104,7 +106,7 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
                 });
                 plans.push(plan);
             }
-            Err(e) if e.downcast_ref::<MassDeleteRefused>().is_some() => {
+            Err(e @ apply::ApplyError::MassDelete(_)) => {
                 let msg = format!("{e:#}");
                 tracing::error!(area = %name, error = %msg, "apply refused");
                 svc.metrics.refused(&name, true);
@@ -182,7 +184,10 @@ async fn correct_kv_to_git(
     let tip = apply::target_commit(ctx, None).await?;
     for area in ctx.cfg.areas.iter().filter(|a| !a.rule.mode.applies_git()) {
         let name = area.name.0.clone();
-        if svc.ownership.fence(&name).is_none() || !svc.state.caught_up(&name) {
+        let Some(epoch) = svc.ownership.fence(&name) else {
+            continue;
+        };
+        if !svc.state.caught_up(&name) {
             continue;
         }
         let current = ctx.backend().await?.current_revision().await?;
@@ -201,16 +206,13 @@ async fn correct_kv_to_git(
             .git_blocking(move |git| crate::engine::view::area_tree(git, tip, &path))
             .await?;
         if current != cp.base_tree {
-            let guard = export::DeleteGuard::from_config(&ctx.cfg, false);
-            let report = export::full_pass(
-                ctx,
-                area,
-                cluster,
-                Some(cp),
-                export::PassKind::Resync,
-                guard,
-            )
-            .await?;
+            let opts = export::ExportOptions {
+                guard: export::DeleteGuard::from_config(&ctx.cfg, false),
+                epoch: Some(epoch),
+            };
+            let report =
+                export::full_pass(ctx, area, cluster, Some(cp), export::PassKind::Resync, opts)
+                    .await?;
             if let Some(c) = report.commit {
                 tracing::info!(area = %name, commit = %c, changes = report.changes, "Git edits of a kv-to-git area reverted to the live values");
             }
