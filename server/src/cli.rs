@@ -101,7 +101,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         .context("cannot start")?;
     let out = &mut std::io::stdout();
     match cli.command {
-        Command::Serve => crate::service::run(ctx).await,
+        Command::Serve => {
+            let listen = ctx.cfg.server.listen.clone();
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("server.listen {listen}: cannot listen"))?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::service::on_signals(shutdown.clone()));
+            Ok(crate::service::run(ctx, listener, shutdown).await)
+        }
         Command::Export {
             area,
             allow_mass_delete,

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod engine;
+mod errors;
 mod render;
 mod service;
 
@@ -33,14 +34,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line per cause chain, so the culprit is named on the first line.
-            let mut msg = format!("kvgit: {e}");
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    msg.push_str(&format!(": {c}"));
-                }
-            }
-            eprintln!("{msg}");
+            eprintln!("kvgit: {}", errors::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

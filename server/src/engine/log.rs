@@ -22,13 +22,6 @@ pub enum LogError {
     Git(#[from] GitError),
 }
 
-impl LogError {
-    /// Always false: a key outside every area, or a repository failure, needs a person.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
-
 /// The commits that changed one key, newest first.
 #[derive(Debug, serde::Serialize)]
 pub struct KeyHistory {

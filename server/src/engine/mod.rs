@@ -92,6 +92,18 @@ impl Context {
         })
     }
 
+    /// This context with `backend` already connected (in-process tests hand a
+    /// `MemoryBackend` in; the config's `[backend]` is then not used).
+    #[cfg(test)]
+    pub fn with_backend(self, backend: Arc<dyn KvBackend>) -> Context {
+        let cell = OnceCell::new();
+        let _ = cell.set(backend);
+        Context {
+            backend: cell,
+            ..self
+        }
+    }
+
     /// The backend, connected on first use.
     pub async fn backend(&self) -> Result<Arc<dyn KvBackend>, ConnectError> {
         self.backend

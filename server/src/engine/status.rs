@@ -29,21 +29,6 @@ pub enum StatusError {
     Git(#[from] GitError),
 }
 
-impl StatusError {
-    /// Worth asking again later: the backend was unavailable or a watch stalled.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            StatusError::Connect(e) => e.is_retryable(),
-            StatusError::ClusterId(e) | StatusError::Owners(e) | StatusError::Backend(e) => {
-                e.is_retryable()
-            }
-            StatusError::Checkpoint(e) => e.is_retryable(),
-            StatusError::Changes(e) => e.is_retryable(),
-            StatusError::Git(e) => e.is_retryable(),
-        }
-    }
-}
-
 // Fields are in alphabetical order: the JSON lists them so (it always has).
 
 /// The status document.

@@ -5,16 +5,25 @@
 //! loop and the pusher never race on the branch or the checkpoint refs.
 
 use super::backoff::Backoff;
-use super::ownership::Grant;
-use super::Service;
+use super::gitlock::GitLock;
+use super::health::HealthCtx;
+use super::integrate::{IntegrateError, Integrator};
+use super::metrics::Metrics;
+use super::ownership::{Grant, Ownership};
+use super::state::ServiceState;
+use super::Repacker;
 use crate::config::AreaConfig;
 use crate::engine::export::{DeleteGuard, ExportOptions};
 use crate::engine::{checkpoint, export};
+use crate::engine::{ConnectError, Context};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_core::{ChangeKind, ClusterId, Key, ResyncReason, Revision, Value, WatchEvent};
+use sync_core::{
+    BackendError, ChangeKind, ClusterId, Key, ResyncReason, Revision, Value, WatchEvent,
+};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Why a watch session ended without an error.
@@ -28,20 +37,69 @@ enum Stop {
     Released,
 }
 
-/// Committing was refused because this node's ownership of the area is not surely alive.
+/// Why an area session ended with an error. `Fenced` is not a failure: the area is no
+/// longer surely ours, and whoever owns it commits from the checkpoint.
 #[derive(Debug, thiserror::Error)]
-#[error("area {0}: not owned with a live lease; not committing (fenced)")]
-struct Fenced(String);
+pub enum AreaError {
+    #[error("area {0}: not owned with a live lease; not committing (fenced)")]
+    Fenced(String),
+    #[error("area {area}: checkpoint vanished or changed cluster; resyncing")]
+    CheckpointGone { area: String },
+    #[error("{backend} watch of {area} ended")]
+    WatchEnded { backend: &'static str, area: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("fetch before taking the area over")]
+    Integrate(#[from] IntegrateError),
+}
+
+impl AreaError {
+    /// Worth the normal backoff (the backend or the remote may be back soon); anything else
+    /// (a broken repository, a full disk) waits the longest backoff between tries.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AreaError::Fenced(_) | AreaError::CheckpointGone { .. } => true,
+            AreaError::WatchEnded { .. } => true,
+            AreaError::Connect(e) => e.is_retryable(),
+            AreaError::Backend(e) => e.is_retryable(),
+            AreaError::Export(e) => e.is_retryable(),
+            AreaError::Checkpoint(e) => e.is_retryable(),
+            AreaError::Integrate(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// What an area task needs.
+#[derive(Clone)]
+pub struct AreaCtx {
+    pub engine: Arc<Context>,
+    pub git_lock: Arc<GitLock>,
+    pub ownership: Arc<Ownership>,
+    pub state: Arc<ServiceState>,
+    pub metrics: Arc<Metrics>,
+    /// Poked after a catch-up: an area applying Git needs its first apply now.
+    pub trigger: Arc<Notify>,
+    pub repack: Arc<Repacker>,
+    pub integrate: Integrator,
+    /// For asking the backend, when the session fails, whether it is the one at fault.
+    pub health: HealthCtx,
+}
 
 /// How to export under the fence: the epoch its check passed goes into the commit and
 /// the checkpoint as it is, so the trailer always names the claim that allowed the commit.
-fn fence(svc: &Service, area: &AreaConfig) -> Result<ExportOptions, Fenced> {
-    let epoch = svc
+fn fence(ctx: &AreaCtx, area: &AreaConfig) -> Result<ExportOptions, AreaError> {
+    let epoch = ctx
         .ownership
         .fence(&area.name.0)
-        .ok_or_else(|| Fenced(area.name.0.clone()))?;
+        .ok_or_else(|| AreaError::Fenced(area.name.0.clone()))?;
     Ok(ExportOptions {
-        guard: DeleteGuard::from_config(&svc.ctx.cfg, false),
+        guard: DeleteGuard::from_config(&ctx.engine.cfg, false),
         epoch: Some(epoch),
     })
 }
@@ -51,15 +109,18 @@ fn fence(svc: &Service, area: &AreaConfig) -> Result<ExportOptions, Fenced> {
 const LAG_TICK: Duration = Duration::from_secs(1);
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 
+/// How long to wait before trying again after an error that needs a person to fix.
+const FIX_RETRY: Duration = Duration::from_secs(10);
+
 /// A session that asks for a resync sooner than this after it started counts as a repeat:
 /// the next one waits longer, so a backend that keeps forcing resyncs is not hammered.
 const RESYNC_QUIET: Duration = Duration::from_secs(30);
 
-pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToken) {
+pub async fn run(ctx: AreaCtx, area: AreaConfig, shutdown: CancellationToken) {
     let name = area.name.0.clone();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut resync_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let Some(mut grant) = svc.ownership.subscribe(&name) else {
+    let Some(mut grant) = ctx.ownership.subscribe(&name) else {
         return;
     };
     let mut first = true;
@@ -81,8 +142,8 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
                 // buffered here, so let go at once; the next owner commits from the
                 // checkpoint whatever was not committed.
                 Grant::HandOver(_) => {
-                    stopped(&svc, &name);
-                    svc.ownership.released(&name);
+                    stopped(&ctx, &name);
+                    ctx.ownership.released(&name);
                 }
                 Grant::NotOwned | Grant::Released(_) => {}
             }
@@ -92,7 +153,7 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
             }
         }
         if !first {
-            svc.metrics.watch_restart();
+            ctx.metrics.watch_restart();
         }
         first = false;
         let epoch = grant.borrow().epoch();
@@ -100,34 +161,34 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
         let fetched = if epoch == started_under {
             Ok(())
         } else {
-            start_from_remote(&svc).await
+            start_from_remote(&ctx).await
         };
         let outcome = match fetched {
             Ok(()) => {
                 started_under = epoch;
-                session(&svc, &area, &shutdown, &mut grant, watch_resync.take()).await
+                session(&ctx, &area, &shutdown, &mut grant, watch_resync.take()).await
             }
             Err(e) => Err(e),
         };
         let outcome = match outcome {
-            Err(e) if e.downcast_ref::<Fenced>().is_some() => Ok(Stop::Lost),
+            Err(AreaError::Fenced(_)) => Ok(Stop::Lost),
             other => other,
         };
         match outcome {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Lost) => {
                 tracing::warn!(area = %name, "area lost: uncommitted events are left to its owner");
-                stopped(&svc, &name);
+                stopped(&ctx, &name);
             }
             Ok(Stop::Released) => {
-                stopped(&svc, &name);
-                svc.ownership.released(&name);
+                stopped(&ctx, &name);
+                ctx.ownership.released(&name);
             }
             Ok(Stop::Resync(reason)) => {
-                svc.metrics.resync(&name, reason.label());
+                ctx.metrics.resync(&name, reason.label());
                 watch_resync = Some(reason.label());
                 let why = format!("the watch asked for a resync ({})", reason.label());
-                svc.state.update(&name, |s| {
+                ctx.state.update(&name, |s| {
                     s.resyncs += 1;
                     s.last_resync = Some(why.clone());
                 });
@@ -144,13 +205,20 @@ pub async fn run(svc: Arc<Service>, area: AreaConfig, shutdown: CancellationToke
                 }
             }
             Err(e) => {
-                let msg = format!("{e:#}");
-                let delay = backoff.next_delay();
-                tracing::warn!(area = %name, error = %msg, retry_in = ?delay, "area loop failed; retrying");
+                let msg = crate::errors::chain(&e);
+                // A failure the error itself calls passing (backend, remote) takes the normal
+                // backoff; one that needs a person (a broken repository, a full disk) is
+                // tried again at the longest interval, not hammered.
+                let delay = if e.is_retryable() {
+                    backoff.next_delay()
+                } else {
+                    FIX_RETRY
+                };
+                tracing::warn!(area = %name, error = %msg, retryable = e.is_retryable(), retry_in = ?delay, "area loop failed; retrying");
                 // Ask the backend now, so /readyz never names this failure before it says
                 // whether the backend is the one at fault.
-                super::health::probe(&svc).await;
-                svc.state.update(&name, |s| s.last_error = Some(msg));
+                super::health::probe(&ctx.health).await;
+                ctx.state.update(&name, |s| s.last_error = Some(msg));
                 if !pause(&shutdown, &mut grant, delay).await {
                     return;
                 }
@@ -174,9 +242,9 @@ async fn pause(
 }
 
 /// The area is not being followed here any more.
-fn stopped(svc: &Service, name: &str) {
-    svc.metrics.lag(name, 0.0);
-    svc.state.update(name, |s| {
+fn stopped(ctx: &AreaCtx, name: &str) {
+    ctx.metrics.lag(name, 0.0);
+    ctx.state.update(name, |s| {
         s.caught_up = false;
         s.ready = false;
         s.applied_once = false;
@@ -188,43 +256,43 @@ fn stopped(svc: &Service, name: &str) {
 
 /// A new owner starts from the remote's newest checkpoint of the area, so the events the
 /// previous owner committed are not committed twice and the ones it did not are not lost.
-async fn start_from_remote(svc: &Arc<Service>) -> anyhow::Result<()> {
-    if svc.ctx.cfg.git.remote.is_none() {
+async fn start_from_remote(ctx: &AreaCtx) -> Result<(), AreaError> {
+    if ctx.engine.cfg.git.remote.is_none() {
         return Ok(());
     }
-    super::push::integrate_remote(svc).await
+    Ok(ctx.integrate.remote().await?)
 }
 
 /// Catch up, then follow the watch until shutdown, a resync, a change of ownership, or an
 /// error.
 async fn session(
-    svc: &Arc<Service>,
+    ctx: &AreaCtx,
     area: &AreaConfig,
     shutdown: &CancellationToken,
     grant: &mut tokio::sync::watch::Receiver<Grant>,
     counted: Option<&'static str>,
-) -> anyhow::Result<Stop> {
+) -> Result<Stop, AreaError> {
     let name = area.name.0.as_str();
-    let backend = svc.ctx.backend().await?;
+    let backend = ctx.engine.backend().await?;
     let cluster = backend.cluster_id().await?;
     let report = {
-        let _git = svc.git_lock.lock("catch-up").await;
-        let opts = fence(svc, area)?;
-        export::export_area(&svc.ctx, area, &cluster, opts).await?
+        let _git = ctx.git_lock.lock("catch-up").await;
+        let opts = fence(ctx, area)?;
+        export::export_area(&ctx.engine, area, &cluster, opts).await?
     };
     if let Some(cause) = report.resync.as_ref().filter(|c| counted != Some(c.label)) {
-        svc.metrics.resync(name, cause.label);
-        svc.state.update(name, |s| {
+        ctx.metrics.resync(name, cause.label);
+        ctx.state.update(name, |s| {
             s.resyncs += 1;
             s.last_resync = Some(cause.why.clone());
         });
     }
-    note_commit(svc, name, &report);
-    let cp = checkpoint::load(&svc.ctx, &area.name).await?;
+    note_commit(ctx, name, &report);
+    let cp = checkpoint::load(&ctx.engine, &area.name).await?;
     let from = cp.as_ref().map_or(report.revision, |c| c.revision);
     let applies_git = area.rule.mode.applies_git();
-    let node = svc.ctx.cfg.sync.node.clone();
-    svc.state.update(name, |s| {
+    let node = ctx.engine.cfg.sync.node.clone();
+    ctx.state.update(name, |s| {
         s.owner = Some(node);
         s.owned_here = true;
         s.caught_up = true;
@@ -236,7 +304,7 @@ async fn session(
         s.ready = s.ready || !applies_git;
     });
     if applies_git {
-        svc.trigger.notify_one();
+        ctx.trigger.notify_one();
     }
     let mut batch = Batch::new(name, from);
     // A catch-up held back by the mass-delete guard becomes the pending batch: it is
@@ -244,15 +312,15 @@ async fn session(
     let watch_from = match report.held {
         Some(held) => {
             batch.hold(report.held_changes, report.revision);
-            note_held(svc, name, Some(&held));
-            svc.state.update(name, |s| {
+            note_held(ctx, name, Some(&held));
+            ctx.state.update(name, |s| {
                 s.pending_events = batch.events as u64;
                 s.oldest_pending = batch.first_at;
             });
             report.revision
         }
         None => {
-            note_held(svc, name, None);
+            note_held(ctx, name, None);
             from
         }
     };
@@ -260,11 +328,11 @@ async fn session(
     let mut last_checkpoint = Instant::now();
     let mut tick = tokio::time::interval(LAG_TICK);
     loop {
-        let deadline = batch.deadline(svc.ctx.cfg.sync.batch_window);
+        let deadline = batch.deadline(ctx.engine.cfg.sync.batch_window);
         tokio::select! {
             _ = shutdown.cancelled() => {
-                drain(svc, &backend, &mut stream, &mut batch).await;
-                flush(svc, area, &cluster, &mut batch).await?;
+                drain(ctx, &backend, &mut stream, &mut batch).await;
+                flush(ctx, area, &cluster, &mut batch).await?;
                 return Ok(Stop::Shutdown);
             }
             changed = grant.changed() => {
@@ -275,36 +343,41 @@ async fn session(
                 match now {
                     Grant::Owned(_) => {}
                     Grant::HandOver(_) => {
-                        drain(svc, &backend, &mut stream, &mut batch).await;
-                        flush(svc, area, &cluster, &mut batch).await?;
+                        drain(ctx, &backend, &mut stream, &mut batch).await;
+                        flush(ctx, area, &cluster, &mut batch).await?;
                         return Ok(Stop::Released);
                     }
                     Grant::NotOwned | Grant::Released(_) => return Ok(Stop::Lost),
                 }
             }
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
-                flush(svc, area, &cluster, &mut batch).await?;
+                flush(ctx, area, &cluster, &mut batch).await?;
                 last_checkpoint = Instant::now();
             }
             _ = tick.tick() => {
                 let lag = batch.first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
-                svc.metrics.lag(name, lag);
+                ctx.metrics.lag(name, lag);
             }
             event = stream.next() => match event {
-                None => anyhow::bail!("{} watch of {name} ended", backend.kind()),
+                None => {
+                    return Err(AreaError::WatchEnded {
+                        backend: backend.kind(),
+                        area: name.to_string(),
+                    })
+                }
                 Some(Err(e)) => {
-                    flush(svc, area, &cluster, &mut batch).await?;
+                    flush(ctx, area, &cluster, &mut batch).await?;
                     return Err(e.into());
                 }
                 Some(Ok(WatchEvent::ResyncNeeded(reason))) => {
-                    flush(svc, area, &cluster, &mut batch).await?;
+                    flush(ctx, area, &cluster, &mut batch).await?;
                     return Ok(Stop::Resync(reason));
                 }
                 Some(Ok(WatchEvent::Progress { revision })) => {
                     if batch.is_empty() && revision > batch.upto {
                         batch.upto = revision;
                         if last_checkpoint.elapsed() >= IDLE_CHECKPOINT {
-                            flush(svc, area, &cluster, &mut batch).await?;
+                            flush(ctx, area, &cluster, &mut batch).await?;
                             last_checkpoint = Instant::now();
                         }
                     }
@@ -312,16 +385,16 @@ async fn session(
                 Some(Ok(WatchEvent::Changes { revision, changes })) => {
                     for c in changes {
                         let deleted = matches!(c.kind, ChangeKind::Delete);
-                        svc.metrics.event(name, deleted);
+                        ctx.metrics.event(name, deleted);
                         batch.add(c.key, match c.kind { ChangeKind::Put(v) => Some(v), ChangeKind::Delete => None });
                     }
                     batch.upto = batch.upto.max(revision);
-                    svc.state.update(name, |s| {
+                    ctx.state.update(name, |s| {
                         s.pending_events = batch.events as u64;
                         s.oldest_pending = batch.first_at;
                     });
-                    if batch.events >= svc.ctx.cfg.sync.batch_max && batch.may_retry() {
-                        flush(svc, area, &cluster, &mut batch).await?;
+                    if batch.events >= ctx.engine.cfg.sync.batch_max && batch.may_retry() {
+                        flush(ctx, area, &cluster, &mut batch).await?;
                         last_checkpoint = Instant::now();
                     }
                 }
@@ -339,7 +412,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 /// At shutdown: take in every event up to the store's current revision (writes the store
 /// acknowledged before we stopped), so a clean exit leaves nothing for the next start.
 async fn drain(
-    svc: &Service,
+    ctx: &AreaCtx,
     backend: &Arc<dyn sync_core::KvBackend>,
     stream: &mut sync_core::WatchStream,
     batch: &mut Batch,
@@ -353,7 +426,7 @@ async fn drain(
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(WatchEvent::Changes { revision, changes }))) => {
                 for c in changes {
-                    svc.metrics
+                    ctx.metrics
                         .event(&name, matches!(c.kind, ChangeKind::Delete));
                     batch.add(
                         c.key,
@@ -437,54 +510,54 @@ impl Batch {
 /// Commit the batch (one commit for the area, or none when the tree does not change) and
 /// move the checkpoint to `upto`.
 async fn flush(
-    svc: &Arc<Service>,
+    ctx: &AreaCtx,
     area: &AreaConfig,
     cluster: &ClusterId,
     batch: &mut Batch,
-) -> anyhow::Result<()> {
+) -> Result<(), AreaError> {
     if batch.upto <= batch.committed {
         return Ok(());
     }
     let name = area.name.0.as_str();
     let started = Instant::now();
-    let _git = svc.git_lock.lock("commit").await;
-    let opts = fence(svc, area)?;
-    let cp = checkpoint::load(&svc.ctx, &area.name)
+    let _git = ctx.git_lock.lock("commit").await;
+    let opts = fence(ctx, area)?;
+    let cp = checkpoint::load(&ctx.engine, &area.name)
         .await?
         .filter(|c| &c.cluster == cluster)
-        .ok_or_else(|| {
-            anyhow::anyhow!("area {name}: checkpoint vanished or changed cluster; resyncing")
+        .ok_or_else(|| AreaError::CheckpointGone {
+            area: name.to_string(),
         })?;
     if cp.revision != batch.committed {
         // Someone else moved it (another owner's push, adopted on fetch): start again from it.
-        return Err(Fenced(name.to_string()).into());
+        return Err(AreaError::Fenced(name.to_string()));
     }
     let changes = std::mem::take(&mut batch.changes);
     let report =
-        export::incremental(&svc.ctx, area, cluster, cp, batch.upto, changes, opts).await?;
+        export::incremental(&ctx.engine, area, cluster, cp, batch.upto, changes, opts).await?;
     drop(_git);
     if let Some(held) = &report.held {
         batch.hold(report.held_changes, batch.upto);
-        note_held(svc, name, Some(held));
-        svc.state.update(name, |s| {
+        note_held(ctx, name, Some(held));
+        ctx.state.update(name, |s| {
             s.pending_events = batch.events as u64;
             s.oldest_pending = batch.first_at;
         });
         return Ok(());
     }
     if batch.held_until.take().is_some() {
-        note_held(svc, name, None);
+        note_held(ctx, name, None);
     }
     if report.commit.is_some() {
-        svc.metrics.commit(name, started.elapsed().as_secs_f64());
-        svc.after_commit().await;
+        ctx.metrics.commit(name, started.elapsed().as_secs_f64());
+        ctx.repack.after_commit().await;
     }
-    note_commit(svc, name, &report);
+    note_commit(ctx, name, &report);
     batch.committed = batch.upto;
     batch.events = 0;
     batch.first_at = None;
-    svc.metrics.lag(name, 0.0);
-    svc.state.update(name, |s| {
+    ctx.metrics.lag(name, 0.0);
+    ctx.state.update(name, |s| {
         s.pending_events = 0;
         s.oldest_pending = None;
     });
@@ -493,16 +566,16 @@ async fn flush(
 
 /// Shows (or clears) a batch held back by the mass-delete guard: `/status`, `/readyz`,
 /// `kvgit_export_refused`.
-fn note_held(svc: &Service, name: &str, held: Option<&export::HeldDeletes>) {
+fn note_held(ctx: &AreaCtx, name: &str, held: Option<&export::HeldDeletes>) {
     let msg = held.map(ToString::to_string);
-    svc.metrics.export_refused(name, msg.is_some());
-    svc.state.update(name, |s| s.held = msg);
+    ctx.metrics.export_refused(name, msg.is_some());
+    ctx.state.update(name, |s| s.held = msg);
 }
 
-fn note_commit(svc: &Service, name: &str, report: &export::ExportReport) {
+fn note_commit(ctx: &AreaCtx, name: &str, report: &export::ExportReport) {
     // Conflicts are counted when apply overwrites the live value, not here.
-    svc.metrics.checkpoint(name, report.revision.0);
-    svc.state.update(name, |s| {
+    ctx.metrics.checkpoint(name, report.revision.0);
+    ctx.state.update(name, |s| {
         if let Some(unmapped) = &report.unmapped {
             s.unmapped_files = unmapped.clone();
         }

@@ -5,7 +5,9 @@
 //! not the backend's, and a stopped backend must show within seconds, not after the
 //! request timeout of whichever call happened to hang.
 
-use super::Service;
+use super::metrics::Metrics;
+use super::state::ServiceState;
+use crate::engine::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +18,15 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// this cannot serve the watch either.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
-pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
+/// What the probe needs: the backend (through the engine), and where to report.
+#[derive(Clone)]
+pub struct HealthCtx {
+    pub engine: Arc<Context>,
+    pub state: Arc<ServiceState>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn run(ctx: HealthCtx, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -24,40 +34,40 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        probe(&svc).await;
+        probe(&ctx).await;
         // The SPEC's lag: the age of the oldest event not yet committed, whatever the area
         // task is doing (waiting for a lock, failing, holding a batch back).
-        for (area, lag) in svc.state.lags() {
-            svc.metrics.lag(&area, lag);
+        for (area, lag) in ctx.state.lags() {
+            ctx.metrics.lag(&area, lag);
         }
-        svc.metrics.ready(svc.state.ready());
+        ctx.metrics.ready(ctx.state.ready());
     }
 }
 
 /// Asks the backend for its revision, within the probe's deadline, and records the answer.
-pub async fn probe(svc: &Service) {
+pub async fn probe(ctx: &HealthCtx) {
     let answer = tokio::time::timeout(PROBE_DEADLINE, async {
-        let backend = svc.ctx.backend().await?;
-        Ok::<_, anyhow::Error>(backend.current_revision().await?)
+        let backend = ctx.engine.backend().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(backend.current_revision().await?)
     })
     .await;
     match answer {
         Ok(Ok(rev)) => {
-            svc.state.set_backend_ok(true);
-            svc.metrics.backend_revision(rev.0);
+            ctx.state.set_backend_ok(true);
+            ctx.metrics.backend_revision(rev.0);
         }
         Ok(Err(e)) => {
-            let msg = format!("{e:#}");
-            if svc.state.backend_ok() {
+            let msg = crate::errors::chain(e.as_ref());
+            if ctx.state.backend_ok() {
                 tracing::warn!(error = %msg, "backend does not answer");
             }
-            svc.state.set_backend_error(msg);
+            ctx.state.set_backend_error(msg);
         }
         Err(_) => {
-            if svc.state.backend_ok() {
+            if ctx.state.backend_ok() {
                 tracing::warn!("backend did not answer within {PROBE_DEADLINE:?}");
             }
-            svc.state.set_backend_error(format!(
+            ctx.state.set_backend_error(format!(
                 "no answer to a revision read within {PROBE_DEADLINE:?}"
             ));
         }

@@ -6,7 +6,10 @@
 //! sooner. Commits carry the claim's epoch (`Kvgit-Epoch`); the pusher refuses to publish an
 //! area whose remote checkpoint already carries a newer epoch.
 
-use super::Service;
+use super::metrics::Metrics;
+use super::push::PushHandle;
+use super::state::ServiceState;
+use crate::engine::{ConnectError, Context};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -175,12 +178,34 @@ fn member_areas(value: &[u8]) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// Why an ownership round failed; the loop tries again within a second.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Backend(#[from] sync_core::BackendError),
+    #[error("sync.node {node:?}: another live kvgit holds {key} (two nodes with one name?)")]
+    NameTaken { node: String, key: Key },
+}
+
+/// What the ownership loop needs: the backend and config (through the engine), the
+/// shared ownership view it keeps, where to report, and a way to ask for a push.
+#[derive(Clone)]
+pub struct OwnershipCtx {
+    pub engine: Arc<Context>,
+    pub ownership: Arc<Ownership>,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<ServiceState>,
+    pub push: PushHandle,
+}
+
 /// The ownership loop: keep the lease, publish membership, claim what rendezvous hashing
 /// gives this node, hand over what it gives another. Runs until shutdown; the lease is
 /// revoked by the caller after the last push, so the areas move at once.
-pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
-    let own = svc.ownership.clone();
-    let ttl = svc.ctx.cfg.sync.lease_ttl;
+pub async fn run(ctx: OwnershipCtx, shutdown: CancellationToken) {
+    let own = ctx.ownership.clone();
+    let ttl = ctx.engine.cfg.sync.lease_ttl;
     let areas: Vec<String> = own.grants.keys().cloned().collect();
     let record = member_record(&areas);
     // When each area was first seen without an owner: a node that is not the chosen one
@@ -193,9 +218,9 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(tick) => {}
         }
         tick = ttl / 4;
-        if let Err(e) = round(&svc, &record, &areas, &mut unowned_since).await {
+        if let Err(e) = round(&ctx, &record, &areas, &mut unowned_since).await {
             // backend_ok is the health probe's to say: this may be a config problem.
-            tracing::warn!(error = %format!("{e:#}"), "ownership round failed; retrying");
+            tracing::warn!(error = %crate::errors::chain(&e), "ownership round failed; retrying");
             tick = Duration::from_secs(1).min(ttl / 4);
         }
         // Without a trusted lease nothing may be committed: tell the area tasks.
@@ -204,40 +229,40 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
                 own.set(a, Grant::NotOwned);
             }
         }
-        publish(&svc, &areas);
+        publish(&ctx, &areas);
     }
 }
 
 /// What the rest of the service reads: `kvgit_area_owner`. (The epoch stamped on a commit
 /// is the one the committer's own fence check returned, never a value published here.)
-fn publish(svc: &Service, areas: &[String]) {
+fn publish(ctx: &OwnershipCtx, areas: &[String]) {
     for a in areas {
-        svc.metrics.owner(a, svc.ownership.fence(a).is_some());
+        ctx.metrics.owner(a, ctx.ownership.fence(a).is_some());
     }
 }
 
 /// Starts ownership before the area tasks: grant the lease and take the first claims, so a
 /// lone node owns its areas at once instead of after a tick.
-pub async fn start(svc: &Arc<Service>) {
-    let areas: Vec<String> = svc.ownership.grants.keys().cloned().collect();
+pub async fn start(ctx: &OwnershipCtx) {
+    let areas: Vec<String> = ctx.ownership.grants.keys().cloned().collect();
     let record = member_record(&areas);
     let mut unowned = BTreeMap::new();
-    if let Err(e) = round(svc, &record, &areas, &mut unowned).await {
-        tracing::warn!(error = %format!("{e:#}"), "first ownership round failed; retrying in the loop");
+    if let Err(e) = round(ctx, &record, &areas, &mut unowned).await {
+        tracing::warn!(error = %crate::errors::chain(&e), "first ownership round failed; retrying in the loop");
     }
-    publish(svc, &areas);
+    publish(ctx, &areas);
 }
 
 async fn round(
-    svc: &Arc<Service>,
+    ctx: &OwnershipCtx,
     record: &[u8],
     areas: &[String],
     unowned_since: &mut BTreeMap<String, Instant>,
-) -> anyhow::Result<()> {
-    let own = &svc.ownership;
+) -> Result<(), OwnershipError> {
+    let own = &ctx.ownership;
     let node = own.node.clone();
-    let ttl = svc.ctx.cfg.sync.lease_ttl;
-    let backend = svc.ctx.backend().await?;
+    let ttl = ctx.engine.cfg.sync.lease_ttl;
+    let backend = ctx.engine.backend().await?;
 
     // 1. The lease: renew it, or get a new one when it is gone.
     let lease = match own.lease() {
@@ -254,20 +279,17 @@ async fn round(
                     for a in areas {
                         own.set(a, Grant::NotOwned);
                     }
-                    grant_lease(svc, &node, ttl).await?
+                    grant_lease(ctx, &node, ttl).await?
                 }
             }
         }
-        None => grant_lease(svc, &node, ttl).await?,
+        None => grant_lease(ctx, &node, ttl).await?,
     };
 
     // 2. Membership: one record per node name; a second process with the same name is refused.
     let member = own.member_key(&node);
     if backend.claim(&member, record, &lease.id).await?.is_none() {
-        anyhow::bail!(
-            "sync.node {node:?}: another live kvgit holds {} (two nodes with one name?)",
-            member
-        );
+        return Err(OwnershipError::NameTaken { node, key: member });
     }
 
     // 3. Who is alive, and who owns what.
@@ -313,8 +335,7 @@ async fn round(
                     }
                     Grant::Released(_) => {
                         // Publish what the area task committed, then let go.
-                        super::push::push_now(svc).await;
-                        if super::push::area_pushed(svc, area).await? {
+                        if ctx.push.publish(area).await {
                             backend.release(&c.key, &lease.id).await?;
                             own.set(area, Grant::NotOwned);
                             tracing::info!(area, "area handed over");
@@ -357,7 +378,7 @@ async fn round(
     for area in areas {
         let owner = own.owner_of(area);
         let here = own.grant(area) != Grant::NotOwned;
-        svc.state.update(area, |s| {
+        ctx.state.update(area, |s| {
             s.owner = owner;
             s.owned_here = here;
         });
@@ -365,23 +386,27 @@ async fn round(
     Ok(())
 }
 
-async fn grant_lease(svc: &Arc<Service>, node: &str, ttl: Duration) -> anyhow::Result<Lease> {
-    let backend = svc.ctx.backend().await?;
+async fn grant_lease(
+    ctx: &OwnershipCtx,
+    node: &str,
+    ttl: Duration,
+) -> Result<Lease, OwnershipError> {
+    let backend = ctx.engine.backend().await?;
     let sent = Instant::now();
     let lease = backend.grant_lease(&format!("kvgit {node}"), ttl).await?;
     tracing::info!(lease = %lease.id, ttl = ?lease.ttl, "lease granted");
-    svc.ownership
+    ctx.ownership
         .set_lease(Some((lease.clone(), sent + trusted(lease.ttl))));
     Ok(lease)
 }
 
 /// At shutdown, after the last push: revoke the lease so other nodes take the areas at once.
-pub async fn stop(svc: &Arc<Service>) {
-    let Some(lease) = svc.ownership.lease_id() else {
+pub async fn stop(ctx: &OwnershipCtx) {
+    let Some(lease) = ctx.ownership.lease_id() else {
         return;
     };
-    svc.ownership.set_lease(None);
-    if let Ok(backend) = svc.ctx.backend().await {
+    ctx.ownership.set_lease(None);
+    if let Ok(backend) = ctx.engine.backend().await {
         match tokio::time::timeout(Duration::from_secs(3), backend.revoke_lease(&lease)).await {
             Ok(Ok(())) => tracing::info!(%lease, "lease revoked: areas released"),
             Ok(Err(e)) => {

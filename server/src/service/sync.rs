@@ -4,15 +4,52 @@
 //! A mass-delete refusal is reported (status, metrics) and not retried until the branch
 //! tip changes: retrying the same commit would only refuse again.
 
-use super::Service;
+use super::gitlock::GitLock;
+use super::integrate::{IntegrateError, Integrator};
+use super::metrics::Metrics;
+use super::ownership::Ownership;
+use super::state::ServiceState;
 use crate::engine::apply::{self, plan_area, AreaPlan, OpKind};
-use crate::engine::checkpoint::Judged;
-use crate::engine::{checkpoint, export};
-use anyhow::Context as _;
+use crate::engine::checkpoint::{CheckpointError, Judged};
+use crate::engine::git::GitError;
+use crate::engine::{checkpoint, export, ConnectError, Context};
 use gitstore::ObjectId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// Why a fetch/apply pass failed as a whole (one area's own trouble is reported on the
+/// area and does not fail the pass).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("fetch")]
+    Fetch(#[from] IntegrateError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Backend(#[from] sync_core::BackendError),
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// What the fetch/apply loop needs.
+pub struct SyncCtx {
+    pub engine: Arc<Context>,
+    pub git_lock: Arc<GitLock>,
+    pub ownership: Arc<Ownership>,
+    pub state: Arc<ServiceState>,
+    pub metrics: Arc<Metrics>,
+    /// `POST /sync` and the fetch timer meet here; concurrent triggers coalesce.
+    pub trigger: Arc<Notify>,
+    pub integrate: Integrator,
+}
 
 /// Overwritten live values kept in `/status` per area (the log keeps every one).
 const MAX_CONFLICTS_KEPT: usize = 100;
@@ -27,35 +64,35 @@ pub struct Memory {
     applied: BTreeMap<String, (Option<ObjectId>, ObjectId)>,
 }
 
-pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
+pub async fn run(ctx: SyncCtx, shutdown: CancellationToken) {
     let mut memory = Memory::default();
     loop {
-        if let Err(e) = sync_once(&svc, &mut memory).await {
-            let msg = format!("{e:#}");
+        if let Err(e) = sync_once(&ctx, &mut memory).await {
+            let msg = crate::errors::chain(&e);
             tracing::warn!(error = %msg, "fetch/apply failed; retrying at the next interval");
-            svc.state.set_sync_error(Some(msg));
+            ctx.state.set_sync_error(Some(msg));
         } else {
-            svc.state.set_sync_error(None);
+            ctx.state.set_sync_error(None);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(svc.ctx.cfg.sync.fetch_interval) => {}
-            _ = svc.trigger.notified() => {}
+            _ = tokio::time::sleep(ctx.engine.cfg.sync.fetch_interval) => {}
+            _ = ctx.trigger.notified() => {}
         }
     }
 }
 
 /// One fetch + apply pass.
-pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Result<()> {
-    let ctx = &svc.ctx;
-    if ctx.cfg.git.remote.is_some() {
-        super::push::integrate_remote(svc).await.context("fetch")?;
+pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError> {
+    let engine = &ctx.engine;
+    if engine.cfg.git.remote.is_some() {
+        ctx.integrate.remote().await?;
     }
-    let backend = ctx.backend().await?;
+    let backend = engine.backend().await?;
     let cluster = backend.cluster_id().await?;
-    let _git = svc.git_lock.lock("apply").await;
-    correct_kv_to_git(svc, memory, &cluster).await?;
-    let areas: Vec<_> = ctx
+    let _git = ctx.git_lock.lock("apply").await;
+    correct_kv_to_git(ctx, memory, &cluster).await?;
+    let areas: Vec<_> = engine
         .cfg
         .areas
         .iter()
@@ -65,70 +102,75 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
     if areas.is_empty() {
         return Ok(());
     }
-    let tip = apply::target_commit(ctx, None).await?;
+    let tip = apply::target_commit(engine, None).await?;
     let mut plans: Vec<AreaPlan> = Vec::new();
     for area in &areas {
         let name = area.name.0.clone();
         // Only the owner applies: it is the one moving the area's checkpoint, under the
         // epoch this check passed.
-        let Some(epoch) = svc.ownership.fence(&name) else {
+        let Some(epoch) = ctx.ownership.fence(&name) else {
             continue;
         };
         // Apply on top of what the batcher has committed, never before its first catch-up.
-        let cp = match checkpoint::load(ctx, &area.name).await {
+        let cp = match checkpoint::load(engine, &area.name).await {
             Ok(Some(cp)) => cp,
             Ok(None) => continue,
             Err(e) => {
                 // This area's record is unreadable: its own task reports it; the other
                 // areas are applied.
-                svc.state
-                    .update(&name, |s| s.apply_error = Some(format!("{e:#}")));
+                ctx.state
+                    .update(&name, |s| s.apply_error = Some(crate::errors::chain(&e)));
                 continue;
             }
         };
-        if !svc.state.caught_up(&name) {
+        if !ctx.state.caught_up(&name) {
             continue;
         }
         // A restarted area task (a lost and regained area, a held batch let go) has not
         // applied yet, even when tip and checkpoint are the ones last applied.
         let unchanged =
-            memory.applied.get(&name) == Some(&(tip, cp.id)) && svc.state.applied_once(&name);
+            memory.applied.get(&name) == Some(&(tip, cp.id)) && ctx.state.applied_once(&name);
         if memory.refused.get(&name) == Some(&tip) || unchanged {
             continue;
         }
-        match plan_area(ctx, area, tip, &cluster, false).await {
+        match plan_area(engine, area, tip, &cluster, false).await {
             Ok(mut plan) => {
                 plan.epoch = Some(epoch);
                 memory.refused.remove(&name);
-                svc.state.update(&name, |s| {
+                ctx.state.update(&name, |s| {
                     s.refused = None;
                     s.apply_error = None;
                 });
                 plans.push(plan);
             }
             Err(e @ apply::ApplyError::MassDelete(_)) => {
-                let msg = format!("{e:#}");
+                let msg = crate::errors::chain(&e);
                 tracing::error!(area = %name, error = %msg, "apply refused");
-                svc.metrics.refused(&name, true);
-                svc.state.update(&name, |s| s.refused = Some(msg));
+                ctx.metrics.refused(&name, true);
+                ctx.state.update(&name, |s| s.refused = Some(msg));
                 memory.refused.insert(name, tip);
             }
             Err(e) => {
                 // One area's bad desired state (a file that maps to no key, a value over
                 // the limit) must not stop the others: reported on the area, tried again
                 // at the next pass.
-                let msg = format!("{e:#}");
-                tracing::warn!(area = %name, error = %msg, "cannot apply the area");
-                svc.state.update(&name, |s| s.apply_error = Some(msg));
+                let msg = crate::errors::chain(&e);
+                tracing::warn!(area = %name, error = %msg, retryable = e.is_retryable(), "cannot apply the area");
+                ctx.state.update(&name, |s| s.apply_error = Some(msg));
+                if !e.is_retryable() {
+                    // Bad desired state (a file, a value): the same tip fails the same way,
+                    // so it is planned again when the tip moves, not every interval.
+                    memory.refused.insert(name, tip);
+                }
             }
         }
     }
-    let written = apply::write_plans(ctx, &plans).await?;
+    let written = apply::write_plans(engine, &plans).await?;
     for (plan, w) in plans.iter().zip(&written) {
         let name = plan.area.name.0.as_str();
         if w.raced.is_empty() {
             // The checkpoint as the apply left it (it moves when the base moved).
-            if let Some(cp) = checkpoint::load(ctx, &plan.area.name).await? {
+            if let Some(cp) = checkpoint::load(engine, &plan.area.name).await? {
                 memory.applied.insert(name.to_string(), (tip, cp.id));
             }
         } else {
@@ -137,12 +179,12 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
         let puts = (plan.count(OpKind::Add) + plan.count(OpKind::Change)) as u64;
         let deletes = plan.count(OpKind::Delete) as u64;
         if puts + deletes > 0 {
-            svc.metrics.applied(name, puts, deletes);
+            ctx.metrics.applied(name, puts, deletes);
             tracing::info!(area = name, puts, deletes, "applied Git to the KV store");
         }
         let conflicts = plan.ops.iter().filter(|o| o.overwrites.is_some()).count() as u64;
         if conflicts > 0 {
-            svc.metrics.conflicts(name, conflicts);
+            ctx.metrics.conflicts(name, conflicts);
             for op in plan.ops.iter().filter(|o| o.overwrites.is_some()) {
                 let overwritten = op
                     .overwrites
@@ -152,9 +194,9 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
                 tracing::warn!(area = name, key = %op.key, %overwritten, "Git won a conflict; live value overwritten");
             }
         }
-        svc.metrics.refused(name, false);
-        svc.metrics.drift(name, plan.drift.len() as u64);
-        svc.state.update(name, |s| {
+        ctx.metrics.refused(name, false);
+        ctx.metrics.drift(name, plan.drift.len() as u64);
+        ctx.state.update(name, |s| {
             s.drift = plan.drift.len() as u64;
             s.applied_once = s.applied_once || w.raced.is_empty();
             s.ready = s.caught_up && s.applied_once;
@@ -176,22 +218,27 @@ pub async fn sync_once(svc: &Arc<Service>, memory: &mut Memory) -> anyhow::Resul
 /// commit): the rule gives the live value back, so run the three-way pass, which commits
 /// it. Skipped while neither the tip nor the checkpoint moved. The caller holds the Git lock.
 async fn correct_kv_to_git(
-    svc: &Arc<Service>,
+    ctx: &SyncCtx,
     memory: &mut Memory,
     cluster: &sync_core::ClusterId,
-) -> anyhow::Result<()> {
-    let ctx = &svc.ctx;
-    let tip = apply::target_commit(ctx, None).await?;
-    for area in ctx.cfg.areas.iter().filter(|a| !a.rule.mode.applies_git()) {
+) -> Result<(), SyncError> {
+    let engine = &ctx.engine;
+    let tip = apply::target_commit(engine, None).await?;
+    for area in engine
+        .cfg
+        .areas
+        .iter()
+        .filter(|a| !a.rule.mode.applies_git())
+    {
         let name = area.name.0.clone();
-        let Some(epoch) = svc.ownership.fence(&name) else {
+        let Some(epoch) = ctx.ownership.fence(&name) else {
             continue;
         };
-        if !svc.state.caught_up(&name) {
+        if !ctx.state.caught_up(&name) {
             continue;
         }
-        let current = ctx.backend().await?.current_revision().await?;
-        let Ok(loaded) = checkpoint::load(ctx, &area.name).await else {
+        let current = engine.backend().await?.current_revision().await?;
+        let Ok(loaded) = checkpoint::load(engine, &area.name).await else {
             continue; // reported by the area's own task
         };
         // Only against a trusted base; otherwise the area task resyncs it with no base.
@@ -202,23 +249,29 @@ async fn correct_kv_to_git(
             continue;
         }
         let path = area.path.clone();
-        let current = ctx
+        let current = engine
             .git_blocking(move |git| crate::engine::view::area_tree(git, tip, &path))
             .await?;
         if current != cp.base_tree {
             let opts = export::ExportOptions {
-                guard: export::DeleteGuard::from_config(&ctx.cfg, false),
+                guard: export::DeleteGuard::from_config(&engine.cfg, false),
                 epoch: Some(epoch),
             };
-            let report =
-                export::full_pass(ctx, area, cluster, Some(cp), export::PassKind::Resync, opts)
-                    .await?;
+            let report = export::full_pass(
+                engine,
+                area,
+                cluster,
+                Some(cp),
+                export::PassKind::Resync,
+                opts,
+            )
+            .await?;
             if let Some(c) = report.commit {
                 tracing::info!(area = %name, commit = %c, changes = report.changes, "Git edits of a kv-to-git area reverted to the live values");
             }
         }
-        let after = apply::target_commit(ctx, None).await?;
-        if let Some(cp) = checkpoint::load(ctx, &area.name).await? {
+        let after = apply::target_commit(engine, None).await?;
+        if let Some(cp) = checkpoint::load(engine, &area.name).await? {
             memory.applied.insert(name, (after, cp.id));
         }
     }
