@@ -39,9 +39,8 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// `backend.kind` as written in the file (only the tests ask before connecting; a
-    /// connected backend names itself with `KvBackend::kind`).
-    #[allow(dead_code)]
+    /// `backend.kind` as written in the file (`/status` names it before the backend
+    /// answers; a connected backend names itself with `KvBackend::kind`).
     pub fn kind_name(&self) -> &'static str {
         match self {
             BackendConfig::Etcd(_) => "etcd",

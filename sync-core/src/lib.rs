@@ -3,6 +3,7 @@
 //! rule. No network, Git, config or metrics crate here.
 
 pub mod backend;
+pub mod batch;
 pub mod mapper;
 pub mod memory;
 pub mod ownership;

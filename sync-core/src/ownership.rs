@@ -45,6 +45,17 @@ pub struct Claim {
     pub epoch: Epoch,
 }
 
+/// `<ownership_prefix>members/`: one record per live node, `members/<node>`.
+pub fn members_prefix(ownership_prefix: &[u8]) -> Vec<u8> {
+    [ownership_prefix, b"members/"].concat()
+}
+
+/// `<ownership_prefix>areas/`: one claim per owned area, `areas/<area>`, holding the
+/// owner's node name. Both the service and `kvgit status` read owners here.
+pub fn owners_prefix(ownership_prefix: &[u8]) -> Vec<u8> {
+    [ownership_prefix, b"areas/"].concat()
+}
+
 /// What renewing a lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {

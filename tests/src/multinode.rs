@@ -344,7 +344,7 @@ pub async fn a_paused_owner_never_pushes_a_stale_commit(c: &Cluster) {
         status["areas"]
             .as_array()
             .and_then(|l| l.iter().find(|s| s["area"] == area.as_str()))
-            .and_then(|s| s["checkpoint"].as_u64())
+            .and_then(|s| s["checkpoint"]["revision"].as_u64())
             .is_some_and(|cp| cp >= stale_rev)
     });
     a.serve.signal("STOP");

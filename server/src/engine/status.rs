@@ -31,23 +31,46 @@ pub enum StatusError {
 
 // Fields are in alphabetical order: the JSON lists them so (it always has).
 
-/// The status document.
+/// The status document: what `kvgit status --json` prints, and what `serve` answers on
+/// `GET /status` (one type; the service fills in its live parts, `service` and each area's
+/// `live`, and leaves what only a full read can tell — drift, pending apply — to `null`).
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub areas: Vec<AreaStatus>,
     pub backend: BackendStatus,
     pub branch: String,
     pub node: String,
+    /// The running service's own health (`serve` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceStatus>,
     #[serde(serialize_with = "ser::display_opt")]
     pub tip: Option<ObjectId>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct BackendStatus {
-    pub cluster: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub kind: &'static str,
-    #[serde(serialize_with = "ser::revision")]
-    pub revision: Revision,
+    #[serde(
+        serialize_with = "ser::revision_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revision: Option<Revision>,
+}
+
+/// What only a running `serve` knows about itself.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    /// Whether the last health probe got an answer, and what failed when it did not.
+    pub backend_error: Option<String>,
+    pub backend_ok: bool,
+    /// Who holds the Git lock, when it has been held for a while.
+    pub git_lock: Option<String>,
+    pub push_error: Option<String>,
+    pub ready: bool,
+    pub sync_error: Option<String>,
+    pub version: &'static str,
 }
 
 /// One area; `error` is set (and drift and pending counts are not) when it cannot be planned.
@@ -60,29 +83,68 @@ pub struct AreaStatus {
     pub drift: Option<usize>,
     /// What stopped the area from being planned, its causes joined by ": ".
     pub error: Option<String>,
-    pub mode: &'static str,
+    /// What the running service knows of the area (`serve` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub live: Option<AreaLive>,
+    pub mode: String,
     /// The `serve` node that owns the area, as its claim records it.
     pub owner: Option<String>,
     pub path: String,
     pub pending_apply: Option<usize>,
-    /// Keys changed since the checkpoint (None without a trusted checkpoint).
+    /// Keys changed since the checkpoint (None without a trusted checkpoint); in `serve`,
+    /// the events waiting in the batch.
     pub pending_events: Option<Pending>,
     pub pending_export: Option<usize>,
     pub prefix: String,
 }
 
+/// An area as the running service sees it.
+#[derive(Debug, Serialize)]
+pub struct AreaLive {
+    pub apply_error: Option<String>,
+    /// What keeps the area from being in sync here (`/readyz` lists the same).
+    pub blocked: Option<String>,
+    pub caught_up: bool,
+    pub held: Option<String>,
+    pub lag_seconds: f64,
+    pub last_commit: Option<String>,
+    pub last_conflicts: Vec<Overwritten>,
+    pub last_error: Option<String>,
+    pub last_resync: Option<String>,
+    pub owned_here: bool,
+    pub ready: bool,
+    pub refused: Option<String>,
+    pub resyncs: u64,
+    pub unmapped_files: Vec<String>,
+}
+
+/// A live value Git overwrote.
+#[derive(Debug, Serialize)]
+pub struct Overwritten {
+    pub key: String,
+    pub overwritten: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct CheckpointStatus {
-    pub cluster: String,
-    #[serde(serialize_with = "ser::display")]
-    pub commit: ObjectId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(
+        serialize_with = "ser::display_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub commit: Option<ObjectId>,
     /// Why it cannot be the base, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub distrust: Option<String>,
-    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     #[serde(serialize_with = "ser::revision")]
     pub revision: Revision,
-    pub same_cluster: bool,
-    pub trusted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_cluster: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<bool>,
 }
 
 /// The live changes since an area's checkpoint.
@@ -122,7 +184,7 @@ pub async fn collect(ctx: &Context) -> Result<Status, StatusError> {
         .git_blocking(|git| -> Result<_, GitError> { Ok(git.tip()?) })
         .await?;
     // Owners as the running `serve` nodes recorded them (claims on their leases).
-    let owners_prefix = crate::service::ownership::owners_prefix(&ctx.cfg.sync.ownership_prefix);
+    let owners_prefix = sync_core::ownership::owners_prefix(&ctx.cfg.sync.ownership_prefix);
     let owners: std::collections::BTreeMap<Vec<u8>, String> = backend
         .claims(&owners_prefix)
         .await
@@ -160,17 +222,18 @@ pub async fn collect(ctx: &Context) -> Result<Status, StatusError> {
                 area: area.name.0.clone(),
                 base_commit: cp.as_ref().and_then(|c| c.branch_commit.clone()),
                 checkpoint: cp.as_ref().map(|c| CheckpointStatus {
-                    cluster: c.cluster.0.clone(),
-                    commit: c.id,
+                    cluster: Some(c.cluster.0.clone()),
+                    commit: Some(c.id),
                     distrust: judged.distrust().map(ToString::to_string),
-                    node: c.node.clone(),
+                    node: Some(c.node.clone()),
                     revision: c.revision,
-                    same_cluster: &c.cluster == cluster,
-                    trusted: judged.trusted().is_some(),
+                    same_cluster: Some(&c.cluster == cluster),
+                    trusted: Some(judged.trusted().is_some()),
                 }),
                 drift: None,
                 error: None,
-                mode: area.rule.mode.as_str(),
+                live: None,
+                mode: area.rule.mode.as_str().to_string(),
                 owner: owners.get(area.name.0.as_bytes()).cloned(),
                 path: area.path.clone(),
                 pending_apply: None,
@@ -193,12 +256,13 @@ pub async fn collect(ctx: &Context) -> Result<Status, StatusError> {
     Ok(Status {
         areas,
         backend: BackendStatus {
-            cluster: cluster.0,
+            cluster: Some(cluster.0),
             kind: backend.kind(),
-            revision: current,
+            revision: Some(current),
         },
         branch: ctx.cfg.git.branch.clone(),
         node: ctx.cfg.sync.node.clone(),
+        service: None,
         tip,
     })
 }

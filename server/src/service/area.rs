@@ -17,12 +17,10 @@ use crate::engine::export::{DeleteGuard, ExportOptions};
 use crate::engine::{checkpoint, export};
 use crate::engine::{ConnectError, Context};
 use futures::StreamExt;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_core::{
-    BackendError, ChangeKind, ClusterId, Key, ResyncReason, Revision, Value, WatchEvent,
-};
+use sync_core::batch::Batch;
+use sync_core::{BackendError, ChangeKind, ClusterId, ResyncReason, WatchEvent};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -306,17 +304,19 @@ async fn session(
     if applies_git {
         ctx.trigger.notify_one();
     }
-    let mut batch = Batch::new(name, from);
+    let mut batch = Batch::new(from);
     // A catch-up held back by the mass-delete guard becomes the pending batch: it is
     // re-examined as events come (a restore of the keys lets it through), never dropped.
     let watch_from = match report.held {
         Some(held) => {
-            batch.hold(report.held_changes, report.revision);
+            batch.hold(
+                report.held_changes,
+                report.revision,
+                Instant::now(),
+                HOLD_RECHECK,
+            );
             note_held(ctx, name, Some(&held));
-            ctx.state.update(name, |s| {
-                s.pending_events = batch.events as u64;
-                s.oldest_pending = batch.first_at;
-            });
+            note_pending(ctx, name, &batch);
             report.revision
         }
         None => {
@@ -328,10 +328,12 @@ async fn session(
     let mut last_checkpoint = Instant::now();
     let mut tick = tokio::time::interval(LAG_TICK);
     loop {
-        let deadline = batch.deadline(ctx.engine.cfg.sync.batch_window);
+        let deadline = batch
+            .due(ctx.engine.cfg.sync.batch_window)
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = shutdown.cancelled() => {
-                drain(ctx, &backend, &mut stream, &mut batch).await;
+                drain(ctx, name, &backend, &mut stream, &mut batch).await;
                 flush(ctx, area, &cluster, &mut batch).await?;
                 return Ok(Stop::Shutdown);
             }
@@ -343,7 +345,7 @@ async fn session(
                 match now {
                     Grant::Owned(_) => {}
                     Grant::HandOver(_) => {
-                        drain(ctx, &backend, &mut stream, &mut batch).await;
+                        drain(ctx, name, &backend, &mut stream, &mut batch).await;
                         flush(ctx, area, &cluster, &mut batch).await?;
                         return Ok(Stop::Released);
                     }
@@ -355,7 +357,7 @@ async fn session(
                 last_checkpoint = Instant::now();
             }
             _ = tick.tick() => {
-                let lag = batch.first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let lag = batch.first_at().map_or(0.0, |t| t.elapsed().as_secs_f64());
                 ctx.metrics.lag(name, lag);
             }
             event = stream.next() => match event {
@@ -374,8 +376,8 @@ async fn session(
                     return Ok(Stop::Resync(reason));
                 }
                 Some(Ok(WatchEvent::Progress { revision })) => {
-                    if batch.is_empty() && revision > batch.upto {
-                        batch.upto = revision;
+                    if batch.is_empty() && revision > batch.upto() {
+                        batch.advance(revision);
                         if last_checkpoint.elapsed() >= IDLE_CHECKPOINT {
                             flush(ctx, area, &cluster, &mut batch).await?;
                             last_checkpoint = Instant::now();
@@ -383,17 +385,13 @@ async fn session(
                     }
                 }
                 Some(Ok(WatchEvent::Changes { revision, changes })) => {
-                    for c in changes {
-                        let deleted = matches!(c.kind, ChangeKind::Delete);
-                        ctx.metrics.event(name, deleted);
-                        batch.add(c.key, match c.kind { ChangeKind::Put(v) => Some(v), ChangeKind::Delete => None });
+                    for c in &changes {
+                        ctx.metrics.event(name, matches!(c.kind, ChangeKind::Delete));
                     }
-                    batch.upto = batch.upto.max(revision);
-                    ctx.state.update(name, |s| {
-                        s.pending_events = batch.events as u64;
-                        s.oldest_pending = batch.first_at;
-                    });
-                    if batch.events >= ctx.engine.cfg.sync.batch_max && batch.may_retry() {
+                    batch.add(revision, changes, Instant::now());
+                    note_pending(ctx, name, &batch);
+                    let full = batch.events() >= ctx.engine.cfg.sync.batch_max;
+                    if full && batch.may_retry(Instant::now()) {
                         flush(ctx, area, &cluster, &mut batch).await?;
                         last_checkpoint = Instant::now();
                     }
@@ -413,98 +411,37 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 /// acknowledged before we stopped), so a clean exit leaves nothing for the next start.
 async fn drain(
     ctx: &AreaCtx,
+    name: &str,
     backend: &Arc<dyn sync_core::KvBackend>,
     stream: &mut sync_core::WatchStream,
     batch: &mut Batch,
 ) {
-    let name = batch.area.clone();
     let Ok(Ok(target)) = tokio::time::timeout(DRAIN_LIMIT, backend.current_revision()).await else {
         return;
     };
     let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while batch.upto < target {
+    while batch.upto() < target {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(WatchEvent::Changes { revision, changes }))) => {
-                for c in changes {
+                for c in &changes {
                     ctx.metrics
-                        .event(&name, matches!(c.kind, ChangeKind::Delete));
-                    batch.add(
-                        c.key,
-                        match c.kind {
-                            ChangeKind::Put(v) => Some(v),
-                            ChangeKind::Delete => None,
-                        },
-                    );
+                        .event(name, matches!(c.kind, ChangeKind::Delete));
                 }
-                batch.upto = batch.upto.max(revision);
+                batch.add(revision, changes, Instant::now());
             }
-            Ok(Some(Ok(WatchEvent::Progress { revision }))) => {
-                batch.upto = batch.upto.max(revision)
-            }
+            Ok(Some(Ok(WatchEvent::Progress { revision }))) => batch.advance(revision),
             // Gone, failed or out of time: what is not drained is committed on the next start.
             _ => return,
         }
     }
 }
 
-/// Events waiting for their commit: the last value per key, complete up to `upto`.
-struct Batch {
-    /// The area's name, for metrics.
-    area: String,
-    changes: BTreeMap<Key, Option<Value>>,
-    events: usize,
-    first_at: Option<Instant>,
-    upto: Revision,
-    /// The revision the checkpoint already holds; a flush with nothing new is skipped.
-    committed: Revision,
-    /// Held back by the mass-delete guard: not tried again before this.
-    held_until: Option<Instant>,
-}
-
-impl Batch {
-    fn new(area: &str, from: Revision) -> Batch {
-        Batch {
-            area: area.to_string(),
-            changes: BTreeMap::new(),
-            events: 0,
-            first_at: None,
-            upto: from,
-            committed: from,
-            held_until: None,
-        }
-    }
-
-    /// When the batch is due: `window` after its first event, or after the hold.
-    fn deadline(&self, window: Duration) -> Option<tokio::time::Instant> {
-        let due = self.first_at.map(|t| t + window)?;
-        let due = self.held_until.map_or(due, |h| due.max(h));
-        Some(tokio::time::Instant::from_std(due))
-    }
-
-    fn may_retry(&self) -> bool {
-        self.held_until.is_none_or(|h| Instant::now() >= h)
-    }
-
-    /// Keep `changes` (complete up to `upto`) pending after the guard refused them.
-    fn hold(&mut self, changes: BTreeMap<Key, Option<Value>>, upto: Revision) {
-        for (k, v) in changes {
-            self.changes.insert(k, v);
-        }
-        self.events = self.events.max(self.changes.len());
-        self.upto = self.upto.max(upto);
-        self.first_at.get_or_insert_with(Instant::now);
-        self.held_until = Some(Instant::now() + HOLD_RECHECK);
-    }
-
-    fn add(&mut self, key: Key, value: Option<Value>) {
-        self.changes.insert(key, value);
-        self.events += 1;
-        self.first_at.get_or_insert_with(Instant::now);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.events == 0
-    }
+/// The batch's size and age in `/status` (the lag gauge is refreshed from it).
+fn note_pending(ctx: &AreaCtx, name: &str, batch: &Batch) {
+    ctx.state.update(name, |s| {
+        s.pending_events = batch.events() as u64;
+        s.oldest_pending = batch.first_at();
+    });
 }
 
 /// Commit the batch (one commit for the area, or none when the tree does not change) and
@@ -515,7 +452,7 @@ async fn flush(
     cluster: &ClusterId,
     batch: &mut Batch,
 ) -> Result<(), AreaError> {
-    if batch.upto <= batch.committed {
+    if !batch.has_news() {
         return Ok(());
     }
     let name = area.name.0.as_str();
@@ -528,34 +465,28 @@ async fn flush(
         .ok_or_else(|| AreaError::CheckpointGone {
             area: name.to_string(),
         })?;
-    if cp.revision != batch.committed {
+    if cp.revision != batch.committed() {
         // Someone else moved it (another owner's push, adopted on fetch): start again from it.
         return Err(AreaError::Fenced(name.to_string()));
     }
-    let changes = std::mem::take(&mut batch.changes);
+    let upto = batch.upto();
     let report =
-        export::incremental(&ctx.engine, area, cluster, cp, batch.upto, changes, opts).await?;
+        export::incremental(&ctx.engine, area, cluster, cp, upto, batch.take(), opts).await?;
     drop(_git);
     if let Some(held) = &report.held {
-        batch.hold(report.held_changes, batch.upto);
+        batch.hold(report.held_changes, upto, Instant::now(), HOLD_RECHECK);
         note_held(ctx, name, Some(held));
-        ctx.state.update(name, |s| {
-            s.pending_events = batch.events as u64;
-            s.oldest_pending = batch.first_at;
-        });
+        note_pending(ctx, name, batch);
         return Ok(());
-    }
-    if batch.held_until.take().is_some() {
-        note_held(ctx, name, None);
     }
     if report.commit.is_some() {
         ctx.metrics.commit(name, started.elapsed().as_secs_f64());
         ctx.repack.after_commit().await;
     }
     note_commit(ctx, name, &report);
-    batch.committed = batch.upto;
-    batch.events = 0;
-    batch.first_at = None;
+    if batch.committed_all() {
+        note_held(ctx, name, None);
+    }
     ctx.metrics.lag(name, 0.0);
     ctx.state.update(name, |s| {
         s.pending_events = 0;

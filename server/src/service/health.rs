@@ -54,6 +54,7 @@ pub async fn probe(ctx: &HealthCtx) {
     match answer {
         Ok(Ok(rev)) => {
             ctx.state.set_backend_ok(true);
+            ctx.state.set_backend_revision(rev);
             ctx.metrics.backend_revision(rev.0);
         }
         Ok(Err(e)) => {

@@ -633,7 +633,7 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON body");
         assert_eq!(body["node"], "core-1");
         assert_eq!(body["areas"][0]["area"], "a");
-        assert_eq!(body["areas"][0]["checkpoint"], 7);
+        assert_eq!(body["areas"][0]["checkpoint"]["revision"], 7);
         stop(h).await;
     }
 

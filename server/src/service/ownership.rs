@@ -13,6 +13,7 @@ use crate::engine::{ConnectError, Context};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use sync_core::ownership::{members_prefix, owners_prefix};
 use sync_core::{rendezvous_owner, AreaName, Epoch, Key, Lease, LeaseId, Renewal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -54,17 +55,6 @@ pub struct Ownership {
 /// the margin for a slow clock, a GC pause or a push in flight.
 fn trusted(ttl: Duration) -> Duration {
     ttl * 3 / 4
-}
-
-/// `<ownership_prefix>members/`: one record per live node, `members/<node>`.
-pub fn members_prefix(ownership_prefix: &[u8]) -> Vec<u8> {
-    [ownership_prefix, b"members/"].concat()
-}
-
-/// `<ownership_prefix>areas/`: one claim per owned area, `areas/<area>`, holding the owner's
-/// node name.
-pub fn owners_prefix(ownership_prefix: &[u8]) -> Vec<u8> {
-    [ownership_prefix, b"areas/"].concat()
 }
 
 impl Ownership {

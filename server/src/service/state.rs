@@ -3,10 +3,12 @@
 
 use super::gitlock::GitLock;
 use crate::config::Config;
-use serde_json::{json, Value as Json};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::engine::status::{self, Status};
+use serde_json::Value as Json;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use sync_core::Revision;
 
 /// How long past `batch_window` an uncommitted event may wait before the area counts as
 /// unable to commit (a hung Git lock, a disk that does not answer): long enough for a
@@ -117,6 +119,9 @@ pub struct ServiceState {
     backend_ok: AtomicBool,
     /// What the backend last answered when it failed, for `/status`.
     backend_error: Mutex<Option<String>>,
+    /// `backend.kind`, and the revision the health probe last read (0: none yet).
+    backend_kind: &'static str,
+    backend_revision: AtomicU64,
     /// An event older than this (batch window + grace) means the area cannot commit.
     stall_after: Duration,
     /// The Git lock, so a stalled area can say who holds it.
@@ -153,6 +158,7 @@ impl ServiceState {
         let mut state =
             ServiceState::with_areas(cfg.sync.node.clone(), cfg.git.branch.clone(), areas);
         state.stall_after = cfg.sync.batch_window + STALL_GRACE;
+        state.backend_kind = cfg.backend.kind_name();
         state
     }
 
@@ -175,6 +181,8 @@ impl ServiceState {
             version: env!("CARGO_PKG_VERSION"),
             backend_ok: AtomicBool::new(false),
             backend_error: Mutex::new(None),
+            backend_kind: "etcd",
+            backend_revision: AtomicU64::new(0),
             stall_after: Duration::from_secs(1) + STALL_GRACE,
             git_lock: None,
             sync_error: Mutex::new(None),
@@ -230,6 +238,11 @@ impl ServiceState {
         if ok {
             *lock(&self.backend_error) = None;
         }
+    }
+
+    /// The backend's revision, as the health probe read it.
+    pub fn set_backend_revision(&self, revision: Revision) {
+        self.backend_revision.store(revision.0, Ordering::Relaxed);
     }
 
     /// Records that the backend failed to answer, and how.
@@ -299,8 +312,9 @@ impl ServiceState {
                 .all(|(_, s)| s.settled(now, self.stall_after))
     }
 
-    /// The `/status` document.
-    pub fn to_json(&self) -> Json {
+    /// The `/status` document: the same type `kvgit status --json` prints, with the
+    /// service's live parts filled in and what only a full read can tell left empty.
+    pub fn to_status(&self) -> Status {
         let now = Instant::now();
         let backend_ok = self.backend_ok();
         // Copied before the area lock is taken: one lock at a time, no lock order to keep.
@@ -308,54 +322,83 @@ impl ServiceState {
         let push_error = lock(&self.push_error).clone();
         let backend_error = lock(&self.backend_error).clone();
         let waiting_for = self.lock_holder();
+        let revision = self.backend_revision.load(Ordering::Relaxed);
         let areas = self.areas();
         let ready = backend_ok && areas.iter().all(|(_, s)| s.settled(now, self.stall_after));
-        let list: Vec<Json> = areas
+        let list = areas
             .iter()
-            .map(|(name, s)| {
-                json!({
-                    "area": name,
-                    "mode": s.mode,
-                    "prefix": s.prefix,
-                    "path": s.path,
-                    "checkpoint": s.checkpoint,
-                    "base_commit": s.base_commit,
-                    "owner": s.owner,
-                    "owned_here": s.owned_here,
-                    "pending_events": s.pending_events,
-                    "lag_seconds": s.lag_seconds(now),
-                    "drift": s.drift,
-                    "ready": s.ready,
-                    "last_error": s.last_error,
-                    "refused": s.refused,
-                    "held": s.held,
-                    "apply_error": s.apply_error,
-                    "blocked": s.blocker(now, self.stall_after),
-                    "last_resync": s.last_resync,
-                    "resyncs": s.resyncs,
-                    "unmapped_files": s.unmapped_files,
-                    "last_commit": s.last_commit,
-                    "caught_up": s.caught_up,
-                    "last_conflicts": s
+            .map(|(name, s)| status::AreaStatus {
+                area: name.clone(),
+                base_commit: s.base_commit.clone(),
+                checkpoint: s.checkpoint.map(|r| status::CheckpointStatus {
+                    cluster: None,
+                    commit: None,
+                    distrust: None,
+                    node: None,
+                    revision: Revision(r),
+                    same_cluster: None,
+                    trusted: None,
+                }),
+                drift: Some(s.drift as usize),
+                error: None,
+                live: Some(status::AreaLive {
+                    apply_error: s.apply_error.clone(),
+                    blocked: s.blocker(now, self.stall_after),
+                    caught_up: s.caught_up,
+                    held: s.held.clone(),
+                    lag_seconds: s.lag_seconds(now),
+                    last_commit: s.last_commit.clone(),
+                    last_conflicts: s
                         .last_conflicts
                         .iter()
-                        .map(|(key, live)| json!({ "key": key, "overwritten": live }))
-                        .collect::<Vec<_>>(),
-                })
+                        .map(|(key, live)| status::Overwritten {
+                            key: key.clone(),
+                            overwritten: live.clone(),
+                        })
+                        .collect(),
+                    last_error: s.last_error.clone(),
+                    last_resync: s.last_resync.clone(),
+                    owned_here: s.owned_here,
+                    ready: s.ready,
+                    refused: s.refused.clone(),
+                    resyncs: s.resyncs,
+                    unmapped_files: s.unmapped_files.clone(),
+                }),
+                mode: s.mode.clone(),
+                owner: s.owner.clone(),
+                path: s.path.clone(),
+                pending_apply: None,
+                pending_events: Some(status::Pending::Keys(s.pending_events as usize)),
+                pending_export: None,
+                prefix: s.prefix.clone(),
             })
             .collect();
-        json!({
-            "node": self.node,
-            "branch": self.branch,
-            "version": self.version,
-            "backend_ok": backend_ok,
-            "backend_error": backend_error,
-            "git_lock": waiting_for,
-            "ready": ready,
-            "sync_error": sync_error,
-            "push_error": push_error,
-            "areas": list,
-        })
+        Status {
+            areas: list,
+            backend: status::BackendStatus {
+                cluster: None,
+                kind: self.backend_kind,
+                revision: (revision > 0).then_some(Revision(revision)),
+            },
+            branch: self.branch.clone(),
+            node: self.node.clone(),
+            service: Some(status::ServiceStatus {
+                backend_error,
+                backend_ok,
+                git_lock: waiting_for,
+                push_error,
+                ready,
+                sync_error,
+                version: self.version,
+            }),
+            tip: None,
+        }
+    }
+
+    /// [`ServiceState::to_status`] as JSON.
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self.to_status())
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
 }
 
@@ -424,7 +467,7 @@ mod tests {
         let b = &j["areas"][1];
         assert_eq!(b["area"], "b");
         assert_eq!(b["mode"], "kv-to-git");
-        assert_eq!(b["checkpoint"], 42);
+        assert_eq!(b["checkpoint"]["revision"], 42);
         assert_eq!(b["pending_events"], 3);
         assert_eq!(b["refused"], "would delete 9 of 10 keys");
         let lag = b["lag_seconds"].as_f64().expect("lag is a number");

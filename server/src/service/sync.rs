@@ -137,6 +137,9 @@ pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncErr
             Ok(mut plan) => {
                 plan.epoch = Some(epoch);
                 memory.refused.remove(&name);
+                // The status and the gauge change together: a reader never sees one cleared
+                // and the other still set.
+                ctx.metrics.refused(&name, false);
                 ctx.state.update(&name, |s| {
                     s.refused = None;
                     s.apply_error = None;
@@ -194,7 +197,6 @@ pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncErr
                 tracing::warn!(area = name, key = %op.key, %overwritten, "Git won a conflict; live value overwritten");
             }
         }
-        ctx.metrics.refused(name, false);
         ctx.metrics.drift(name, plan.drift.len() as u64);
         ctx.state.update(name, |s| {
             s.drift = plan.drift.len() as u64;
