@@ -1,11 +1,14 @@
 //! Running the `git` CLI against the bare repository for what gix cannot do (push) or what
 //! git does best (fetch, repack), isolated from user/system config, hooks and prompts.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::auth::RemoteAuth;
 
 /// Why a `git` command could not run.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,8 @@ pub(crate) struct Git {
     /// Network commands (fetch, push) are killed after this long: a hung remote must
     /// delay pushes only, never hold a thread or a lock forever.
     limit: Option<Duration>,
+    /// `core.sshCommand` for ssh remotes with a deploy key (None: plain `ssh` in batch mode).
+    ssh_command: Option<OsString>,
 }
 
 impl Git {
@@ -72,7 +77,14 @@ impl Git {
         Git {
             git_dir: git_dir.to_owned(),
             limit: None,
+            ssh_command: None,
         }
+    }
+
+    /// ssh (for ssh remotes) uses `auth`'s key and known_hosts only; see [`RemoteAuth`].
+    pub(crate) fn with_auth(mut self, auth: Option<&RemoteAuth>) -> Self {
+        self.ssh_command = auth.map(RemoteAuth::ssh_command);
+        self
     }
 
     /// Bounds every command run through this value to `limit`.
@@ -104,6 +116,13 @@ impl Git {
             .env("LC_ALL", "C")
             .stdin(Stdio::null());
         for setting in CONFIG {
+            cmd.arg("-c").arg(setting);
+        }
+        if let Some(ssh) = &self.ssh_command {
+            // Set later, so it wins over the plain one; the environment would win over both.
+            cmd.env_remove("GIT_SSH").env_remove("GIT_SSH_COMMAND");
+            let mut setting = OsString::from("core.sshCommand=");
+            setting.push(ssh);
             cmd.arg("-c").arg(setting);
         }
         cmd.arg("--git-dir").arg(&self.git_dir).args(args);

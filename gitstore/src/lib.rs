@@ -6,6 +6,7 @@
 
 mod ancestry;
 mod area;
+mod auth;
 mod cli;
 mod commit;
 mod diff;
@@ -24,6 +25,7 @@ mod trees;
 mod write;
 
 pub use ancestry::MergeBaseError;
+pub use auth::{RemoteAuth, RemoteAuthError};
 pub use cli::{redact as redact_url, CliError};
 pub use commit::{Author, CommitWriteError};
 pub use diff::{DiffError, FileChange};

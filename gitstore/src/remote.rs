@@ -3,6 +3,7 @@
 
 use gix::ObjectId;
 
+use crate::auth::{host_key_lines, host_key_refused};
 use crate::cli::{looks_unreachable, redact, CliError, Git};
 use crate::refs::{branch_ref, meta_fetch_spec, tracking_ref};
 use crate::GitStore;
@@ -16,6 +17,8 @@ pub enum FetchError {
     InvalidBranch { branch: String },
     #[error("fetch from {url}: remote unreachable: {stderr}")]
     Unreachable { url: String, stderr: String },
+    #[error("fetch from {url}: the remote's host key did not match the known_hosts file (git.known_hosts_file): {stderr}")]
+    HostKey { url: String, stderr: String },
     #[error("fetch from {url}")]
     Git {
         url: String,
@@ -51,6 +54,8 @@ pub enum PushError {
     InvalidRef { url: String, name: String },
     #[error("push to {url}: remote unreachable: {stderr}")]
     Unreachable { url: String, stderr: String },
+    #[error("push to {url}: the remote's host key did not match the known_hosts file (git.known_hosts_file): {stderr}")]
+    HostKey { url: String, stderr: String },
     #[error("push to {url}: the remote refused {refs:?}")]
     RemoteRefused { url: String, refs: Vec<RejectedRef> },
     #[error("push to {url}")]
@@ -108,7 +113,9 @@ impl GitStore {
         }
         let branch_spec = format!("+{}:{tracking}", branch_ref(branch));
         let meta_spec = meta_fetch_spec();
-        let git = Git::new(self.git_dir()).with_limit(self.network_timeout());
+        let git = Git::new(self.git_dir())
+            .with_limit(self.network_timeout())
+            .with_auth(self.remote_auth());
         let base = [
             "fetch",
             "--quiet",
@@ -141,6 +148,12 @@ impl GitStore {
                         source,
                     })?;
                 return Ok(None);
+            }
+            if host_key_refused(&stderr) {
+                return Err(FetchError::HostKey {
+                    url,
+                    stderr: host_key_lines(&stderr),
+                });
             }
             if looks_unreachable(&stderr) {
                 return Err(FetchError::Unreachable { url, stderr });
@@ -197,6 +210,7 @@ impl GitStore {
         args.extend(specs.iter().map(String::as_str));
         let out = Git::new(self.git_dir())
             .with_limit(self.network_timeout())
+            .with_auth(self.remote_auth())
             .output(&args)
             .map_err(|source| PushError::Git {
                 url: url.clone(),
@@ -213,6 +227,12 @@ impl GitStore {
         }
         if !lost_race.is_empty() {
             return Ok(PushOutcome::Rejected { refs: lost_race });
+        }
+        if host_key_refused(&stderr) {
+            return Err(PushError::HostKey {
+                url,
+                stderr: host_key_lines(&stderr),
+            });
         }
         if looks_unreachable(&stderr) {
             return Err(PushError::Unreachable { url, stderr });

@@ -19,6 +19,8 @@ pub struct GitStore {
     git_dir: PathBuf,
     /// How long a fetch or push may run before it is killed (None: unbounded).
     network_timeout: Option<std::time::Duration>,
+    /// The deploy key and known_hosts for ssh remotes (None: ssh as configured for the user).
+    remote_auth: Option<crate::RemoteAuth>,
 }
 
 /// Pack indices the object database can hold at once (git keeps far fewer after a repack).
@@ -123,6 +125,7 @@ impl GitStore {
             branch_ref_str,
             git_dir,
             network_timeout: None,
+            remote_auth: None,
         })
     }
 
@@ -146,6 +149,17 @@ impl GitStore {
     pub fn with_network_timeout(mut self, limit: std::time::Duration) -> GitStore {
         self.network_timeout = Some(limit);
         self
+    }
+
+    /// Fetch and push reach ssh remotes with `auth`'s key and known_hosts only: no agent, no
+    /// user ssh config, strict host key checking.
+    pub fn with_remote_auth(mut self, auth: crate::RemoteAuth) -> GitStore {
+        self.remote_auth = Some(auth);
+        self
+    }
+
+    pub(crate) fn remote_auth(&self) -> Option<&crate::RemoteAuth> {
+        self.remote_auth.as_ref()
     }
 
     pub(crate) fn network_timeout(&self) -> Option<std::time::Duration> {

@@ -3,6 +3,7 @@
 //! settings are the keys serde itself ignored (`serde_ignored`); `[backend]` is the chosen
 //! backend crate's own config type, with that crate's defaults and checks.
 
+use crate::secret::Secret;
 use backend_consul::ConsulConfig;
 use backend_etcd::EtcdConfig;
 use figment::providers::{Env, Format, Toml};
@@ -74,6 +75,9 @@ pub struct GitConfig {
     pub author_email: String,
     /// A fetch or push still running after this long is killed (with its ssh/https child).
     pub timeout: Duration,
+    /// `ssh_key_file` and `known_hosts_file`, checked: ssh remotes are reached with this key
+    /// only and this known_hosts only (strict host key checking).
+    pub remote_auth: Option<gitstore::RemoteAuth>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +101,11 @@ pub struct SyncConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: String,
-    pub sync_token: Option<String>,
+    /// `Authorization: Bearer` token for `POST /sync` (`sync_token` or `sync_token_file`).
+    pub sync_token: Option<Secret>,
+    /// Key of GitHub/Gitea HMAC-SHA256 signatures and GitLab's `X-Gitlab-Token`
+    /// (`webhook_secret` or `webhook_secret_file`).
+    pub webhook_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +156,8 @@ struct RawGit {
     author_name: Option<String>,
     author_email: Option<String>,
     timeout: Option<String>,
+    ssh_key_file: Option<PathBuf>,
+    known_hosts_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +177,9 @@ struct RawSync {
 struct RawServer {
     listen: Option<String>,
     sync_token: Option<String>,
+    sync_token_file: Option<PathBuf>,
+    webhook_secret: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -451,10 +464,19 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
     {
         problems.push(format!("git.branch: {branch:?} is not a valid branch name"));
     }
+    let remote = raw.git.remote.filter(|r| !r.is_empty());
+    if let Some(remote) = &remote {
+        check_remote_credentials(remote, problems);
+    }
+    let remote_auth = remote_auth(
+        raw.git.ssh_key_file.map(&resolve),
+        raw.git.known_hosts_file.map(&resolve),
+        problems,
+    );
     let git = GitConfig {
         repo: resolve(raw.git.repo.unwrap_or_else(|| PathBuf::from("state.git"))),
         branch,
-        remote: raw.git.remote.filter(|r| !r.is_empty()),
+        remote,
         author_name: raw
             .git
             .author_name
@@ -464,6 +486,7 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
             .author_email
             .unwrap_or_else(|| format!("kvgit@{node}")),
         timeout: duration("git.timeout", raw.git.timeout, "60s", problems),
+        remote_auth,
     };
 
     let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
@@ -474,7 +497,18 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
     }
     let server = ServerConfig {
         listen,
-        sync_token: raw.server.sync_token.filter(|t| !t.is_empty()),
+        sync_token: server_secret(
+            "server.sync_token",
+            raw.server.sync_token,
+            raw.server.sync_token_file.map(&resolve),
+            problems,
+        ),
+        webhook_secret: server_secret(
+            "server.webhook_secret",
+            raw.server.webhook_secret,
+            raw.server.webhook_secret_file.map(&resolve),
+            problems,
+        ),
     };
 
     let areas = validate_areas(raw.area, problems);
@@ -496,6 +530,87 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
         sync,
         server,
         areas,
+    }
+}
+
+/// A `[server]` secret given inline (`setting`) or in a file (`setting_file`, read now so a
+/// bad file stops the start); both at once is refused. An empty inline value means unset.
+fn server_secret(
+    setting: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<Secret> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{setting} and {setting}_file: set one, not both"));
+            None
+        }
+        (Some(value), None) => Secret::new(value),
+        (None, Some(path)) => match crate::secret::read_file(&format!("{setting}_file"), &path) {
+            Ok(secret) => Some(secret),
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// A password or token in `git.remote` would end up in logs, `/status` and process lists:
+/// refused, and the message shows the URL without it.
+fn check_remote_credentials(remote: &str, problems: &mut Vec<String>) {
+    let Some((scheme, rest)) = remote.split_once("://") else {
+        return;
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return;
+    };
+    let user_info = &authority[..at];
+    // `ssh://git@host` names a user; a password, or any user info over http(s), is a secret.
+    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if user_info.contains(':') || http {
+        problems.push(format!(
+            "git.remote: {:?} embeds a credential; remove it from the URL (ssh remotes: git.ssh_key_file and git.known_hosts_file)",
+            gitstore::redact_url(remote)
+        ));
+    }
+}
+
+/// `git.ssh_key_file` and `git.known_hosts_file`: both or neither, each readable, the key
+/// without a passphrase (checked now, so a bad file stops the start, not the first push).
+fn remote_auth(
+    key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<gitstore::RemoteAuth> {
+    use gitstore::RemoteAuthError as E;
+    let (key, known_hosts) = match (key, known_hosts) {
+        (None, None) => return None,
+        (Some(key), Some(known_hosts)) => (key, known_hosts),
+        (Some(_), None) => {
+            problems.push("git.known_hosts_file: required with git.ssh_key_file (strict host key checking, no trust on first use)".into());
+            return None;
+        }
+        (None, Some(_)) => {
+            problems.push("git.ssh_key_file: required with git.known_hosts_file".into());
+            return None;
+        }
+    };
+    match gitstore::RemoteAuth::new(&key, &known_hosts) {
+        Ok(auth) => Some(auth),
+        Err(e) => {
+            let setting = match &e {
+                E::UnusablePath { path } | E::Unreadable { path, .. } if *path == known_hosts => {
+                    "git.known_hosts_file"
+                }
+                _ => "git.ssh_key_file",
+            };
+            problems.push(format!("{setting}: {}", crate::errors::chain(&e)));
+            None
+        }
     }
 }
 
@@ -728,6 +843,76 @@ mode = "both"
     const AREA: &str = "[[area]]\nname = \"a\"\nprefix = \"/a/\"\npath = \"a\"\nmode = \"both\"\n";
 
     #[test]
+    fn server_secrets_come_inline_or_from_files_and_never_print() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kvgit.toml");
+        let load_here = |toml: &str| {
+            std::fs::write(&path, toml).expect("write config");
+            load(&path)
+        };
+        std::fs::write(dir.path().join("webhook_secret"), "wh-s3cret\n").expect("write");
+        std::fs::write(dir.path().join("sync_token"), "tok-s3cret").expect("write");
+        let cfg = load_here(&format!(
+            "[server]\nsync_token_file = \"sync_token\"\nwebhook_secret_file = \"webhook_secret\"\n{AREA}"
+        ))
+        .expect("secrets from files");
+        let expose = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
+        assert_eq!(
+            expose(&cfg.server.sync_token).as_deref(),
+            Some("tok-s3cret")
+        );
+        assert_eq!(
+            expose(&cfg.server.webhook_secret).as_deref(),
+            Some("wh-s3cret")
+        );
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+
+        let cfg = load_here(&format!(
+            "[server]\nsync_token = \"tok-s3cret\"\nwebhook_secret = \"wh-s3cret\"\n{AREA}"
+        ))
+        .expect("inline secrets");
+        assert_eq!(
+            expose(&cfg.server.sync_token).as_deref(),
+            Some("tok-s3cret")
+        );
+        assert_eq!(
+            expose(&cfg.server.webhook_secret).as_deref(),
+            Some("wh-s3cret")
+        );
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+
+        std::fs::write(dir.path().join("empty"), "\n").expect("write");
+        let err = load_here(&format!(
+            "[server]\nsync_token_file = \"absent\"\nwebhook_secret_file = \"empty\"\n{AREA}"
+        ))
+        .expect_err("unreadable and empty secret files");
+        let text = err.to_string();
+        assert!(
+            text.contains("server.sync_token_file: cannot read "),
+            "{text}"
+        );
+        assert!(
+            text.contains("server.webhook_secret_file: ") && text.contains("is empty"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+
+        let err = load_here(&format!(
+            "[server]\nwebhook_secret = \"wh-s3cret\"\nwebhook_secret_file = \"webhook_secret\"\n{AREA}"
+        ))
+        .expect_err("both forms at once");
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "server.webhook_secret and server.webhook_secret_file: set one, not both"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
     fn every_backend_problem_is_reported_at_once_naming_the_setting() {
         let err = load_str(&format!(
             r#"
@@ -809,6 +994,79 @@ colour = "blue"
             "{text}"
         );
         assert!(text.contains("sync.lease_ttl"), "{text}");
+    }
+
+    #[test]
+    fn a_remote_with_a_credential_is_refused_without_showing_it() {
+        let err = load_str(&format!(
+            "[git]\nremote = \"https://bob:hunter2@git.example.org/ops/state.git\"\n{AREA}"
+        ))
+        .expect_err("credential in the URL");
+        let text = err.to_string();
+        assert!(text.contains("git.remote: "), "{text}");
+        assert!(
+            text.contains("https://git.example.org/ops/state.git"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2") && !text.contains("bob"), "{text}");
+        let err = load_str(&format!(
+            "[git]\nremote = \"https://ghp_token@git.example.org/x.git\"\n{AREA}"
+        ))
+        .expect_err("token as the user");
+        assert!(!err.to_string().contains("ghp_token"), "{err}");
+        let cfg = load_str(&format!(
+            "[git]\nremote = \"ssh://git@git.example.org/ops/state.git\"\n{AREA}"
+        ))
+        .expect("an ssh user is no credential");
+        assert!(cfg.git.remote_auth.is_none());
+    }
+
+    #[test]
+    fn ssh_key_and_known_hosts_are_checked_relative_to_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kvgit.toml");
+        let load_with = |git: &str| {
+            std::fs::write(&path, format!("[git]\n{git}{AREA}")).expect("write config");
+            load(&path)
+        };
+        let problem = |git: &str| {
+            let text = load_with(git).expect_err("refused").to_string();
+            assert_eq!(text.lines().count(), 1, "{text}");
+            text
+        };
+        let text = problem("ssh_key_file = \"deploy_key\"\n");
+        assert!(text.contains("git.known_hosts_file: required"), "{text}");
+        let text = problem("ssh_key_file = \"deploy_key\"\nknown_hosts_file = \"known_hosts\"\n");
+        assert!(text.contains("git.ssh_key_file: "), "{text}");
+        assert!(
+            text.contains(&dir.path().join("deploy_key").display().to_string()),
+            "{text}"
+        );
+
+        let keygen = |name: &str, pass: &str| {
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-C", "test", "-N", pass, "-f"])
+                .arg(dir.path().join(name))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !keygen("deploy_key", "") || !keygen("locked_key", "secret") {
+            eprintln!("ssh-keygen not installed: skipping the key checks");
+            return;
+        }
+        let text = problem("ssh_key_file = \"deploy_key\"\nknown_hosts_file = \"known_hosts\"\n");
+        assert!(text.contains("git.known_hosts_file: "), "{text}");
+        std::fs::write(dir.path().join("known_hosts"), "").expect("write known_hosts");
+        let text = problem("ssh_key_file = \"locked_key\"\nknown_hosts_file = \"known_hosts\"\n");
+        assert!(
+            text.contains("git.ssh_key_file: ") && text.contains("passphrase"),
+            "{text}"
+        );
+        let cfg = load_with("ssh_key_file = \"deploy_key\"\nknown_hosts_file = \"known_hosts\"\n")
+            .expect("a usable key");
+        let auth = cfg.git.remote_auth.expect("remote auth");
+        assert_eq!(auth.ssh_key(), dir.path().join("deploy_key"));
+        assert_eq!(auth.known_hosts(), dir.path().join("known_hosts"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod config;
 mod engine;
 mod errors;
 mod render;
+mod secret;
 mod service;
 
 use clap::Parser;

@@ -9,3 +9,4 @@ pub mod etcd;
 pub mod kvgit;
 pub mod multinode;
 pub mod serve;
+pub mod sshd;

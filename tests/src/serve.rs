@@ -31,10 +31,14 @@ pub struct ServeConfig<'a> {
     pub push_interval: &'a str,
     pub fetch_interval: &'a str,
     pub sync_token: Option<&'a str>,
+    /// `server.webhook_secret_file`: the key of GitHub/Gitea signatures and GitLab's token.
+    pub webhook_secret_file: Option<PathBuf>,
     /// `sync.node`; the workspace default ("test-node") when `None`.
     pub node: Option<&'a str>,
     /// `sync.lease_ttl`; kvgit's default (10s) when `None`.
     pub lease_ttl: Option<&'a str>,
+    /// More `[git]` lines (e.g. an ssh `remote`, `ssh_key_file`, `timeout`), appended as is.
+    pub git_extra: Option<String>,
 }
 
 impl<'a> ServeConfig<'a> {
@@ -48,8 +52,10 @@ impl<'a> ServeConfig<'a> {
             push_interval: "500ms",
             fetch_interval: "1s",
             sync_token: None,
+            webhook_secret_file: None,
             node: None,
             lease_ttl: None,
+            git_extra: None,
         }
     }
 
@@ -60,10 +66,13 @@ impl<'a> ServeConfig<'a> {
 
     /// Writes `ws.config` for `endpoint`, listening on `listen`.
     pub fn write(&self, ws: &Workspace, endpoint: &str, listen: SocketAddr) {
-        let git_extra = match &self.remote {
+        let mut git_extra = match &self.remote {
             Some(r) => format!("remote = \"{}\"\n", r.display()),
             None => String::new(),
         };
+        if let Some(extra) = &self.git_extra {
+            git_extra.push_str(extra);
+        }
         let mut sync_extra = format!(
             "batch_window = \"{}\"\nbatch_max = {}\npush_interval = \"{}\"\nfetch_interval = \"{}\"\n",
             self.batch_window, self.batch_max, self.push_interval, self.fetch_interval
@@ -77,6 +86,9 @@ impl<'a> ServeConfig<'a> {
         let mut server = format!("listen = \"{listen}\"\n");
         if let Some(t) = self.sync_token {
             server.push_str(&format!("sync_token = \"{t}\"\n"));
+        }
+        if let Some(f) = &self.webhook_secret_file {
+            server.push_str(&format!("webhook_secret_file = \"{}\"\n", f.display()));
         }
         ws.write_config_full(endpoint, &self.areas, &git_extra, &sync_extra, &server);
     }
@@ -478,17 +490,38 @@ pub fn http(
     path: &str,
     bearer: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    let auth = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    http_with(addr, method, path, &headers, b"")
+}
+
+/// Like [`http`], with any header lines and a body (sent with its Content-Length), as a Git
+/// host's webhook delivery is.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
-    if let Some(token) = bearer {
-        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes())?;
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    stream.write_all(&req)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());

@@ -76,8 +76,15 @@ impl Context {
         let repo = cfg.git.repo.clone();
         let branch = cfg.git.branch.clone();
         let timeout = cfg.git.timeout;
+        let auth = cfg.git.remote_auth.clone();
         let git = tokio::task::spawn_blocking(move || {
-            GitStore::open_or_init(&repo, &branch).map(|g| g.with_network_timeout(timeout))
+            GitStore::open_or_init(&repo, &branch).map(|g| {
+                let g = g.with_network_timeout(timeout);
+                match auth {
+                    Some(auth) => g.with_remote_auth(auth),
+                    None => g,
+                }
+            })
         })
         .await
         .map_err(ConnectError::Panicked)?

@@ -9,8 +9,10 @@
 //! after a pause; it never ends the server. Connections are served by hyper's HTTP/1 server,
 //! the routes by axum.
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, WebhookResult};
 use super::state::ServiceState;
+use super::webhook::{self, Credentials, Verdict};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,9 +74,10 @@ pub struct HttpContext {
     /// Poked by `POST /sync`. A Notify holds at most one permit, so a burst of webhooks
     /// becomes one fetch, not one per request.
     pub trigger: Arc<Notify>,
-    /// When set, `POST /sync` needs `Authorization: Bearer <token>`: the endpoint makes
-    /// the service do work, and webhooks come from outside.
-    pub sync_token: Option<String>,
+    /// When either is set, `POST /sync` needs the bearer token or a valid webhook
+    /// signature/token (`service::webhook`): the endpoint makes the service do work, and
+    /// webhooks come from outside.
+    pub credentials: Credentials,
 }
 
 /// The routes, over a shared context (an `Arc` so a request clones a pointer, not the token).
@@ -418,55 +421,56 @@ async fn status(State(ctx): Ctx) -> Json<serde_json::Value> {
     Json(ctx.state.to_json())
 }
 
-async fn sync(State(ctx): Ctx, headers: HeaderMap) -> Response {
-    if let Some(token) = &ctx.sync_token {
-        if !authorized(&headers, token) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({ "error": "a valid bearer token is required" })),
+async fn sync(State(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
+    let source = webhook::source(&headers);
+    let verdict = webhook::judge(&ctx.credentials, source, &headers, body).await;
+    let (result, code, body) = match verdict {
+        Verdict::Accepted => {
+            ctx.trigger.notify_one();
+            (
+                WebhookResult::Accepted,
+                StatusCode::ACCEPTED,
+                json!({ "status": "sync requested" }),
             )
-                .into_response();
         }
-    }
-    ctx.trigger.notify_one();
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "status": "sync requested" })),
-    )
-        .into_response()
-}
-
-/// Whether the request carries `Authorization: Bearer <token>` (scheme case-insensitive,
-/// RFC 7235).
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
+        Verdict::Unauthorized => (
+            WebhookResult::Rejected,
+            StatusCode::UNAUTHORIZED,
+            json!({ "error": "a valid bearer token or webhook signature is required" }),
+        ),
+        Verdict::TooLarge => (
+            WebhookResult::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({ "error": format!("the body is over {} bytes", webhook::MAX_BODY) }),
+        ),
+        Verdict::BadBody => (
+            WebhookResult::Rejected,
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "the body could not be read" }),
+        ),
     };
-    let Some((scheme, given)) = value.split_once(' ') else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer")
-        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-}
-
-/// Compares without stopping at the first difference, so response times do not reveal
-/// how much of a guess was right. The length may leak; it says little about the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    ctx.metrics.webhook(source, result);
+    if result != WebhookResult::Accepted {
+        tracing::debug!(
+            source = source.label(),
+            result = result.label(),
+            "POST /sync refused"
+        );
     }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // black_box keeps the optimiser from turning the fold back into an early exit.
-    std::hint::black_box(diff) == 0
+    let mut response = (code, Json(body)).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
     use crate::service::metrics::ALL_NAMES;
     use crate::service::state::AreaStatus;
     use std::net::SocketAddr;
@@ -479,6 +483,7 @@ mod tests {
     struct Harness {
         addr: SocketAddr,
         state: Arc<ServiceState>,
+        metrics: Arc<Metrics>,
         trigger: Arc<Notify>,
         shutdown: CancellationToken,
         task: JoinHandle<std::io::Result<()>>,
@@ -490,6 +495,23 @@ mod tests {
 
     /// Like `start`; with `Some(limits)`, the server runs with those bounds on connections.
     async fn start_with(sync_token: Option<&str>, limits: Option<Limits>) -> Harness {
+        let credentials = Credentials {
+            sync_token: sync_token.and_then(|t| Secret::new(t.to_string())),
+            webhook_secret: None,
+        };
+        start_full(credentials, limits).await
+    }
+
+    /// A server with both secrets set: the bearer token and the webhook secret.
+    async fn start_webhooks(sync_token: &str, webhook_secret: &str) -> Harness {
+        let credentials = Credentials {
+            sync_token: Secret::new(sync_token.to_string()),
+            webhook_secret: Secret::new(webhook_secret.to_string()),
+        };
+        start_full(credentials, None).await
+    }
+
+    async fn start_full(credentials: Credentials, limits: Option<Limits>) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -513,9 +535,9 @@ mod tests {
         let shutdown = CancellationToken::new();
         let ctx = HttpContext {
             state: state.clone(),
-            metrics,
+            metrics: metrics.clone(),
             trigger: trigger.clone(),
-            sync_token: sync_token.map(str::to_string),
+            credentials,
         };
         let task = match limits {
             None => tokio::spawn(serve(listener, ctx, shutdown.clone())),
@@ -530,6 +552,7 @@ mod tests {
         Harness {
             addr,
             state,
+            metrics,
             trigger,
             shutdown,
             task,
@@ -906,9 +929,315 @@ mod tests {
 
     #[test]
     fn token_comparison() {
+        use webhook::constant_time_eq;
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    // ---- POST /sync as Git hosts send it (service::webhook) ----
+
+    const SECRET: &str = "It's a Secret to Everybody";
+
+    /// HMAC-SHA256 of the exact body bytes, lowercase hex: what GitHub puts after `sha256=`
+    /// in `X-Hub-Signature-256` and what Gitea puts in `X-Gitea-Signature`.
+    fn hmac_hex(secret: &str, body: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn github(secret: &str, body: &[u8]) -> String {
+        format!("sha256={}", hmac_hex(secret, body))
+    }
+
+    /// Sends `head` then `body` on a fresh connection while reading the answer, so a server
+    /// that answers before reading everything (413) is heard even if it then closes.
+    async fn raw_exchange(addr: SocketAddr, head: String, body: Vec<u8>) -> Reply {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            // The server may close before taking it all: a failed write is expected then.
+            if wr.write_all(head.as_bytes()).await.is_ok() {
+                let _ = wr.write_all(&body).await;
+            }
+            wr
+        });
+        let mut raw = Vec::new();
+        let read = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the server answers in time");
+        drop(writer.await);
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        Reply {
+            code,
+            headers: head.to_ascii_lowercase(),
+            body: body.to_string(),
+        }
+    }
+
+    fn head(extra: &[(&str, &str)], framing: &str) -> String {
+        let mut h = String::from(
+            "POST /sync HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n",
+        );
+        for (name, value) in extra {
+            h.push_str(&format!("{name}: {value}\r\n"));
+        }
+        h.push_str(framing);
+        h.push_str("\r\n");
+        h
+    }
+
+    /// `POST /sync` with `body` and its true Content-Length.
+    async fn post(addr: SocketAddr, extra: &[(&str, &str)], body: &[u8]) -> Reply {
+        let framing = format!("Content-Length: {}\r\n", body.len());
+        raw_exchange(addr, head(extra, &framing), body.to_vec()).await
+    }
+
+    /// `POST /sync` with `body` in 64 KiB chunks and no Content-Length.
+    async fn post_chunked(addr: SocketAddr, extra: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut wire = Vec::new();
+        for chunk in body.chunks(64 * 1024) {
+            wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        raw_exchange(addr, head(extra, "Transfer-Encoding: chunked\r\n"), wire).await
+    }
+
+    fn webhook_count(h: &Harness, source: &str, result: &str) -> u64 {
+        let series = format!("kvgit_webhook_total{{result=\"{result}\",source=\"{source}\"}} ");
+        let text = h.metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    }
+
+    /// Asserts a sync was requested (one permit), and consumes it.
+    async fn triggered(h: &Harness) {
+        tokio::time::timeout(Duration::from_secs(1), h.trigger.notified())
+            .await
+            .expect("the trigger fires");
+    }
+
+    /// Asserts no sync was requested.
+    async fn quiet(h: &Harness) {
+        let r = tokio::time::timeout(Duration::from_millis(50), h.trigger.notified()).await;
+        assert!(r.is_err(), "a refused request must not trigger a sync");
+    }
+
+    #[test]
+    fn the_signature_is_the_one_github_documents() {
+        // GitHub's "Validating webhook deliveries" test values.
+        assert_eq!(
+            github(SECRET, b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+
+    #[tokio::test]
+    async fn github_and_gitea_signatures_are_checked_over_the_exact_body() {
+        let h = start_webhooks("t0ken", SECRET).await;
+        let body = br#"{"ref":"refs/heads/main","after":"0123abcd","commits":[]}"#;
+
+        let sig = github(SECRET, body);
+        let r = post(
+            h.addr,
+            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &sig)],
+            body,
+        )
+        .await;
+        assert_eq!(r.code, 202, "{}", r.body);
+        triggered(&h).await;
+        let sig = hmac_hex(SECRET, body);
+        let r = post(
+            h.addr,
+            &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", &sig)],
+            body,
+        )
+        .await;
+        assert_eq!(r.code, 202, "{}", r.body);
+        triggered(&h).await;
+        // Gitea sends both headers; its own is the one checked.
+        let both = [
+            ("X-Gitea-Signature", sig.clone()),
+            ("X-Hub-Signature-256", format!("sha256={sig}")),
+        ];
+        let both: Vec<(&str, &str)> = both.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let r = post(h.addr, &both, body).await;
+        assert_eq!(r.code, 202, "{}", r.body);
+        triggered(&h).await;
+
+        let mut tampered = body.to_vec();
+        tampered[8] ^= 1;
+        let refused: Vec<(&str, String, Vec<u8>)> = vec![
+            // Signed with another secret.
+            (
+                "X-Hub-Signature-256",
+                github("not the secret", body),
+                body.to_vec(),
+            ),
+            (
+                "X-Gitea-Signature",
+                hmac_hex("not the secret", body),
+                body.to_vec(),
+            ),
+            // Right secret, body changed on the way.
+            (
+                "X-Hub-Signature-256",
+                github(SECRET, body),
+                tampered.clone(),
+            ),
+            ("X-Gitea-Signature", hmac_hex(SECRET, body), tampered),
+            // A body with one more byte.
+            (
+                "X-Hub-Signature-256",
+                github(SECRET, body),
+                [&body[..], b" "].concat(),
+            ),
+            // GitHub's value without its prefix, Gitea's with one, the old SHA-1 form.
+            ("X-Hub-Signature-256", hmac_hex(SECRET, body), body.to_vec()),
+            ("X-Gitea-Signature", github(SECRET, body), body.to_vec()),
+            ("X-Hub-Signature-256", "sha1=0123".into(), body.to_vec()),
+            ("X-Hub-Signature-256", String::new(), body.to_vec()),
+        ];
+        for (name, value, sent) in &refused {
+            let r = post(h.addr, &[(name, value)], sent).await;
+            assert_eq!(r.code, 401, "{name}: {value}");
+            assert!(r.headers.contains("www-authenticate: bearer"));
+            assert!(!r.body.contains(SECRET), "{}", r.body);
+        }
+        quiet(&h).await;
+        assert_eq!(webhook_count(&h, "github", "accepted"), 1);
+        assert_eq!(webhook_count(&h, "gitea", "accepted"), 2);
+        assert_eq!(webhook_count(&h, "github", "rejected"), 6);
+        assert_eq!(webhook_count(&h, "gitea", "rejected"), 3);
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn gitlab_token_and_bearer_each_open_their_own_door() {
+        let h = start_webhooks("t0ken", SECRET).await;
+        let body = br#"{"object_kind":"push"}"#;
+        let bearer = "Bearer t0ken".to_string();
+        for (name, value) in [
+            ("X-Gitlab-Token", SECRET),
+            ("Authorization", bearer.as_str()),
+        ] {
+            let r = post(h.addr, &[(name, value)], body).await;
+            assert_eq!(r.code, 202, "{name}");
+            triggered(&h).await;
+        }
+        let refused = [
+            ("X-Gitlab-Token", "wrong"),
+            ("X-Gitlab-Token", ""),
+            // Each secret opens its own door only.
+            ("X-Gitlab-Token", "t0ken"),
+            ("Authorization", "Bearer It's a Secret to Everybody"),
+            ("Authorization", "Bearer wrong"),
+            ("X-Unknown", "t0ken"),
+        ];
+        for (name, value) in refused {
+            let r = post(h.addr, &[(name, value)], body).await;
+            assert_eq!(r.code, 401, "{name}: {value}");
+        }
+        quiet(&h).await;
+        assert_eq!(webhook_count(&h, "gitlab", "accepted"), 1);
+        assert_eq!(webhook_count(&h, "bearer", "accepted"), 1);
+        assert_eq!(webhook_count(&h, "gitlab", "rejected"), 3);
+        assert_eq!(webhook_count(&h, "bearer", "rejected"), 2);
+        assert_eq!(webhook_count(&h, "unknown", "rejected"), 1);
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn a_body_over_one_mib_is_refused_before_it_is_read() {
+        let h = start_webhooks("t0ken", SECRET).await;
+        let max = webhook::MAX_BODY;
+        let big = vec![b'x'; max + 1];
+        let sig = github(SECRET, &big);
+        let signed = [("X-Hub-Signature-256", sig.as_str())];
+
+        // Declared too large: answered from the header, before any body byte is sent.
+        let framing = format!("Content-Length: {}\r\n", max + 1);
+        let r = raw_exchange(h.addr, head(&signed, &framing), Vec::new()).await;
+        assert_eq!(r.code, 413, "{}", r.body);
+        // Declared and sent.
+        let r = post(h.addr, &signed, &big).await;
+        assert_eq!(r.code, 413, "{}", r.body);
+        // Not declared (chunked): cut off by the limit on reading.
+        let r = post_chunked(h.addr, &signed, &big).await;
+        assert_eq!(r.code, 413, "{}", r.body);
+        // The same with a token that is right: size is checked for every sender.
+        let r = post_chunked(h.addr, &[("Authorization", "Bearer t0ken")], &big).await;
+        assert_eq!(r.code, 413, "{}", r.body);
+        quiet(&h).await;
+
+        // Exactly the limit is fine, chunked or not.
+        let edge = vec![b'y'; max];
+        let sig = github(SECRET, &edge);
+        let r = post_chunked(h.addr, &[("X-Hub-Signature-256", &sig)], &edge).await;
+        assert_eq!(r.code, 202, "{}", r.body);
+        triggered(&h).await;
+        let r = post(h.addr, &[("X-Hub-Signature-256", &sig)], &edge).await;
+        assert_eq!(r.code, 202, "{}", r.body);
+        triggered(&h).await;
+
+        assert_eq!(webhook_count(&h, "github", "too_large"), 3);
+        assert_eq!(webhook_count(&h, "bearer", "too_large"), 1);
+        assert_eq!(webhook_count(&h, "github", "accepted"), 2);
+        stop(h).await;
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_content_length_says_is_still_cut_off() {
+        // hyper frames by Content-Length on the wire, so a lie there cannot reach the
+        // handler over TCP; the handler is called directly with a body that outgrows it.
+        let metrics = Arc::new(Metrics::new());
+        let trigger = Arc::new(Notify::new());
+        let ctx = Arc::new(HttpContext {
+            state: Arc::new(ServiceState::with_areas("core-1", "main", [])),
+            metrics: metrics.clone(),
+            trigger: trigger.clone(),
+            credentials: Credentials {
+                sync_token: None,
+                webhook_secret: Secret::new(SECRET.into()),
+            },
+        });
+        let big = vec![b'x'; webhook::MAX_BODY + 1];
+        for declared in [Some("10"), None] {
+            let mut headers = HeaderMap::new();
+            let sig = github(SECRET, &big);
+            headers.insert("x-hub-signature-256", sig.parse().expect("a header value"));
+            if let Some(n) = declared {
+                headers.insert(header::CONTENT_LENGTH, n.parse().expect("a header value"));
+            }
+            let r = sync(State(ctx.clone()), headers, Body::from(big.clone())).await;
+            assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "{declared:?}");
+        }
+        let r = tokio::time::timeout(Duration::from_millis(50), trigger.notified()).await;
+        assert!(r.is_err(), "an oversized body must not trigger a sync");
+        assert!(metrics
+            .encode()
+            .contains(r#"kvgit_webhook_total{result="too_large",source="github"} 2"#));
     }
 }

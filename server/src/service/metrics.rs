@@ -43,6 +43,73 @@ impl PushResult {
     }
 }
 
+/// Who sent a `POST /sync`, the `source` label of `kvgit_webhook_total`: told by the
+/// credential header the request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookSource {
+    /// `X-Hub-Signature-256` (GitHub).
+    Github,
+    /// `X-Gitea-Signature` (Gitea, Forgejo).
+    Gitea,
+    /// `X-Gitlab-Token` (GitLab).
+    Gitlab,
+    /// `Authorization: Bearer` (an operator, a script).
+    Bearer,
+    /// No credential header.
+    Unknown,
+}
+
+impl WebhookSource {
+    /// Every value, so each series exists from the first scrape.
+    const ALL: [WebhookSource; 5] = [
+        WebhookSource::Github,
+        WebhookSource::Gitea,
+        WebhookSource::Gitlab,
+        WebhookSource::Bearer,
+        WebhookSource::Unknown,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookSource::Github => "github",
+            WebhookSource::Gitea => "gitea",
+            WebhookSource::Gitlab => "gitlab",
+            WebhookSource::Bearer => "bearer",
+            WebhookSource::Unknown => "unknown",
+        }
+    }
+}
+
+/// What became of a `POST /sync`, the `result` label of `kvgit_webhook_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// Authenticated: a sync was requested (202).
+    Accepted,
+    /// No valid credential (401), or a body that could not be read.
+    Rejected,
+    /// A body over the limit (413), refused before it was read whole.
+    TooLarge,
+}
+
+impl WebhookResult {
+    /// Every value, so each series exists from the first scrape.
+    const ALL: [WebhookResult; 3] = [
+        WebhookResult::Accepted,
+        WebhookResult::Rejected,
+        WebhookResult::TooLarge,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookResult::Accepted => "accepted",
+            WebhookResult::Rejected => "rejected",
+            WebhookResult::TooLarge => "too_large",
+        }
+    }
+}
+
 /// The registry and every metric in it. Shared as `Arc<Metrics>`; all methods take `&self`
 /// because the prometheus types are atomic inside.
 pub struct Metrics {
@@ -87,6 +154,9 @@ pub struct Metrics {
     backend_revision: prometheus::IntGauge,
     /// 1 while `/readyz` would answer 200.
     ready: prometheus::IntGauge,
+    /// `POST /sync` requests by sender and outcome: a misconfigured webhook secret shows as
+    /// `rejected`, probing from outside as `unknown`.
+    webhook: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -222,6 +292,16 @@ impl Metrics {
         for result in PushResult::ALL {
             push.with_label_values(&[result.label()]);
         }
+        let webhook = counter(
+            "kvgit_webhook_total",
+            "POST /sync requests by sender and outcome.",
+            &["source", "result"],
+        );
+        for source in WebhookSource::ALL {
+            for result in WebhookResult::ALL {
+                webhook.with_label_values(&[source.label(), result.label()]);
+            }
+        }
 
         Metrics {
             registry,
@@ -242,6 +322,7 @@ impl Metrics {
             export_refused,
             backend_revision,
             ready,
+            webhook,
         }
     }
 
@@ -389,6 +470,13 @@ impl Metrics {
         self.ready.set(i64::from(ready));
     }
 
+    /// One `POST /sync` and what became of it.
+    pub fn webhook(&self, source: WebhookSource, result: WebhookResult) {
+        self.webhook
+            .with_label_values(&[source.label(), result.label()])
+            .inc();
+    }
+
     /// Whether the area's apply is currently refused as a mass delete.
     pub fn refused(&self, area: &str, refused: bool) {
         self.apply_refused
@@ -419,6 +507,7 @@ pub(crate) const ALL_NAMES: &[&str] = &[
     "kvgit_export_refused",
     "kvgit_backend_revision",
     "kvgit_ready",
+    "kvgit_webhook_total",
 ];
 
 #[cfg(test)]
@@ -456,6 +545,16 @@ mod tests {
         assert!(text.contains(r#"kvgit_events_total{area="a",op="delete"} 0"#));
         assert!(text.contains(r#"kvgit_push_total{result="rejected"} 0"#));
         assert!(text.contains(r#"kvgit_resyncs_total{area="a",reason="compacted"} 0"#));
+        for source in WebhookSource::ALL {
+            for result in WebhookResult::ALL {
+                let series = format!(
+                    "kvgit_webhook_total{{result=\"{}\",source=\"{}\"}} 0",
+                    result.label(),
+                    source.label()
+                );
+                assert!(text.contains(&series), "{series} missing:\n{text}");
+            }
+        }
     }
 
     #[test]
@@ -476,6 +575,9 @@ mod tests {
         m.watch_restart();
         m.owner("a", true);
         m.refused("b", true);
+        m.webhook(WebhookSource::Github, WebhookResult::Accepted);
+        m.webhook(WebhookSource::Unknown, WebhookResult::TooLarge);
+        m.webhook(WebhookSource::Unknown, WebhookResult::TooLarge);
         let text = m.encode();
         for line in [
             r#"kvgit_events_total{area="a",op="put"} 1"#,
@@ -496,6 +598,9 @@ mod tests {
             r#"kvgit_area_owner{area="b"} 0"#,
             r#"kvgit_apply_refused{area="a"} 0"#,
             r#"kvgit_apply_refused{area="b"} 1"#,
+            r#"kvgit_webhook_total{result="accepted",source="github"} 1"#,
+            r#"kvgit_webhook_total{result="too_large",source="unknown"} 2"#,
+            r#"kvgit_webhook_total{result="rejected",source="github"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

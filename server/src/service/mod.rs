@@ -14,6 +14,7 @@ pub mod state;
 pub mod sync;
 #[cfg(test)]
 mod tests;
+pub mod webhook;
 
 use crate::engine::Context;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,7 +142,10 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
             state,
             metrics,
             trigger,
-            sync_token: cfg.server.sync_token.clone(),
+            credentials: webhook::Credentials {
+                sync_token: cfg.server.sync_token.clone(),
+                webhook_secret: cfg.server.webhook_secret.clone(),
+            },
         },
         shutdown.clone(),
     ));
