@@ -161,6 +161,69 @@ impl GitStore {
         self.edit_ref(name, expected, change)
     }
 
+    /// Compare-and-swap on several refs in one transaction: every `(name, new, expected)`
+    /// moves, or none does (each ref's lock is taken before any moves). kvgit moves the
+    /// branch and an area's checkpoint together so a crash never leaves a commit on the
+    /// branch whose checkpoint is missing (its events would be replayed against a base that
+    /// lacks them, and a deletion made meanwhile could come back).
+    pub fn update_refs(
+        &self,
+        updates: &[(&str, ObjectId, Option<ObjectId>)],
+        reflog_msg: &str,
+    ) -> Result<(), RefUpdateError> {
+        let mut edits = Vec::with_capacity(updates.len());
+        for (name, new, expected) in updates {
+            let full = FullName::try_from(*name).map_err(|source| RefUpdateError::InvalidName {
+                name: (*name).to_owned(),
+                source,
+            })?;
+            edits.push(RefEdit {
+                change: Change::Update {
+                    log: LogChange {
+                        mode: RefLog::AndReference,
+                        force_create_reflog: false,
+                        message: reflog_msg.replace('\n', " ").into(),
+                    },
+                    expected: match expected {
+                        Some(old) => PreviousValue::MustExistAndMatch(Target::Object(*old)),
+                        None => PreviousValue::MustNotExist,
+                    },
+                    new: Target::Object(*new),
+                },
+                name: full,
+                deref: false,
+            });
+        }
+        let repo = self.repo();
+        let committer = kvgit_signature();
+        let mut time = gix::date::parse::TimeBuf::default();
+        match repo.edit_references_as(edits, Some(committer.to_ref(&mut time))) {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                // Name the first ref that no longer holds what was expected: a lost race.
+                for (name, _, expected) in updates {
+                    let full = FullName::try_from(*name).ok();
+                    let actual = full.and_then(|f| read(&repo, &f).ok().flatten());
+                    if actual != *expected {
+                        return Err(RefUpdateError::Conflict {
+                            name: (*name).to_owned(),
+                            expected: *expected,
+                            actual,
+                        });
+                    }
+                }
+                Err(RefUpdateError::Update {
+                    name: updates
+                        .iter()
+                        .map(|(n, _, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source,
+                })
+            }
+        }
+    }
+
     /// Compare-and-swap delete: removes `name` only if it points at `expected`.
     pub fn delete_ref(&self, name: &str, expected: ObjectId) -> Result<(), RefUpdateError> {
         let change = Change::Delete {

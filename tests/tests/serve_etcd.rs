@@ -411,7 +411,12 @@ async fn kill9_mid_stream_then_restart_converges_without_double_commits() {
     wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
     let mut cc = c.clone();
     let live = etcd_files(&mut cc, ENTRIES.prefix).await;
-    assert_eq!(live.len(), TXNS * PER_TXN - TXNS / 20, "keys in etcd");
+    assert_eq!(
+        live.len(),
+        TXNS * PER_TXN - TXNS / 20,
+        "keys in etcd\n{}",
+        serve.log_tail(60)
+    );
 
     let per_area = revisions_strictly_increase(&ws.repo, &areas);
     let revs = &per_area["entries"];

@@ -224,6 +224,24 @@ pub async fn load(ctx: &Context, area: &AreaName) -> Result<Option<Checkpoint>, 
 }
 
 /// Record a new checkpoint on top of `previous` (compare-and-swap on the ref).
+/// Writes a checkpoint commit (its tree is the base; an empty tree for an empty base) on
+/// top of `previous`, without moving any ref.
+pub fn write_commit(
+    git: &gitstore::GitStore,
+    base_tree: Option<ObjectId>,
+    previous: Option<ObjectId>,
+    message: &str,
+    author: &gitstore::Author,
+    time: i64,
+) -> Result<ObjectId, GitError> {
+    let tree = match base_tree {
+        Some(t) => t,
+        None => git.write_plan(&Default::default())?,
+    };
+    let parents: Vec<ObjectId> = previous.into_iter().collect();
+    Ok(git.write_commit(tree, &parents, message, author, time)?)
+}
+
 pub async fn save(
     ctx: &Context,
     area: &AreaName,
@@ -247,12 +265,7 @@ pub async fn save(
     );
     let author = ctx.author();
     ctx.git_blocking(move |git| {
-        let tree = match base_tree {
-            Some(t) => t,
-            None => git.write_plan(&Default::default())?,
-        };
-        let parents: Vec<ObjectId> = previous.into_iter().collect();
-        let id = git.write_commit(tree, &parents, &msg, &author, super::now_unix())?;
+        let id = write_commit(git, base_tree, previous, &msg, &author, super::now_unix())?;
         git.update_ref(&name, id, previous, "kvgit: checkpoint")
             .map_err(|source| CheckpointError::Move {
                 name: name.clone(),

@@ -591,22 +591,36 @@ async fn record(
         });
     }
     let mut commit = None;
+    let trailers = Trailers {
+        area: &area.name,
+        revision,
+        cluster,
+        node: &ctx.cfg.sync.node,
+        epoch,
+    };
     if step.changed {
         let path = area.path.clone();
-        let msg = commit_message(
-            &Trailers {
-                area: &area.name,
-                revision,
-                cluster,
-                node: &ctx.cfg.sync.node,
-                epoch,
-            },
-            step.changes,
-            "",
-        );
+        let msg = commit_message(&trailers, step.changes, "");
         let author = ctx.author();
-        let (tip, new_area_tree) = (step.tip, step.new_area_tree);
+        let (tip, new_area_tree, base_tree) = (step.tip, step.new_area_tree, step.base_tree);
         let branch = ctx.cfg.git.branch.clone();
+        let cp_ref = super::refs::checkpoint_ref(&area.name.0);
+        let cp_previous = previous.as_ref().map(|p| p.id);
+        let (area_name, cluster_id, node) = (
+            area.name.clone(),
+            cluster.clone(),
+            ctx.cfg.sync.node.clone(),
+        );
+        let cp_message = move |commit: ObjectId| {
+            let t = Trailers {
+                area: &area_name,
+                revision,
+                cluster: &cluster_id,
+                node: &node,
+                epoch,
+            };
+            super::message::checkpoint_message(&t, Some(&commit.to_string()))
+        };
         commit = Some(
             ctx.git_blocking(move |git| -> Result<ObjectId, ExportError> {
                 let root = match tip {
@@ -619,32 +633,46 @@ async fn record(
                     None => git.write_plan(&Default::default())?,
                 };
                 let parents: Vec<ObjectId> = tip.into_iter().collect();
-                let id = git.write_commit(new_root, &parents, &msg, &author, super::now_unix())?;
-                git.update_ref(git.branch_ref(), id, tip, "kvgit: export")
-                    .map_err(|source| ExportError::BranchMoved {
-                        branch: branch.clone(),
-                        source,
-                    })?;
+                let now = super::now_unix();
+                let id = git.write_commit(new_root, &parents, &msg, &author, now)?;
+                let cp = checkpoint::write_commit(
+                    git,
+                    base_tree,
+                    cp_previous,
+                    &cp_message(id),
+                    &author,
+                    now,
+                )?;
+                // The branch and the checkpoint move together, or neither does.
+                git.update_refs(
+                    &[(git.branch_ref(), id, tip), (&cp_ref, cp, cp_previous)],
+                    "kvgit: export",
+                )
+                .map_err(|source| ExportError::BranchMoved {
+                    branch: branch.clone(),
+                    source,
+                })?;
                 Ok(id)
             })
             .await?,
         );
-    }
-    let moved = previous.as_ref().map(|p| p.revision) != Some(revision)
-        || previous.as_ref().map(|p| p.base_tree) != Some(step.base_tree)
-        || previous.as_ref().map(|p| &p.cluster) != Some(cluster);
-    if moved {
-        checkpoint::save(
-            ctx,
-            &area.name,
-            previous.as_ref().map(|p| p.id),
-            revision,
-            cluster,
-            step.base_tree,
-            commit.or(step.tip),
-            epoch,
-        )
-        .await?;
+    } else {
+        let moved = previous.as_ref().map(|p| p.revision) != Some(revision)
+            || previous.as_ref().map(|p| p.base_tree) != Some(step.base_tree)
+            || previous.as_ref().map(|p| &p.cluster) != Some(cluster);
+        if moved {
+            checkpoint::save(
+                ctx,
+                &area.name,
+                previous.as_ref().map(|p| p.id),
+                revision,
+                cluster,
+                step.base_tree,
+                step.tip,
+                epoch,
+            )
+            .await?;
+        }
     }
     Ok(ExportReport {
         area: area.name.0.clone(),
