@@ -22,7 +22,7 @@ cargo build --locked --workspace --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --workspace -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo's own last line is a doc-test crate's).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
