@@ -8,11 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::auth::RemoteAuth;
+use crate::auth::{HttpsCredential, RemoteAuth};
 
 /// Why a `git` command could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error("could not write the private credential file for `git {args}`")]
+    Credential {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not run `git {args}`")]
     Spawn {
         args: String,
@@ -38,8 +44,11 @@ impl CliError {
     }
 }
 
-/// Environment variables that would point git at another repository or config.
+/// Environment variables that would point git at another repository or config, or make it
+/// ask a program for a password.
 const CLEARED_ENV: &[&str] = &[
+    "GIT_ASKPASS",
+    "SSH_ASKPASS",
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",
@@ -60,6 +69,7 @@ const CONFIG: &[&str] = &[
     "maintenance.auto=false",
     "fetch.writeCommitGraph=false",
     "core.sshCommand=ssh -o BatchMode=yes",
+    "core.askPass=",
 ];
 
 /// A `git` command bound to one repository.
@@ -70,6 +80,8 @@ pub(crate) struct Git {
     limit: Option<Duration>,
     /// `core.sshCommand` for ssh remotes with a deploy key (None: plain `ssh` in batch mode).
     ssh_command: Option<OsString>,
+    /// The user and token for https remotes, given to git by a credential helper.
+    https: Option<HttpsCredential>,
 }
 
 impl Git {
@@ -78,12 +90,15 @@ impl Git {
             git_dir: git_dir.to_owned(),
             limit: None,
             ssh_command: None,
+            https: None,
         }
     }
 
-    /// ssh (for ssh remotes) uses `auth`'s key and known_hosts only; see [`RemoteAuth`].
+    /// ssh (for ssh remotes) uses `auth`'s key and known_hosts only, https remotes get its
+    /// user and token; see [`RemoteAuth`].
     pub(crate) fn with_auth(mut self, auth: Option<&RemoteAuth>) -> Self {
-        self.ssh_command = auth.map(RemoteAuth::ssh_command);
+        self.ssh_command = auth.and_then(RemoteAuth::ssh_command);
+        self.https = auth.and_then(RemoteAuth::https_credential).cloned();
         self
     }
 
@@ -94,18 +109,44 @@ impl Git {
     }
 
     /// Runs `git <args>`; a non-zero exit is not an error here (callers read the output).
+    /// With an https token, its file exists only while git runs, and the output comes back
+    /// with the token scrubbed out.
     pub(crate) fn output(&self, args: &[&str]) -> Result<Output, CliError> {
-        let mut cmd = self.command(args);
-        match self.limit {
+        let mut cmd = self.command();
+        let files = match &self.https {
+            Some(cred) => {
+                let files = cred.helper_files().map_err(|source| CliError::Credential {
+                    args: args.join(" "),
+                    source,
+                })?;
+                // An empty value first: no other helper (repository config) is asked.
+                cmd.arg("-c").arg("credential.helper=");
+                let mut setting = OsString::from("credential.helper=");
+                setting.push(files.helper(cred));
+                cmd.arg("-c").arg(setting);
+                Some(files)
+            }
+            None => None,
+        };
+        cmd.arg("--git-dir").arg(&self.git_dir).args(args);
+        let out = match self.limit {
             None => cmd.output().map_err(|source| CliError::Spawn {
                 args: args.join(" "),
                 source,
             }),
             Some(limit) => run_bounded(cmd, args, limit),
+        };
+        drop(files);
+        let mut out = out?;
+        if let Some(cred) = &self.https {
+            out.stdout = cred.scrub(std::mem::take(&mut out.stdout));
+            out.stderr = cred.scrub(std::mem::take(&mut out.stderr));
         }
+        Ok(out)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `git -c ...` with the isolating environment; the caller adds `--git-dir` and args.
+    fn command(&self) -> Command {
         let mut cmd = Command::new("git");
         for var in CLEARED_ENV {
             cmd.env_remove(var);
@@ -125,7 +166,6 @@ impl Git {
             setting.push(ssh);
             cmd.arg("-c").arg(setting);
         }
-        cmd.arg("--git-dir").arg(&self.git_dir).args(args);
         cmd
     }
 

@@ -29,6 +29,12 @@ pub enum CommitWriteError {
         #[source]
         source: gix::Error,
     },
+    #[error("commit on tree {tree}: could not sign it (git.sign_key_file)")]
+    Sign {
+        tree: ObjectId,
+        #[source]
+        source: crate::SshKeygenError,
+    },
 }
 
 impl GitStore {
@@ -79,7 +85,7 @@ impl GitStore {
         if !message.ends_with('\n') {
             message.push('\n');
         }
-        let commit = gix::objs::Commit {
+        let mut commit = gix::objs::Commit {
             tree,
             parents: parents.iter().copied().collect(),
             author: signature(author_secs),
@@ -88,6 +94,18 @@ impl GitStore {
             message: message.into(),
             extra_headers: Vec::new(),
         };
+        if let Some(key) = self.signing_key() {
+            // Signed over the commit as encoded without the header, as git signs it.
+            let mut payload = Vec::new();
+            gix::objs::WriteTo::write_to(&commit, &mut payload)
+                .expect("encoding into a Vec cannot fail");
+            let signature = key
+                .sign(&payload)
+                .map_err(|source| CommitWriteError::Sign { tree, source })?;
+            commit
+                .extra_headers
+                .push(("gpgsig".into(), signature.into()));
+        }
         // An empty tree is known to gix without being stored; git needs the object.
         if tree.is_empty_tree() {
             repo.write_object(gix::objs::Tree::empty())

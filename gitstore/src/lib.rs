@@ -19,6 +19,7 @@ mod packfile;
 mod refs;
 mod remote;
 mod replay;
+mod signing;
 mod store;
 mod treefmt;
 mod trees;
@@ -39,6 +40,10 @@ pub use refs::{
 };
 pub use remote::{FetchError, PushError, PushOutcome, RejectedRef};
 pub use replay::{AreasOf, ReplayError, Replayed};
+pub use signing::{
+    AllowedSigners, AllowedSignersError, SigningKey, SigningKeyError, SshKeygenError, Unverified,
+    VerifyError, MAX_UNBASED_WALK,
+};
 pub use store::{GitStore, OpenError};
 pub use trees::TreeReadError;
 pub use write::WritePlanError;

@@ -3,7 +3,7 @@
 
 use gix::ObjectId;
 
-use crate::auth::{host_key_lines, host_key_refused};
+use crate::auth::{credentials_refused, host_key_lines, host_key_refused, one_line};
 use crate::cli::{looks_unreachable, redact, CliError, Git};
 use crate::refs::{branch_ref, meta_fetch_spec, tracking_ref};
 use crate::GitStore;
@@ -19,6 +19,8 @@ pub enum FetchError {
     Unreachable { url: String, stderr: String },
     #[error("fetch from {url}: the remote's host key did not match the known_hosts file (git.known_hosts_file): {stderr}")]
     HostKey { url: String, stderr: String },
+    #[error("fetch from {url}: the remote refused the credentials or asked for some (git.https_token_file, git.https_user): {stderr}")]
+    Credentials { url: String, stderr: String },
     #[error("fetch from {url}")]
     Git {
         url: String,
@@ -56,6 +58,8 @@ pub enum PushError {
     Unreachable { url: String, stderr: String },
     #[error("push to {url}: the remote's host key did not match the known_hosts file (git.known_hosts_file): {stderr}")]
     HostKey { url: String, stderr: String },
+    #[error("push to {url}: the remote refused the credentials or asked for some (git.https_token_file, git.https_user): {stderr}")]
+    Credentials { url: String, stderr: String },
     #[error("push to {url}: the remote refused {refs:?}")]
     RemoteRefused { url: String, refs: Vec<RejectedRef> },
     #[error("push to {url}")]
@@ -155,6 +159,12 @@ impl GitStore {
                     stderr: host_key_lines(&stderr),
                 });
             }
+            if credentials_refused(&stderr) {
+                return Err(FetchError::Credentials {
+                    url,
+                    stderr: one_line(&stderr),
+                });
+            }
             if looks_unreachable(&stderr) {
                 return Err(FetchError::Unreachable { url, stderr });
             }
@@ -232,6 +242,12 @@ impl GitStore {
             return Err(PushError::HostKey {
                 url,
                 stderr: host_key_lines(&stderr),
+            });
+        }
+        if credentials_refused(&stderr) {
+            return Err(PushError::Credentials {
+                url,
+                stderr: one_line(&stderr),
             });
         }
         if looks_unreachable(&stderr) {

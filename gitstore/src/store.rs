@@ -21,6 +21,8 @@ pub struct GitStore {
     network_timeout: Option<std::time::Duration>,
     /// The deploy key and known_hosts for ssh remotes (None: ssh as configured for the user).
     remote_auth: Option<crate::RemoteAuth>,
+    /// Every commit written is signed with this key (None: unsigned commits).
+    signing_key: Option<crate::SigningKey>,
 }
 
 /// Pack indices the object database can hold at once (git keeps far fewer after a repack).
@@ -126,6 +128,7 @@ impl GitStore {
             git_dir,
             network_timeout: None,
             remote_auth: None,
+            signing_key: None,
         })
     }
 
@@ -156,6 +159,17 @@ impl GitStore {
     pub fn with_remote_auth(mut self, auth: crate::RemoteAuth) -> GitStore {
         self.remote_auth = Some(auth);
         self
+    }
+
+    /// Every commit written from now on (exports, checkpoints, replays) carries an SSH
+    /// signature by `key`, as `git commit -S` with `gpg.format=ssh` makes it.
+    pub fn with_signing_key(mut self, key: crate::SigningKey) -> GitStore {
+        self.signing_key = Some(key);
+        self
+    }
+
+    pub(crate) fn signing_key(&self) -> Option<&crate::SigningKey> {
+        self.signing_key.as_ref()
     }
 
     pub(crate) fn remote_auth(&self) -> Option<&crate::RemoteAuth> {

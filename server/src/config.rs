@@ -76,8 +76,13 @@ pub struct GitConfig {
     /// A fetch or push still running after this long is killed (with its ssh/https child).
     pub timeout: Duration,
     /// `ssh_key_file` and `known_hosts_file`, checked: ssh remotes are reached with this key
-    /// only and this known_hosts only (strict host key checking).
+    /// only and this known_hosts only (strict host key checking). `https_token_file` (read
+    /// at start) and `https_user`: https remotes get this token through a credential helper.
     pub remote_auth: Option<gitstore::RemoteAuth>,
+    /// `sign_key_file`, checked (readable, no passphrase): every kvgit commit is signed.
+    pub sign_key: Option<gitstore::SigningKey>,
+    /// `allowed_signers_file`, checked for form: Git -> KV applies only commits signed by these.
+    pub allowed_signers: Option<gitstore::AllowedSigners>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +163,10 @@ struct RawGit {
     timeout: Option<String>,
     ssh_key_file: Option<PathBuf>,
     known_hosts_file: Option<PathBuf>,
+    sign_key_file: Option<PathBuf>,
+    allowed_signers_file: Option<PathBuf>,
+    https_token_file: Option<PathBuf>,
+    https_user: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -473,6 +482,13 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
         raw.git.known_hosts_file.map(&resolve),
         problems,
     );
+    let remote_auth = https_auth(
+        remote_auth,
+        remote.as_deref(),
+        raw.git.https_token_file.map(&resolve),
+        raw.git.https_user,
+        problems,
+    );
     let git = GitConfig {
         repo: resolve(raw.git.repo.unwrap_or_else(|| PathBuf::from("state.git"))),
         branch,
@@ -487,6 +503,20 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
             .unwrap_or_else(|| format!("kvgit@{node}")),
         timeout: duration("git.timeout", raw.git.timeout, "60s", problems),
         remote_auth,
+        sign_key: checked_file(
+            "git.sign_key_file",
+            raw.git.sign_key_file,
+            &resolve,
+            problems,
+            |p| gitstore::SigningKey::new(p),
+        ),
+        allowed_signers: checked_file(
+            "git.allowed_signers_file",
+            raw.git.allowed_signers_file,
+            &resolve,
+            problems,
+            |p| gitstore::AllowedSigners::new(p),
+        ),
     };
 
     let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
@@ -573,10 +603,26 @@ fn check_remote_credentials(remote: &str, problems: &mut Vec<String>) {
     let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
     if user_info.contains(':') || http {
         problems.push(format!(
-            "git.remote: {:?} embeds a credential; remove it from the URL (ssh remotes: git.ssh_key_file and git.known_hosts_file)",
+            "git.remote: {:?} embeds a credential; remove it from the URL (ssh remotes: git.ssh_key_file and git.known_hosts_file; https remotes: git.https_token_file)",
             gitstore::redact_url(remote)
         ));
     }
+}
+
+/// A file setting (`git.sign_key_file`, `git.allowed_signers_file`) resolved against the
+/// config's directory and checked by `check` now, so a bad file stops the start with one
+/// line naming the setting.
+fn checked_file<T, E: std::error::Error + 'static>(
+    setting: &str,
+    raw: Option<PathBuf>,
+    resolve: impl Fn(PathBuf) -> PathBuf,
+    problems: &mut Vec<String>,
+    check: impl FnOnce(&Path) -> Result<T, E>,
+) -> Option<T> {
+    let path = resolve(raw?);
+    check(&path)
+        .map_err(|e| problems.push(format!("{setting}: {}", crate::errors::chain(&e))))
+        .ok()
 }
 
 /// `git.ssh_key_file` and `git.known_hosts_file`: both or neither, each readable, the key
@@ -607,6 +653,53 @@ fn remote_auth(
                     "git.known_hosts_file"
                 }
                 _ => "git.ssh_key_file",
+            };
+            problems.push(format!("{setting}: {}", crate::errors::chain(&e)));
+            None
+        }
+    }
+}
+
+/// `git.https_token_file` (read now: unreadable or empty stops the start) and
+/// `git.https_user` (default `x-access-token`, which GitHub, Gitea and GitLab take with a
+/// token), only with an http(s) remote; added to the ssh settings, if any.
+fn https_auth(
+    auth: Option<gitstore::RemoteAuth>,
+    remote: Option<&str>,
+    token_file: Option<PathBuf>,
+    user: Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<gitstore::RemoteAuth> {
+    let Some(token_file) = token_file else {
+        if user.is_some() {
+            problems.push("git.https_user: only with git.https_token_file".into());
+        }
+        return auth;
+    };
+    let scheme = remote.and_then(|r| r.split_once("://")).map(|(s, _)| s);
+    if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("https") || s.eq_ignore_ascii_case("http")) {
+        problems.push("git.https_token_file: only with an https:// (or http://) git.remote".into());
+        return auth;
+    }
+    let token = match crate::secret::read_file("git.https_token_file", &token_file) {
+        Ok(token) => token,
+        Err(problem) => {
+            problems.push(problem);
+            return auth;
+        }
+    };
+    let user = user.unwrap_or_else(|| "x-access-token".into());
+    let token = token.expose().to_owned();
+    let with = match auth {
+        Some(auth) => auth.with_https(&user, token),
+        None => gitstore::RemoteAuth::https(&user, token),
+    };
+    match with {
+        Ok(auth) => Some(auth),
+        Err(e) => {
+            let setting = match e {
+                gitstore::RemoteAuthError::UnusableUser { .. } => "git.https_user",
+                _ => "git.https_token_file",
             };
             problems.push(format!("{setting}: {}", crate::errors::chain(&e)));
             None
@@ -1065,8 +1158,74 @@ colour = "blue"
         let cfg = load_with("ssh_key_file = \"deploy_key\"\nknown_hosts_file = \"known_hosts\"\n")
             .expect("a usable key");
         let auth = cfg.git.remote_auth.expect("remote auth");
-        assert_eq!(auth.ssh_key(), dir.path().join("deploy_key"));
-        assert_eq!(auth.known_hosts(), dir.path().join("known_hosts"));
+        assert_eq!(
+            auth.ssh_key(),
+            Some(dir.path().join("deploy_key").as_path())
+        );
+        assert_eq!(
+            auth.known_hosts(),
+            Some(dir.path().join("known_hosts").as_path())
+        );
+    }
+
+    #[test]
+    fn an_https_token_file_is_read_relative_to_the_config_and_never_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kvgit.toml");
+        let load_with = |git: &str| {
+            std::fs::write(&path, format!("[git]\n{git}{AREA}")).expect("write config");
+            load(&path)
+        };
+        let problem = |git: &str| {
+            let text = load_with(git).expect_err("refused").to_string();
+            assert_eq!(text.lines().count(), 1, "{text}");
+            text
+        };
+        const HTTPS: &str = "remote = \"https://git.example.org/ops/state.git\"\n";
+        let text = problem(&format!("{HTTPS}https_token_file = \"git_token\"\n"));
+        assert!(
+            text.contains("git.https_token_file: cannot read "),
+            "{text}"
+        );
+        assert!(
+            text.contains(&dir.path().join("git_token").display().to_string()),
+            "{text}"
+        );
+        std::fs::write(dir.path().join("git_token"), "\n").expect("write token");
+        let text = problem(&format!("{HTTPS}https_token_file = \"git_token\"\n"));
+        assert!(
+            text.contains("git.https_token_file: ") && text.contains("is empty"),
+            "{text}"
+        );
+        std::fs::write(dir.path().join("git_token"), "ghp_s3cr3t\n").expect("write token");
+        let text = problem(
+            "remote = \"ssh://git@git.example.org/x.git\"\nhttps_token_file = \"git_token\"\n",
+        );
+        assert!(
+            text.contains("git.https_token_file: only with an https://"),
+            "{text}"
+        );
+        let text = problem(&format!("{HTTPS}https_user = \"me\"\n"));
+        assert!(text.contains("git.https_user: only with"), "{text}");
+        let text = problem(&format!(
+            "{HTTPS}https_token_file = \"git_token\"\nhttps_user = \"a:b\"\n"
+        ));
+        assert!(text.contains("git.https_user: "), "{text}");
+        assert!(!text.contains("ghp_s3cr3t"), "{text}");
+
+        let cfg = load_with(&format!("{HTTPS}https_token_file = \"git_token\"\n"))
+            .expect("a usable token");
+        assert!(!format!("{cfg:?}").contains("ghp_s3cr3t"));
+        let auth = cfg.git.remote_auth.expect("remote auth");
+        assert_eq!(auth.https_user(), Some("x-access-token"));
+        let cfg = load_with(&format!(
+            "remote = \"http://127.0.0.1:1/x.git\"\nhttps_token_file = \"git_token\"\nhttps_user = \"kvgit\"\n"
+        ))
+        .expect("http for tests");
+        assert_eq!(
+            cfg.git.remote_auth.expect("remote auth").https_user(),
+            Some("kvgit")
+        );
     }
 
     #[test]

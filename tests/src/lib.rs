@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod consul;
 pub mod consul_api;
 pub mod etcd;
+pub mod git_http;
 pub mod kvgit;
 pub mod multinode;
 pub mod serve;

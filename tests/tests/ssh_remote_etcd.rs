@@ -283,10 +283,11 @@ async fn another_host_key_is_refused_and_nothing_is_pushed() {
     );
 }
 
-/// With the wrong host key from the start, no area can take over (a new owner starts from
-/// the remote's checkpoint): /readyz says why, and nothing reaches the remote.
+/// With the wrong host key from the start, recording goes on locally (SPEC: a remote at
+/// fault delays pushes only): serve becomes ready, commits, names the host key in
+/// `/status`, and nothing reaches the remote.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_wrong_host_key_at_start_is_named_by_readyz() {
+async fn a_wrong_host_key_at_start_delays_pushes_only() {
     let etcd = EtcdServer::start();
     let mut c = etcd.client().await;
     let ws = Workspace::new(etcd.endpoint(), &[]);
@@ -299,10 +300,18 @@ async fn a_wrong_host_key_at_start_is_named_by_readyz() {
         ..ServeConfig::fast(&areas)
     };
     let serve = Serve::start(&ws, etcd.endpoint(), &cfg);
+    serve.wait_ready();
     put(&mut c, "/t/entries/a", "1").await;
-    serve.wait_until(CONVERGE, "/readyz naming the host key", || {
-        let (code, body) = serve.get("/readyz");
-        code == 503 && body.contains("host key did not match")
+    serve.wait_until(CONVERGE, "a committed locally", || {
+        files(&ws.repo, MAIN).contains_key("a")
+    });
+    serve.wait_until(CONVERGE, "/status naming the host key", || {
+        let status = serve.status();
+        ["push_error", "sync_error"].iter().any(|k| {
+            status[k]
+                .as_str()
+                .is_some_and(|e| e.contains("host key did not match"))
+        })
     });
     assert_eq!(remote.tip(), None, "nothing may reach the remote");
     assert!(!sshd.log_text().contains("Accepted publickey"));
@@ -398,6 +407,23 @@ async fn a_hung_remote_delays_pushes_only_and_every_child_is_killed_in_time() {
         remote.tip() != rev_parse(&ws.repo, MAIN),
         "the remote was hung"
     );
+    // The metrics an operator alerts on say so too.
+    serve.wait_until(
+        CONVERGE,
+        "unpushed commits and failed fetches to show",
+        || {
+            serve
+                .metric(r#"kvgit_unpushed_commits{area="entries"}"#)
+                .is_some_and(|n| n >= 1.0)
+                && serve
+                    .metric(r#"kvgit_fetch_total{result="error"}"#)
+                    .is_some_and(|n| n >= 1.0)
+        },
+    );
+    let pushed_at = serve
+        .metric("kvgit_last_push_success_timestamp_seconds")
+        .unwrap_or(0.0);
+    assert!(pushed_at > 0.0, "the first push was recorded");
     eprintln!("longest git/ssh child while hung: {longest:?}");
 
     sshd.signal_all("CONT");
@@ -405,6 +431,12 @@ async fn a_hung_remote_delays_pushes_only_and_every_child_is_killed_in_time() {
     wait_same(&serve, &c, &remote.path, MAIN, "after the remote woke up").await;
     serve.wait_until(CONVERGE, "the push error to clear", || {
         serve.status()["push_error"].is_null()
+    });
+    serve.wait_until(CONVERGE, "nothing left unpushed, a newer push time", || {
+        serve.metric(r#"kvgit_unpushed_commits{area="entries"}"#) == Some(0.0)
+            && serve
+                .metric("kvgit_last_push_success_timestamp_seconds")
+                .is_some_and(|t| t > pushed_at)
     });
     let _ = git_in(&remote.path, &["fsck", "--no-progress"]);
 }

@@ -254,6 +254,9 @@ pub async fn plan_area(
     if let Some(why) = judged.distrust() {
         tracing::info!(area = %area.name, reason = %why, "checkpoint not trusted: planning with no base");
     }
+    if let (Some(allowed), Some(tip)) = (ctx.cfg.git.allowed_signers.clone(), commit) {
+        verify_signed(ctx, &allowed, judged.trusted(), tip, &area.path).await?;
+    }
     let snap_revision = snap.revision;
     let plan_cluster = cluster.clone();
     let area_cfg = area.clone();
@@ -419,6 +422,61 @@ pub async fn plan_area(
     plan.checkpoint = judged;
     guard_mass_delete(&plan, ctx.cfg.sync.max_delete_fraction, allow_mass_delete)?;
     Ok(plan)
+}
+
+/// Checkpoints looked back through for the last branch commit kvgit recorded (an apply's
+/// checkpoint records none; the export before it does).
+const BASE_SEARCH_DEPTH: usize = 100;
+
+/// With `git.allowed_signers_file`: every commit since the area's base (the branch commit
+/// its checkpoint records, else every reachable one, bounded) that changes the area's path
+/// must be signed by an allowed signer, or the area is refused before any write.
+async fn verify_signed(
+    ctx: &Context,
+    allowed: &gitstore::AllowedSigners,
+    checkpoint: Option<&checkpoint::Checkpoint>,
+    tip: ObjectId,
+    path: &str,
+) -> Result<(), ApplyError> {
+    let allowed = allowed.clone();
+    let start = checkpoint.map(|c| c.id);
+    let path = path.to_owned();
+    let found = ctx
+        .git_blocking(move |git| -> Result<_, ApplyError> {
+            let base = match start {
+                Some(cp) => recorded_branch_commit(git, cp)?,
+                None => None,
+            };
+            git.unverified_commit(&allowed, base, tip, &path)
+                .map_err(ApplyError::Verify)
+        })
+        .await?;
+    match found {
+        Some(unverified) => Err(ApplyError::Unverified(unverified)),
+        None => Ok(()),
+    }
+}
+
+/// The newest `Kvgit-Commit` along the checkpoint chain from `cp` that is in the repository.
+fn recorded_branch_commit(
+    git: &gitstore::GitStore,
+    cp: ObjectId,
+) -> Result<Option<ObjectId>, GitError> {
+    let mut at = Some(cp);
+    for _ in 0..BASE_SEARCH_DEPTH {
+        let Some(id) = at else { break };
+        let info = git.commit_info(id)?;
+        let trailers = super::message::parse_trailers(&info.message);
+        let recorded = trailers
+            .get(super::message::COMMIT)
+            .and_then(|c| ObjectId::from_hex(c.as_bytes()).ok())
+            .filter(|c| git.has_object(*c));
+        if recorded.is_some() {
+            return Ok(recorded);
+        }
+        at = info.parents.first().copied();
+    }
+    Ok(None)
 }
 
 /// Refuse an apply that empties an area holding keys, or deletes more than the fraction.

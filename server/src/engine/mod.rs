@@ -77,9 +77,14 @@ impl Context {
         let branch = cfg.git.branch.clone();
         let timeout = cfg.git.timeout;
         let auth = cfg.git.remote_auth.clone();
+        let sign_key = cfg.git.sign_key.clone();
         let git = tokio::task::spawn_blocking(move || {
             GitStore::open_or_init(&repo, &branch).map(|g| {
                 let g = g.with_network_timeout(timeout);
+                let g = match sign_key {
+                    Some(key) => g.with_signing_key(key),
+                    None => g,
+                };
                 match auth {
                     Some(auth) => g.with_remote_auth(auth),
                     None => g,

@@ -156,18 +156,20 @@ pub async fn run(ctx: AreaCtx, area: AreaConfig, shutdown: CancellationToken) {
         first = false;
         let epoch = grant.borrow().epoch();
         let session_started = Instant::now();
-        let fetched = if epoch == started_under {
-            Ok(())
-        } else {
-            start_from_remote(&ctx).await
-        };
-        let outcome = match fetched {
-            Ok(()) => {
-                started_under = epoch;
-                session(&ctx, &area, &shutdown, &mut grant, watch_resync.take()).await
+        if epoch != started_under {
+            // A new owner first brings in the remote's newest checkpoint. A remote that is
+            // missing, hung or refusing must not stop recording: the area starts from the
+            // local checkpoint, and if another node got further meanwhile, the next push
+            // finds out and the fence drops our duplicate work (it is re-committed from
+            // the remote's checkpoint).
+            if let Err(e) = start_from_remote(&ctx).await {
+                let msg = crate::errors::chain(&e);
+                tracing::warn!(area = %name, error = %msg, "cannot fetch before taking the area over; starting from the local checkpoint");
+                ctx.state.set_sync_error(Some(msg));
             }
-            Err(e) => Err(e),
-        };
+        }
+        started_under = epoch;
+        let outcome = session(&ctx, &area, &shutdown, &mut grant, watch_resync.take()).await;
         let outcome = match outcome {
             Err(AreaError::Fenced(_)) => Ok(Stop::Lost),
             other => other,

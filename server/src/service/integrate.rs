@@ -101,7 +101,9 @@ impl Integrator {
                         source,
                     })
             })
-            .await?;
+            .await;
+        self.metrics.fetch(theirs.is_ok());
+        let theirs = theirs?;
         let _git = self.git_lock.lock("integrate").await;
         let dropped = self
             .engine

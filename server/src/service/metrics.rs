@@ -149,6 +149,9 @@ pub struct Metrics {
     /// 1 while a KV -> Git batch of the area is held back as a mass delete (SPEC
     /// "Guarantees"): an accidental wipe waits for an operator instead of being committed.
     export_refused: IntGaugeVec,
+    /// 1 while the area's desired tip holds a commit no allowed signer signed
+    /// (git.allowed_signers_file): the area is not applied until the tip moves.
+    unverified_tip: IntGaugeVec,
     /// The backend's current revision, as the health probe last read it: against
     /// `kvgit_checkpoint_revision` it shows how far behind an area is.
     backend_revision: prometheus::IntGauge,
@@ -157,6 +160,13 @@ pub struct Metrics {
     /// `POST /sync` requests by sender and outcome: a misconfigured webhook secret shows as
     /// `rejected`, probing from outside as `unknown`.
     webhook: IntCounterVec,
+    /// Fetches by outcome (`ok`, `error`): a remote that keeps failing shows here while
+    /// commits go on locally.
+    fetch: IntCounterVec,
+    /// Unix time of the last push the remote took: alert when it grows old.
+    last_push_success: prometheus::Gauge,
+    /// Local commits of the area the remote does not have yet.
+    unpushed: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -275,6 +285,11 @@ impl Metrics {
             "1 while a KV -> Git batch of the area is held back as a mass delete.",
             &["area"],
         );
+        let unverified_tip = gauge(
+            "kvgit_unverified_tip",
+            "1 while the area's tip holds a commit not signed by an allowed signer.",
+            &["area"],
+        );
         let plain_gauge = |name: &str, help: &str| {
             let g =
                 prometheus::IntGauge::new(name, help).expect("a static metric definition is valid");
@@ -303,7 +318,28 @@ impl Metrics {
             }
         }
 
+        let fetch = counter("kvgit_fetch_total", "Git fetches by result.", &["result"]);
+        for result in ["ok", "error"] {
+            fetch.with_label_values(&[result]);
+        }
+        let last_push_success = prometheus::Gauge::new(
+            "kvgit_last_push_success_timestamp_seconds",
+            "Unix time of the last push the remote accepted (0: none yet).",
+        )
+        .expect("a static metric definition is valid");
+        registry
+            .register(Box::new(last_push_success.clone()))
+            .expect("each metric name is registered once");
+        let unpushed = gauge(
+            "kvgit_unpushed_commits",
+            "Local commits of the area the remote does not have yet.",
+            &["area"],
+        );
+
         Metrics {
+            fetch,
+            last_push_success,
+            unpushed,
             registry,
             events,
             commits,
@@ -320,6 +356,7 @@ impl Metrics {
             apply_refused,
             fenced,
             export_refused,
+            unverified_tip,
             backend_revision,
             ready,
             webhook,
@@ -351,6 +388,8 @@ impl Metrics {
         self.apply_refused.with_label_values(&[area]);
         self.fenced.with_label_values(&[area]);
         self.export_refused.with_label_values(&[area]);
+        self.unverified_tip.with_label_values(&[area]);
+        self.unpushed.with_label_values(&[area]);
         // The reasons the backends report; labels come from sync-core so they match.
         let known = [
             ResyncReason::Compacted {
@@ -477,11 +516,39 @@ impl Metrics {
             .inc();
     }
 
+    /// One fetch and whether it worked.
+    pub fn fetch(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.fetch.with_label_values(&[result]).inc();
+    }
+
+    /// The remote took a push now.
+    pub fn push_succeeded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_push_success.set(now);
+    }
+
+    /// Local commits of `area` the remote lacks.
+    pub fn unpushed(&self, area: &str, commits: usize) {
+        self.unpushed
+            .with_label_values(&[area])
+            .set(i64::try_from(commits).unwrap_or(i64::MAX));
+    }
+
     /// Whether the area's apply is currently refused as a mass delete.
     pub fn refused(&self, area: &str, refused: bool) {
         self.apply_refused
             .with_label_values(&[area])
             .set(i64::from(refused));
+    }
+
+    /// Whether the area's tip is refused as not signed by an allowed signer.
+    pub fn unverified(&self, area: &str, unverified: bool) {
+        self.unverified_tip
+            .with_label_values(&[area])
+            .set(i64::from(unverified));
     }
 }
 
@@ -505,9 +572,13 @@ pub(crate) const ALL_NAMES: &[&str] = &[
     "kvgit_apply_refused",
     "kvgit_fenced_total",
     "kvgit_export_refused",
+    "kvgit_unverified_tip",
     "kvgit_backend_revision",
     "kvgit_ready",
     "kvgit_webhook_total",
+    "kvgit_fetch_total",
+    "kvgit_last_push_success_timestamp_seconds",
+    "kvgit_unpushed_commits",
 ];
 
 #[cfg(test)]
@@ -575,6 +646,7 @@ mod tests {
         m.watch_restart();
         m.owner("a", true);
         m.refused("b", true);
+        m.unverified("a", true);
         m.webhook(WebhookSource::Github, WebhookResult::Accepted);
         m.webhook(WebhookSource::Unknown, WebhookResult::TooLarge);
         m.webhook(WebhookSource::Unknown, WebhookResult::TooLarge);
@@ -598,6 +670,8 @@ mod tests {
             r#"kvgit_area_owner{area="b"} 0"#,
             r#"kvgit_apply_refused{area="a"} 0"#,
             r#"kvgit_apply_refused{area="b"} 1"#,
+            r#"kvgit_unverified_tip{area="a"} 1"#,
+            r#"kvgit_unverified_tip{area="b"} 0"#,
             r#"kvgit_webhook_total{result="accepted",source="github"} 1"#,
             r#"kvgit_webhook_total{result="too_large",source="unknown"} 2"#,
             r#"kvgit_webhook_total{result="rejected",source="github"} 0"#,

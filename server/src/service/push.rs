@@ -35,7 +35,7 @@ pub enum PublishError {
     KeptRejected,
 }
 
-crate::engine::git::from_gitstore_errors!(PublishError: gitstore::RefReadError);
+crate::engine::git::from_gitstore_errors!(PublishError: gitstore::RefReadError, gitstore::ObjectReadError);
 
 impl PublishError {
     /// The remote was away or moved on: the next interval may do better.
@@ -118,8 +118,13 @@ pub async fn push_now(ctx: &PushCtx) {
     if ctx.engine.cfg.git.remote.is_none() {
         return;
     }
-    match push_once(ctx).await {
-        Ok(true) => ctx.metrics.push(PushResult::Ok),
+    let outcome = push_once(ctx).await;
+    count_unpushed(ctx).await;
+    match outcome {
+        Ok(true) => {
+            ctx.metrics.push(PushResult::Ok);
+            ctx.metrics.push_succeeded();
+        }
         Ok(false) => {}
         Err(e) => {
             let msg = crate::errors::chain(&e);
@@ -223,6 +228,48 @@ async fn pending_updates(
             Ok((updates, pending_areas))
         })
         .await
+}
+
+/// Walking more commits than this to count unpushed ones means the remote has been away
+/// for long; the gauge then says "at least this many".
+const MAX_UNPUSHED_WALK: usize = 10_000;
+
+/// `kvgit_unpushed_commits{area}`: our commits since what the remote last took, by their
+/// `Kvgit-Area` trailer (first parents only: our history is linear).
+async fn count_unpushed(ctx: &PushCtx) {
+    let branch = ctx.engine.cfg.git.branch.clone();
+    let counted = ctx
+        .engine
+        .git_blocking(move |git| -> Result<_, PublishError> {
+            let mut per_area = std::collections::BTreeMap::<String, usize>::new();
+            let pushed = git.read_ref(&gitstore::tracking_ref(&branch))?;
+            let mut next = git.tip()?;
+            for _ in 0..MAX_UNPUSHED_WALK {
+                let Some(id) = next.filter(|id| Some(*id) != pushed) else {
+                    break;
+                };
+                let info = git.commit_info(id)?;
+                if let Some(area) = crate::engine::message::parse_trailers(&info.message)
+                    .get(crate::engine::message::AREA)
+                {
+                    *per_area.entry(area.clone()).or_default() += 1;
+                }
+                next = info.parents.first().copied();
+            }
+            Ok(per_area)
+        })
+        .await;
+    match counted {
+        Ok(per_area) => {
+            for area in &ctx.engine.cfg.areas {
+                let n = per_area.get(&area.name.0).copied().unwrap_or(0);
+                ctx.metrics.unpushed(&area.name.0, n);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %crate::errors::chain(&e), "cannot count unpushed commits")
+        }
+    }
 }
 
 /// Whether the remote has this area's checkpoint as we have it (nothing left to publish).

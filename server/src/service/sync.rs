@@ -83,11 +83,22 @@ pub async fn run(ctx: SyncCtx, shutdown: CancellationToken) {
 }
 
 /// One fetch + apply pass.
+///
+/// A remote that cannot be fetched delays only what it would bring: the local branch is
+/// still applied (a first apply makes the area ready), and the fetch error is returned
+/// after it, for `/status`.
 pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError> {
+    let fetched = match ctx.engine.cfg.git.remote {
+        Some(_) => ctx.integrate.remote().await.map_err(SyncError::from),
+        None => Ok(()),
+    };
+    apply_local(ctx, memory).await?;
+    fetched
+}
+
+/// Apply the local branch to the git-to-kv and both areas this node owns.
+async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError> {
     let engine = &ctx.engine;
-    if engine.cfg.git.remote.is_some() {
-        ctx.integrate.remote().await?;
-    }
     let backend = engine.backend().await?;
     let cluster = backend.cluster_id().await?;
     let _git = ctx.git_lock.lock("apply").await;
@@ -140,6 +151,7 @@ pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncErr
                 // The status and the gauge change together: a reader never sees one cleared
                 // and the other still set.
                 ctx.metrics.refused(&name, false);
+                ctx.metrics.unverified(&name, false);
                 ctx.state.update(&name, |s| {
                     s.refused = None;
                     s.apply_error = None;
@@ -151,6 +163,15 @@ pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncErr
                 tracing::error!(area = %name, error = %msg, "apply refused");
                 ctx.metrics.refused(&name, true);
                 ctx.state.update(&name, |s| s.refused = Some(msg));
+                memory.refused.insert(name, tip);
+            }
+            Err(e @ apply::ApplyError::Unverified(_)) => {
+                // A commit no allowed signer signed: nothing of the area is written until
+                // the tip moves (a signed fix, or the commit removed).
+                let msg = crate::errors::chain(&e);
+                tracing::error!(area = %name, error = %msg, "tip not verified; not applied");
+                ctx.metrics.unverified(&name, true);
+                ctx.state.update(&name, |s| s.apply_error = Some(msg));
                 memory.refused.insert(name, tip);
             }
             Err(e) => {

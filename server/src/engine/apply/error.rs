@@ -51,6 +51,11 @@ pub enum ApplyError {
         #[source]
         source: gitstore::ResolveError,
     },
+    /// A commit since the area's base that no allowed signer signed (git.allowed_signers_file).
+    #[error("{0}; only commits signed by an allowed signer (git.allowed_signers_file) are applied, nothing was written")]
+    Unverified(gitstore::Unverified),
+    #[error("cannot check commit signatures")]
+    Verify(#[source] gitstore::VerifyError),
     /// `--area` names no configured area.
     #[error("{0}")]
     UnknownArea(String),
@@ -91,6 +96,8 @@ impl ApplyError {
             | ApplyError::KeyRefused { .. }
             | ApplyError::MassDelete(_)
             | ApplyError::BadRef { .. }
+            | ApplyError::Unverified(_)
+            | ApplyError::Verify(_)
             | ApplyError::UnknownArea(_) => false,
         }
     }
