@@ -186,17 +186,48 @@ impl Git {
 
 /// Runs `cmd` in a process group of its own and kills the whole group (git and the ssh or
 /// https helper it started) when it outlives `limit`.
-fn run_bounded(mut cmd: Command, args: &[&str], limit: Duration) -> Result<Output, CliError> {
-    let spawn_error = |source| CliError::Spawn {
-        args: args.join(" "),
-        source,
-    };
+fn run_bounded(cmd: Command, args: &[&str], limit: Duration) -> Result<Output, CliError> {
+    match run_child(cmd, None, limit) {
+        Ok(Some(out)) => Ok(out),
+        Ok(None) => Err(CliError::TimedOut {
+            args: args.join(" "),
+            limit,
+        }),
+        Err(source) => Err(CliError::Spawn {
+            args: args.join(" "),
+            source,
+        }),
+    }
+}
+
+/// Runs `cmd` with `stdin` fed to it (or none) in a process group of its own, its output
+/// collected; `Ok(None)` when it outlived `limit` and the whole group was killed. Shared by
+/// every child gitstore starts (git, ssh-keygen), so none can hang a thread for good.
+pub(crate) fn run_child(
+    mut cmd: Command,
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> std::io::Result<Option<Output>> {
     let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .spawn()
-        .map_err(spawn_error)?;
+        .spawn()?;
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(bytes), Some(mut pipe)) => {
+            let bytes = bytes.to_vec();
+            Some(std::thread::spawn(move || {
+                use std::io::Write as _;
+                let _ = pipe.write_all(&bytes);
+            }))
+        }
+        _ => None,
+    };
     // Pipes are drained on their own threads so a chatty child never blocks on a full pipe.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -221,28 +252,29 @@ fn run_bounded(mut cmd: Command, args: &[&str], limit: Duration) -> Result<Outpu
     );
     let deadline = Instant::now() + limit;
     let status = loop {
-        match child.try_wait().map_err(spawn_error)? {
+        match child.try_wait()? {
             Some(status) => break status,
             None if Instant::now() >= deadline => {
-                // SAFETY-free: kill(2) on our own child's process group id.
+                // kill(2) on our own child's process group id: the child and every helper
+                // it started.
                 let pgid = child.id() as i32;
                 unsafe {
                     libc::kill(-pgid, libc::SIGKILL);
                 }
                 let _ = child.wait();
-                return Err(CliError::TimedOut {
-                    args: args.join(" "),
-                    limit,
-                });
+                return Ok(None);
             }
-            None => std::thread::sleep(Duration::from_millis(20)),
+            None => std::thread::sleep(Duration::from_millis(10)),
         }
     };
-    Ok(Output {
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Ok(Some(Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
-    })
+    }))
 }
 
 /// `url` without user info (`https://user:token@host/x` → `https://host/x`), for messages.

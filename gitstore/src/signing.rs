@@ -3,10 +3,10 @@
 //! allowed-signers file before they are applied. Both go through `ssh-keygen -Y`, the tool
 //! git itself runs, so `git verify-commit` and kvgit agree on what is signed.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use gix::bstr::ByteSlice as _;
 use gix::ObjectId;
@@ -435,63 +435,15 @@ impl RunOutput {
 }
 
 /// Runs `cmd` with `stdin` (or none), killed after [`SSH_KEYGEN_LIMIT`].
-fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Result<RunOutput, SshKeygenError> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(SshKeygenError::Spawn)?;
-    let writer = stdin.map(|bytes| {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let bytes = bytes.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(SshKeygenError::Spawn)? {
-            break status;
-        }
-        if started.elapsed() > SSH_KEYGEN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SshKeygenError::TimedOut(SSH_KEYGEN_LIMIT));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
+fn run(cmd: Command, stdin: Option<&[u8]>) -> Result<RunOutput, SshKeygenError> {
+    let out = crate::cli::run_child(cmd, stdin, SSH_KEYGEN_LIMIT)
+        .map_err(SshKeygenError::Spawn)?
+        .ok_or(SshKeygenError::TimedOut(SSH_KEYGEN_LIMIT))?;
     Ok(RunOutput {
-        ok: status.success(),
-        status: status.to_string(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        ok: out.status.success(),
+        status: out.status.to_string(),
+        stdout: out.stdout,
+        stderr: out.stderr,
     })
 }
 
