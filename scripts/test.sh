@@ -3,7 +3,7 @@
 # of the workspace against real servers started by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/deps.sh
+./scripts/deps.sh --tests
 export CARGO_TERM_COLOR=never
 # No unused dependency in any crate. cargo-machete only reads sources (a second or two);
 # installed once into ~/.cargo/bin. A false positive (a crate used only by a macro or for a
@@ -17,6 +17,9 @@ if ! unused=$(cargo machete --skip-target-dir 2>&1); then
   echo "error: unused dependencies (listed above): remove each from its crate's Cargo.toml, and from [workspace.dependencies] when no crate uses it any more" >&2
   exit 1
 fi
+# The deploy/ files, by the tools that read them (tests/tests/ops_files.rs checks them too,
+# the unit with ExecStart pointed at the built binary, since verify wants it to exist).
+(cd deploy/prometheus && promtool check rules kvgit-alerts.yml >/dev/null && promtool test rules kvgit-alerts.test.yml)
 # The CLI tests run the real `kvgit` binary: build every target first.
 cargo build --locked --workspace --all-targets
 log=$(mktemp)

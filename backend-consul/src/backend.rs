@@ -192,7 +192,7 @@ impl ConsulBackend {
         let http = Http::new(&cfg, base.clone())?;
         let consul = rs_consul::ConsulBuilder::new(rs_consul::Config {
             address: base.clone(),
-            token: cfg.token.as_ref().map(|t| t.expose().to_owned()),
+            token: http.token.clone(),
             ..Default::default()
         })
         .with_https_client(http.client.clone())
@@ -221,6 +221,7 @@ fn connect_error(endpoint: &str, err: BackendError) -> ConnectError {
         BackendError::PermissionDenied { detail, .. } => {
             ConnectError::AuthFailed { endpoint, detail }
         }
+        BackendError::Refused { detail, .. } => ConnectError::Refused { endpoint, detail },
         other => ConnectError::Refused {
             endpoint,
             detail: other.to_string(),
@@ -276,6 +277,10 @@ impl KvBackend for ConsulBackend {
 
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError> {
         txn::write(&self.conn, ops).await
+    }
+
+    async fn probe_write(&self, keys: &[Key]) -> Result<(), BackendError> {
+        txn::probe(&self.conn, keys).await
     }
 
     fn check_key(&self, key: &Key) -> Result<(), BackendError> {

@@ -1,10 +1,12 @@
 //! How to reach Consul (`ConsulConfig`: kvgit's `[backend]` table when `kind = "consul"`,
-//! with its defaults and checks) and what can go wrong before the first request
-//! (`ConnectError`); endpoint and token are checked so a bad config fails without a request.
+//! with its defaults, its fallbacks to Consul's CLI environment and its checks) and what can
+//! go wrong before the first request (`ConnectError`).
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything needed to talk to one Consul datacenter's KV store. Deserialized from kvgit's
@@ -16,10 +18,23 @@ pub struct ConsulConfig {
     /// HTTP(S) addresses of Consul agents (`http://127.0.0.1:8500`); the first is used (an
     /// agent forwards to the servers itself, so one address is the usual Consul setup).
     pub endpoints: Vec<String>,
-    /// ACL token sent as `X-Consul-Token`; `None` is the anonymous token.
+    /// ACL token sent as `X-Consul-Token`; `None` (and no `token_file`) is the anonymous
+    /// token.
     pub token: Option<Secret>,
+    /// A file holding the ACL token (surrounding whitespace trimmed), read at connect.
+    pub token_file: Option<PathBuf>,
     /// Datacenter whose KV store is used (`?dc=`); `None` is the agent's own.
     pub datacenter: Option<String>,
+    /// CA certificates (PEM) that Consul's certificate must chain to, for https://
+    /// endpoints; `None` trusts the public web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for agents with `verify_incoming`; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name Consul's certificate is checked against, when it is not the endpoint's
+    /// host (e.g. `server.dc1.consul` while dialling an IP address).
+    pub tls_server_name: Option<String>,
     /// Bound on opening a TCP (and TLS) connection, so an address where nothing listens
     /// fails fast.
     #[serde(deserialize_with = "duration")]
@@ -41,6 +56,10 @@ pub struct ConsulConfig {
     /// KV store's last change, which is exactly "the current revision".
     #[serde(skip)]
     pub revision_probe_key: String,
+    /// Settings taken from Consul's CLI environment (`apply_env`): setting -> variable, so
+    /// messages name the variable the operator actually set.
+    #[serde(skip)]
+    pub from_env: BTreeMap<&'static str, &'static str>,
 }
 
 impl Default for ConsulConfig {
@@ -48,12 +67,18 @@ impl Default for ConsulConfig {
         ConsulConfig {
             endpoints: vec!["http://127.0.0.1:8500".to_owned()],
             token: None,
+            token_file: None,
             datacenter: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            tls_server_name: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             watch_wait: Duration::from_secs(60),
             max_txn_ops: 64,
             revision_probe_key: "kvgit/revision-probe".to_owned(),
+            from_env: BTreeMap::new(),
         }
     }
 }
@@ -126,7 +151,140 @@ impl ConnectError {
     }
 }
 
+/// Consul's CLI variables, as `api.DefaultConfig` reads them; an empty value is unset.
+pub const ENV_ADDR: &str = "CONSUL_HTTP_ADDR";
+pub const ENV_SSL: &str = "CONSUL_HTTP_SSL";
+pub const ENV_TOKEN: &str = "CONSUL_HTTP_TOKEN";
+pub const ENV_TOKEN_FILE: &str = "CONSUL_HTTP_TOKEN_FILE";
+pub const ENV_CACERT: &str = "CONSUL_CACERT";
+pub const ENV_CLIENT_CERT: &str = "CONSUL_CLIENT_CERT";
+pub const ENV_CLIENT_KEY: &str = "CONSUL_CLIENT_KEY";
+pub const ENV_TLS_SERVER_NAME: &str = "CONSUL_TLS_SERVER_NAME";
+
 impl ConsulConfig {
+    /// How messages name `setting`: the Consul variable it came from, else
+    /// `backend.<setting>`.
+    pub fn setting(&self, setting: &str) -> String {
+        match self.from_env.get(setting) {
+            Some(var) => (*var).to_owned(),
+            None => format!("backend.{setting}"),
+        }
+    }
+
+    /// The credential requests carry, named without its secret, for refusals: "the token in
+    /// backend.token_file (/etc/kvgit/token)", "the anonymous token (no token set)".
+    pub fn credential(&self) -> String {
+        match (&self.token_file, &self.token) {
+            (Some(file), _) => format!(
+                "the token in {} ({})",
+                self.setting("token_file"),
+                file.display()
+            ),
+            (None, Some(_)) => format!("the token in {}", self.setting("token")),
+            (None, None) => "the anonymous token (no backend.token_file set)".to_owned(),
+        }
+    }
+
+    /// Makes relative file settings relative to `dir` (the config file's directory). Call
+    /// before `apply_env`: Consul's variables are relative to the working directory.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for file in [
+            &mut self.token_file,
+            &mut self.ca_file,
+            &mut self.cert_file,
+            &mut self.key_file,
+        ] {
+            if let Some(path) = file.as_mut().filter(|p| p.is_relative()) {
+                *path = dir.join(&*path);
+            }
+        }
+    }
+
+    /// Fills the settings the config left unset from Consul's CLI variables, as `consul`
+    /// itself reads them (api.DefaultConfig + NewClient): `CONSUL_HTTP_ADDR` with or without
+    /// a scheme (`CONSUL_HTTP_SSL=true` makes a scheme-less or http address https),
+    /// `CONSUL_HTTP_TOKEN_FILE` before `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`,
+    /// `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`. A setting in the
+    /// config (file or `KVGIT_BACKEND__…`) always wins; `endpoints_set` says whether
+    /// `endpoints` was. Returns the variables that cannot be used, one line each.
+    pub fn apply_env(
+        &mut self,
+        endpoints_set: bool,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<String> {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        let mut problems = Vec::new();
+        let ssl = match get(ENV_SSL) {
+            None => false,
+            // Go's strconv.ParseBool.
+            Some(v) => match v.as_str() {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+                "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
+                _ => {
+                    problems.push(format!("{ENV_SSL}: {v:?} is not a boolean (true or false)"));
+                    false
+                }
+            },
+        };
+        if !endpoints_set {
+            let addr = get(ENV_ADDR);
+            if addr.is_some() || ssl {
+                let addr = addr.unwrap_or_else(|| "127.0.0.1:8500".to_owned());
+                let (scheme, rest) = match addr.split_once("://") {
+                    Some(("http", rest)) => (if ssl { "https" } else { "http" }, rest),
+                    Some(("https", rest)) => ("https", rest),
+                    Some((other, _)) => {
+                        problems.push(format!(
+                            "{ENV_ADDR}: scheme {other:?} is not supported (http or https)"
+                        ));
+                        ("http", "")
+                    }
+                    None => (if ssl { "https" } else { "http" }, addr.as_str()),
+                };
+                if !rest.is_empty() {
+                    self.endpoints = vec![format!("{scheme}://{rest}")];
+                    self.from_env.insert("endpoints", ENV_ADDR);
+                }
+            }
+        }
+        if self.token.is_none() && self.token_file.is_none() {
+            // Consul reads the file when both are set, and uses it.
+            if let Some(file) = get(ENV_TOKEN_FILE) {
+                self.token_file = Some(PathBuf::from(file));
+                self.from_env.insert("token_file", ENV_TOKEN_FILE);
+            } else if let Some(token) = get(ENV_TOKEN) {
+                self.token = Some(Secret(token));
+                self.from_env.insert("token", ENV_TOKEN);
+            }
+        }
+        for (setting, var, slot) in [
+            ("ca_file", ENV_CACERT, &mut self.ca_file),
+            ("cert_file", ENV_CLIENT_CERT, &mut self.cert_file),
+            ("key_file", ENV_CLIENT_KEY, &mut self.key_file),
+        ] {
+            if slot.is_none() {
+                if let Some(file) = get(var) {
+                    *slot = Some(PathBuf::from(file));
+                    self.from_env.insert(setting, var);
+                }
+            }
+        }
+        if self.tls_server_name.is_none() {
+            if let Some(name) = get(ENV_TLS_SERVER_NAME) {
+                self.tls_server_name = Some(name);
+                self.from_env.insert("tls_server_name", ENV_TLS_SERVER_NAME);
+            }
+        }
+        problems
+    }
+
+    /// Whether the first endpoint is https (TLS settings only apply then).
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.endpoints
+            .first()
+            .is_some_and(|e| e.starts_with("https://"))
+    }
+
     /// Every problem found without I/O, one line each, naming the setting as kvgit's config
     /// file spells it (`backend.<name>`); empty when the config is usable. The token itself
     /// is never part of a message.
@@ -137,13 +295,68 @@ impl ConsulConfig {
         }
         for (i, e) in self.endpoints.iter().enumerate() {
             if let Err(why) = check_endpoint(e) {
-                problems.push(format!("backend.endpoints[{i}]: {e:?} {why}"));
+                let name = match self.from_env.get("endpoints") {
+                    Some(var) => (*var).to_owned(),
+                    None => format!("backend.endpoints[{i}]"),
+                };
+                problems.push(format!("{name}: {e:?} {why}"));
             }
         }
         if let Some(token) = &self.token {
             if hyper::header::HeaderValue::from_str(token.expose()).is_err() {
-                problems
-                    .push("backend.token: has characters an HTTP header cannot carry".to_owned());
+                problems.push(format!(
+                    "{}: has characters an HTTP header cannot carry",
+                    self.setting("token")
+                ));
+            }
+            if self.token_file.is_some() {
+                problems.push(format!(
+                    "{}: set together with {}; set one of them",
+                    self.setting("token"),
+                    self.setting("token_file")
+                ));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            let (set, unset) = if self.cert_file.is_some() {
+                ("cert_file", "key_file")
+            } else {
+                ("key_file", "cert_file")
+            };
+            problems.push(format!(
+                "{}: a client certificate needs both cert_file and key_file; {} is not set",
+                self.setting(set),
+                self.setting(unset)
+            ));
+        }
+        if !self.uses_tls() {
+            // Consul's variables are ignored for an http address, as the CLI does; settings
+            // of the config file are a mistake there.
+            for setting in ["ca_file", "cert_file", "key_file", "tls_server_name"] {
+                let set = match setting {
+                    "ca_file" => self.ca_file.is_some(),
+                    "cert_file" => self.cert_file.is_some(),
+                    "key_file" => self.key_file.is_some(),
+                    _ => self.tls_server_name.is_some(),
+                };
+                if set && !self.from_env.contains_key(setting) {
+                    problems.push(format!(
+                        "backend.{setting}: only applies to https:// endpoints, and {} is {:?}",
+                        self.setting("endpoints"),
+                        self.endpoints
+                            .first()
+                            .map(String::as_str)
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &self.tls_server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                problems.push(format!(
+                    "{}: {name:?} is not a DNS name or IP address",
+                    self.setting("tls_server_name")
+                ));
             }
         }
         if self.max_txn_ops == 0 {
@@ -284,6 +497,123 @@ mod tests {
         assert!(
             !shown.contains("s3cr3t") && shown.contains("<redacted>"),
             "{shown}"
+        );
+    }
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn unset_settings_fall_back_to_consul_variables() {
+        let mut cfg = ConsulConfig::default();
+        let problems = cfg.apply_env(
+            false,
+            env(&[
+                (ENV_ADDR, "consul.example:8501"),
+                (ENV_SSL, "true"),
+                (ENV_TOKEN, "from-env"),
+                (ENV_TOKEN_FILE, "/run/consul-token"),
+                (ENV_CACERT, "/etc/consul/ca.pem"),
+                (ENV_CLIENT_CERT, "/etc/consul/c.pem"),
+                (ENV_CLIENT_KEY, "/etc/consul/k.pem"),
+                (ENV_TLS_SERVER_NAME, "server.dc1.consul"),
+            ]),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(cfg.endpoints, ["https://consul.example:8501"]);
+        // The file wins over the token, as in Consul's CLI.
+        assert_eq!(
+            cfg.token_file.as_deref(),
+            Some(Path::new("/run/consul-token"))
+        );
+        assert!(cfg.token.is_none());
+        assert_eq!(
+            cfg.ca_file.as_deref(),
+            Some(Path::new("/etc/consul/ca.pem"))
+        );
+        assert_eq!(cfg.tls_server_name.as_deref(), Some("server.dc1.consul"));
+        assert_eq!(cfg.setting("token_file"), ENV_TOKEN_FILE);
+        assert!(cfg.credential().contains(ENV_TOKEN_FILE));
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+
+        // http:// stays http without CONSUL_HTTP_SSL, becomes https with it.
+        for (addr, ssl, want) in [
+            ("http://h:8500", "false", "http://h:8500"),
+            ("http://h:8500", "1", "https://h:8500"),
+            ("https://h:8501", "false", "https://h:8501"),
+            ("h:8500", "0", "http://h:8500"),
+        ] {
+            let mut cfg = ConsulConfig::default();
+            let vars: &'static [(&str, &str)] =
+                Box::leak(vec![(ENV_ADDR, addr), (ENV_SSL, ssl)].into_boxed_slice());
+            assert!(cfg.apply_env(false, env(vars)).is_empty());
+            assert_eq!(cfg.endpoints, [want], "{addr} ssl={ssl}");
+        }
+        let mut bad = ConsulConfig::default();
+        let problems = bad.apply_env(false, env(&[(ENV_ADDR, "unix:///s"), (ENV_SSL, "yes")]));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with(ENV_SSL)));
+        assert!(problems.iter().any(|p| p.starts_with(ENV_ADDR)));
+    }
+
+    #[test]
+    fn the_config_wins_over_the_environment() {
+        let mut cfg = ConsulConfig {
+            endpoints: vec!["https://consul.internal:8501".into()],
+            token: Some("from-config".into()),
+            ca_file: Some("/etc/kvgit/ca.pem".into()),
+            ..ConsulConfig::default()
+        };
+        cfg.apply_env(
+            true,
+            env(&[
+                (ENV_ADDR, "other:8500"),
+                (ENV_TOKEN_FILE, "/run/t"),
+                (ENV_CACERT, "/other/ca.pem"),
+            ]),
+        );
+        assert_eq!(cfg.endpoints, ["https://consul.internal:8501"]);
+        assert_eq!(cfg.token.as_ref().map(Secret::expose), Some("from-config"));
+        assert!(cfg.token_file.is_none());
+        assert_eq!(cfg.ca_file.as_deref(), Some(Path::new("/etc/kvgit/ca.pem")));
+        assert_eq!(cfg.setting("ca_file"), "backend.ca_file");
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let http_with_ca = ConsulConfig {
+            ca_file: Some("ca.pem".into()),
+            ..ConsulConfig::default()
+        };
+        let problems = http_with_ca.validate();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("backend.ca_file: only applies"),
+            "{problems:?}"
+        );
+        let half_pair = ConsulConfig {
+            endpoints: vec!["https://h:8501".into()],
+            cert_file: Some("c.pem".into()),
+            ..ConsulConfig::default()
+        };
+        let problems = half_pair.validate();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("backend.cert_file:"),
+            "{problems:?}"
+        );
+        let both_tokens = ConsulConfig {
+            token: Some("s3cr3t".into()),
+            token_file: Some("t".into()),
+            ..ConsulConfig::default()
+        };
+        let problems = both_tokens.validate();
+        assert!(
+            problems.len() == 1 && !problems[0].contains("s3cr3t"),
+            "{problems:?}"
         );
     }
 }

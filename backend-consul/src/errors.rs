@@ -9,13 +9,57 @@ pub(crate) const KIND: &str = "consul";
 /// Longest piece of a response body quoted in an error.
 const BODY_QUOTE: usize = 512;
 
-/// Where failed requests went, for `Unavailable` messages.
-#[derive(Debug, Clone)]
+/// Where failed requests went and with what credentials, for messages (never a secret).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Ctx {
     pub endpoint: String,
+    /// The token requests carry, named by its setting (`ConsulConfig::credential`).
+    pub credential: String,
+    /// `ca_file` and `cert_file` as messages name them, when set.
+    pub ca_setting: Option<String>,
+    pub cert_setting: Option<String>,
+    /// `tls_server_name` as messages name it, when set.
+    pub server_name_setting: Option<String>,
 }
 
 impl Ctx {
+    /// A request that got no answer. A TLS handshake that failed on a certificate is not
+    /// an outage but a setting to fix, so it is `Refused` naming the setting.
+    pub fn transport(&self, what: &str, detail: &str) -> BackendError {
+        let lower = detail.to_ascii_lowercase();
+        if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            let name = self.server_name_setting.as_deref().unwrap_or(
+                "the endpoint's host (set backend.tls_server_name to a name the certificate \
+                 carries)",
+            );
+            return refused(format!(
+                "{what}: the certificate of Consul at {} is not valid for {name}: {detail}",
+                self.endpoint
+            ));
+        }
+        if lower.contains("invalid peer certificate") {
+            let ca = self
+                .ca_setting
+                .as_deref()
+                .unwrap_or("the public web PKI roots (backend.ca_file not set)");
+            return refused(format!(
+                "{what}: the certificate of Consul at {} is not trusted by {ca}: {detail}",
+                self.endpoint
+            ));
+        }
+        if lower.contains("received fatal alert") {
+            let cert = self.cert_setting.as_deref().unwrap_or(
+                "no client certificate (backend.cert_file and backend.key_file not set)",
+            );
+            return refused(format!(
+                "{what}: Consul at {} ended the TLS handshake (it may require a client \
+                 certificate signed by its CA; sent: {cert}): {detail}",
+                self.endpoint
+            ));
+        }
+        self.unavailable(format!("{what}: {detail}"))
+    }
+
     pub fn unavailable(&self, detail: impl Into<String>) -> BackendError {
         BackendError::Unavailable {
             backend: KIND,
@@ -33,7 +77,7 @@ impl Ctx {
             // unknown token ("ACL not found").
             401 | 403 => BackendError::PermissionDenied {
                 backend: KIND,
-                detail,
+                detail: format!("{detail} (credential: {})", self.credential),
             },
             // 500 "No cluster leader", 503 and 429 from the rate limiter, 502/504 from
             // proxies: all pass.
@@ -105,6 +149,8 @@ mod tests {
     fn ctx() -> Ctx {
         Ctx {
             endpoint: "http://127.0.0.1:8500".into(),
+            credential: "the token in backend.token_file (/etc/kvgit/token)".into(),
+            ..Ctx::default()
         }
     }
 
@@ -128,6 +174,10 @@ mod tests {
         let denied = c.status("list", StatusCode::FORBIDDEN, b"ACL not found");
         assert!(matches!(denied, BackendError::PermissionDenied { .. }));
         assert!(denied.to_string().contains("ACL not found"));
+        assert!(
+            denied.to_string().contains("backend.token_file"),
+            "{denied}"
+        );
         assert!(matches!(
             c.status("txn", StatusCode::BAD_REQUEST, b"Failed to parse body"),
             BackendError::Refused { .. }

@@ -1,5 +1,6 @@
 //! One HTTP/1.1 client for every Consul request (shared with rs-consul, so one connection
-//! pool): the token and datacenter on each request, a deadline on each, bodies read whole.
+//! pool): TLS from the config's files, the token and datacenter on each request, a deadline
+//! on each, bodies read whole.
 
 use crate::config::{ConnectError, ConsulConfig};
 use crate::errors::{chain, Ctx};
@@ -30,6 +31,9 @@ pub(crate) struct Response {
     pub status: StatusCode,
     /// `X-Consul-Index`, on reads that support blocking queries.
     pub index: Option<u64>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: Consul left out entries the token may
+    /// not read, so the answer is not the whole listing.
+    pub filtered_by_acls: bool,
     pub body: Bytes,
 }
 
@@ -75,14 +79,28 @@ pub(crate) struct Http {
 
 impl Http {
     pub fn new(cfg: &ConsulConfig, base: String) -> Result<Arc<Http>, ConnectError> {
+        let token = crate::tls::token(cfg)?;
         let client = build_client(cfg, &base)?;
         Ok(Arc::new(Http {
             client,
             ctx: Ctx {
                 endpoint: base.clone(),
+                credential: cfg.credential(),
+                ca_setting: cfg
+                    .ca_file
+                    .as_ref()
+                    .map(|f| format!("{} ({})", cfg.setting("ca_file"), f.display())),
+                cert_setting: cfg
+                    .cert_file
+                    .as_ref()
+                    .map(|f| format!("{} ({})", cfg.setting("cert_file"), f.display())),
+                server_name_setting: cfg
+                    .tls_server_name
+                    .as_ref()
+                    .map(|n| format!("{} ({n:?})", cfg.setting("tls_server_name"))),
             },
             base,
-            token: cfg.token.as_ref().map(|t| t.expose().to_owned()),
+            token,
             datacenter: cfg.datacenter.clone(),
             request_timeout: cfg.request_timeout,
         }))
@@ -144,13 +162,17 @@ impl Http {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| self.ctx.unavailable(format!("{what}: {}", chain(&e))))?;
+                .map_err(|e| self.ctx.transport(what, &chain(&e)))?;
             let status = resp.status();
             let index = resp
                 .headers()
                 .get("X-Consul-Index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
+            let filtered_by_acls = resp
+                .headers()
+                .get("X-Consul-Results-Filtered-By-ACLs")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
             let body = resp
                 .into_body()
                 .collect()
@@ -163,6 +185,7 @@ impl Http {
             Ok(Response {
                 status,
                 index,
+                filtered_by_acls,
                 body,
             })
         };
@@ -175,22 +198,24 @@ impl Http {
     }
 }
 
-/// The pooled HTTP/1.1 client, https with the webpki roots (ring, explicitly, so the
-/// process-wide rustls provider does not matter), TCP connect bounded by `connect_timeout`.
+/// The pooled HTTP/1.1 client, TCP connect bounded by `connect_timeout`; https with the
+/// config's CA (else the webpki roots), client certificate and server name (ring,
+/// explicitly, so the process-wide rustls provider does not matter).
 fn build_client(cfg: &ConsulConfig, base: &str) -> Result<HttpsClient, ConnectError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| ConnectError::Tls {
-            endpoint: base.to_owned(),
-            detail: e.to_string(),
-        })?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let tls = crate::tls::client_config(cfg, base)?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let https = match crate::tls::server_name(cfg) {
+        Some(name) => builder
+            .https_or_http()
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            .enable_http1()
+            .wrap_connector(http),
+        None => builder.https_or_http().enable_http1().wrap_connector(http),
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST)

@@ -16,9 +16,23 @@
 //!   call, unusable in async code, and it has no renew or destroy, so sessions go direct;
 //!   `/v1/agent/self` and `/v1/connect/ca/roots` (the cluster id) too.
 //!
-//! Every request carries `X-Consul-Token` when a token is set and `?dc=` when a datacenter
-//! is, and is bounded by `request_timeout` (a blocking query by its `wait` plus Consul's
-//! jitter on top).
+//! Every request carries `X-Consul-Token` when a token is set (`token`, or `token_file` read
+//! at connect) and `?dc=` when a datacenter is, and is bounded by `request_timeout` (a
+//! blocking query by its `wait` plus Consul's jitter on top). https endpoints use rustls
+//! with `ca_file` (else the webpki roots), the client certificate of `cert_file` +
+//! `key_file`, and `tls_server_name`; unset settings can come from Consul's CLI variables
+//! (`ConsulConfig::apply_env`).
+//!
+//! # Refusals
+//!
+//! A 403 (`Permission denied: token with AccessorID '…' lacks permission 'key:write' on
+//! "…"`, or `ACL not found`) and a transaction rolled back for one are `PermissionDenied`,
+//! their message naming the credential by its setting (`ConsulConfig::credential`), never
+//! the secret. Consul filters a `?recurse` listing by the token's read permission instead
+//! of refusing it; an answer marked `X-Consul-Results-Filtered-By-ACLs` is
+//! `PermissionDenied` too, so hidden keys are never read as deleted. A certificate the CA
+//! does not vouch for, or a handshake the agent ends (no or a foreign client certificate),
+//! is `Refused` naming `ca_file` / `cert_file`, not an outage to retry.
 //!
 //! # Revisions
 //!
@@ -59,6 +73,7 @@
 //! (see `txn` for the arithmetic against Consul's 512 KiB request limit). Deletes are
 //! exact keys, never `delete-tree`. Keys must be UTF-8 (`check_key`).
 
+pub mod acl;
 mod backend;
 mod baseline;
 mod config;
@@ -68,9 +83,17 @@ mod keys;
 mod listing;
 mod session;
 mod snapshot;
+mod tls;
 mod txn;
 mod watch;
 
 pub use backend::ConsulBackend;
 pub use config::{ConnectError, ConsulConfig, Secret};
+pub use config::{
+    ENV_ADDR, ENV_CACERT, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_SSL, ENV_TLS_SERVER_NAME, ENV_TOKEN,
+    ENV_TOKEN_FILE,
+};
+/// The write limits for `max_txn_ops` operations per transaction, known without connecting
+/// (`kvgit validate` checks value sizes offline).
+pub use txn::limits as write_limits;
 pub use txn::TXN_MAX_REQ_LEN;

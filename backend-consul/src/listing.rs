@@ -229,6 +229,19 @@ pub(crate) async fn list(
         ))
     })?;
     let index = index.max(1);
+    if resp.filtered_by_acls {
+        // Consul drops the entries the token may not read instead of refusing: what is
+        // left is not the prefix's content, and reading it as such would delete the rest.
+        return Err(BackendError::PermissionDenied {
+            backend: crate::errors::KIND,
+            detail: format!(
+                "list {listed:?}: Consul left out keys the token may not read \
+                 (X-Consul-Results-Filtered-By-ACLs); the token needs read on the whole \
+                 prefix (credential: {})",
+                conn.http.ctx.credential
+            ),
+        });
+    }
     match resp.status.as_u16() {
         200 => parse(&resp.body, prefix, collect, index),
         404 => Ok(Listing {

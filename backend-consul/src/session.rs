@@ -249,7 +249,10 @@ async fn acquire_by_txn(
             Rollback::Precondition => Ok(None),
             Rollback::PermissionDenied(detail) => Err(BackendError::PermissionDenied {
                 backend: KIND,
-                detail: format!("claim {key}: {detail}"),
+                detail: format!(
+                    "claim {key}: {detail} (credential: {})",
+                    conn.http.ctx.credential
+                ),
             }),
             Rollback::Refused(detail) => {
                 Err(refused(format!("claim {key} for lease {lease}: {detail}")))
@@ -305,7 +308,10 @@ pub(crate) async fn release(conn: &Conn, key: &Key, lease: &LeaseId) -> Result<(
             Rollback::Precondition | Rollback::Refused(_) => Ok(()),
             Rollback::PermissionDenied(detail) => Err(BackendError::PermissionDenied {
                 backend: KIND,
-                detail: format!("release {key}: {detail}"),
+                detail: format!(
+                    "release {key}: {detail} (credential: {})",
+                    conn.http.ctx.credential
+                ),
             }),
         },
     }

@@ -22,7 +22,7 @@ use crate::keys;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sync_core::{BackendError, Precondition, Revision, TxnOutcome, WriteLimits, WriteOp};
+use sync_core::{BackendError, Key, Precondition, Revision, TxnOutcome, WriteLimits, WriteOp};
 
 /// Consul's default `txn_max_req_len` (and `kv_max_value_size`): 512 KiB.
 pub const TXN_MAX_REQ_LEN: usize = 512 * 1024;
@@ -33,7 +33,7 @@ const HEADROOM: usize = 16 * 1024;
 
 /// The limits `write` enforces for `max_ops` operations per transaction: the batch budget
 /// for `max_ops` ops, the single-op limit for one.
-pub(crate) fn limits(max_ops: usize) -> WriteLimits {
+pub fn limits(max_ops: usize) -> WriteLimits {
     WriteLimits {
         max_ops,
         max_bytes: payload_budget(max_ops),
@@ -263,11 +263,63 @@ pub(crate) async fn write(conn: &Conn, ops: &[WriteOp]) -> Result<TxnOutcome, Ba
             Rollback::Precondition => Ok(TxnOutcome::PreconditionFailed),
             Rollback::PermissionDenied(detail) => Err(BackendError::PermissionDenied {
                 backend: KIND,
-                detail: format!("txn: {detail}"),
+                detail: format!("txn: {detail} (credential: {})", conn.http.ctx.credential),
             }),
             Rollback::Refused(detail) => Err(refused(format!("txn: {detail}"))),
         },
     }
+}
+
+/// An index no key reaches, so a `check-index` against it always fails.
+const NEVER_INDEX: u64 = 1 << 62;
+
+/// See `KvBackend::probe_write`: per batch of keys, one `/v1/txn` of a `check-index` that
+/// cannot hold followed by a `set` (empty value) of each key. Consul checks the ACL of every
+/// op on the leader before Raft (`Txn.preCheck` → `kvsPreApply`: `set` and `delete` both
+/// need `key:write`), answering 409 with a "Permission denied" error per refused op;
+/// when all are allowed, the state store runs the ops in one memdb transaction that the
+/// failed check aborts, so no key, modify index or blocking query moves.
+pub(crate) async fn probe(conn: &Conn, keys: &[Key]) -> Result<(), BackendError> {
+    let names: Vec<&str> = keys.iter().map(keys::utf8).collect::<Result<_, _>>()?;
+    // One op of each transaction is the check; keys only (empty values) keep far below the
+    // request limit, which `send` checks anyway.
+    let per_txn = conn.limits.max_ops.saturating_sub(1).max(1);
+    for batch in names.chunks(per_txn) {
+        let mut ops = vec![KvOp::new("check-index", batch[0]).index(NEVER_INDEX).op()];
+        ops.extend(batch.iter().map(|k| KvOp::new("set", k).value(&[]).op()));
+        let payload = batch.iter().map(|k| k.len()).sum();
+        match send(conn, &ops, payload).await? {
+            Answer::Committed(_) => {
+                return Err(other(format!(
+                    "txn: the write probe of key {} was applied",
+                    batch[0]
+                )))
+            }
+            Answer::RolledBack(errors) => match classify(&errors) {
+                Rollback::Precondition => {}
+                Rollback::PermissionDenied(detail) => {
+                    // Op 0 is the check: op i probes key i - 1.
+                    let denied = errors.iter().find(|e| {
+                        let what = e.what.to_ascii_lowercase();
+                        what.contains("permission denied") || what.contains("acl not found")
+                    });
+                    let key = denied
+                        .and_then(|e| e.op_index.checked_sub(1))
+                        .and_then(|i| batch.get(i));
+                    let detail = match (key, denied) {
+                        (Some(key), Some(e)) => format!("write of key {key}: {}", e.what),
+                        _ => format!("txn: {detail}"),
+                    };
+                    return Err(BackendError::PermissionDenied {
+                        backend: KIND,
+                        detail: format!("{detail} (credential: {})", conn.http.ctx.credential),
+                    });
+                }
+                Rollback::Refused(detail) => return Err(refused(format!("txn: {detail}"))),
+            },
+        }
+    }
+    Ok(())
 }
 
 /// Refuses what the backend would refuse, before anything is sent.

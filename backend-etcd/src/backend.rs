@@ -37,6 +37,10 @@ const DECODE_LIMIT: usize = 16 * 1024 * 1024;
 /// The clients and settings every request needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Conn {
+    /// The whole client, to log in again when a watch is refused for an expired token.
+    pub client: Client,
+    /// Who etcd sees us as, for permission-denied messages.
+    pub principal: String,
     pub kv: KvClient,
     pub watch: WatchClient,
     pub maintenance: MaintenanceClient,
@@ -54,6 +58,49 @@ impl Conn {
     pub async fn server_version(&self) -> Result<String, BackendError> {
         Ok(self.status().await?.version().to_owned())
     }
+
+    /// A permission-denied error naming what was refused (`target`: a key, keys or prefix)
+    /// and to whom; other errors pass unchanged.
+    pub fn denied(&self, err: BackendError, target: impl FnOnce() -> String) -> BackendError {
+        match err {
+            BackendError::PermissionDenied { backend, detail } => BackendError::PermissionDenied {
+                backend,
+                detail: format!("{} for {}: {detail}", target(), self.principal),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Who etcd takes a client for: the user, or the CN of its client certificate.
+fn principal(cfg: &EtcdConfig) -> String {
+    match (&cfg.user, &cfg.cert_file) {
+        (Some(user), _) => format!("user {user} (backend.user)"),
+        (None, Some(cert)) => format!(
+            "the user named by the CN of backend.cert_file {}",
+            cert.display()
+        ),
+        (None, None) => "no user (no backend.user, no client certificate)".to_owned(),
+    }
+}
+
+/// "key K" for one key, "keys A, B, C and N more" for a batch.
+fn name_keys(ops: &[WriteOp]) -> String {
+    const SHOWN: usize = 3;
+    let keys: Vec<String> = ops
+        .iter()
+        .take(SHOWN)
+        .map(|op| op.key().to_string())
+        .collect();
+    match ops.len() {
+        1 => format!("key {}", keys[0]),
+        n if n > SHOWN => format!("keys {} and {} more", keys.join(", "), n - SHOWN),
+        _ => format!("keys {}", keys.join(", ")),
+    }
+}
+
+fn name_prefix(prefix: &[u8]) -> String {
+    format!("prefix {}", Key(prefix.to_vec()))
 }
 
 /// kvgit's backend on an etcd v3 cluster.
@@ -85,7 +132,7 @@ impl EtcdBackend {
         let client =
             match tokio::time::timeout(budget, Client::connect(&cfg.endpoints, Some(opts))).await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(connect_error(&ctx, ctx.map("connect", e))),
+                Ok(Err(e)) => return Err(connect_error(&cfg, &ctx, ctx.map("connect", e))),
                 Err(_) => {
                     return Err(ConnectError::Unreachable {
                         endpoints: ctx.endpoints.clone(),
@@ -95,6 +142,8 @@ impl EtcdBackend {
             };
         let leases = client.lease_client();
         let conn = Conn {
+            client: client.clone(),
+            principal: principal(&cfg),
             kv: client.kv_client().max_decoding_message_size(DECODE_LIMIT),
             watch: client
                 .watch_client()
@@ -111,15 +160,54 @@ impl EtcdBackend {
         probe
             .call("status", m.status())
             .await
-            .map_err(|e| connect_error(&ctx, e))?;
+            .map_err(|e| connect_error(&cfg, &ctx, e))?;
         Ok(EtcdBackend { conn, leases })
     }
 }
 
-fn connect_error(ctx: &Ctx, err: BackendError) -> ConnectError {
+fn connect_error(cfg: &EtcdConfig, ctx: &Ctx, err: BackendError) -> ConnectError {
     let endpoints = ctx.endpoints.clone();
+    let detail = match &err {
+        BackendError::Unavailable { detail, .. }
+        | BackendError::PermissionDenied { detail, .. }
+        | BackendError::Refused { detail, .. }
+        | BackendError::Other { detail, .. } => detail.clone(),
+        _ => String::new(),
+    };
+    if detail.contains("authentication failed") {
+        return ConnectError::BadPassword {
+            endpoints,
+            user: cfg.user.clone().unwrap_or_default(),
+            setting: if cfg.password_file.is_some() {
+                "backend.password_file"
+            } else {
+                "backend.password"
+            },
+        };
+    }
+    if let Some(hint) = tls_hint(cfg, &detail) {
+        return ConnectError::Tls {
+            endpoints,
+            hint,
+            detail,
+        };
+    }
     match err {
-        BackendError::Unavailable { detail, .. } => ConnectError::Unreachable { endpoints, detail },
+        BackendError::Unavailable { mut detail, .. } => {
+            // Under TLS 1.3 a missing client certificate is refused after the client's
+            // handshake is done, seen as a closed stream, a reset or a broken pipe: a hint,
+            // and still retryable, since a restarting server looks the same. Nothing
+            // listening ("refused") or a silent server (timeout) gets no hint.
+            let https = cfg.endpoints.iter().any(|e| e.starts_with("https://"));
+            let d = detail.to_ascii_lowercase();
+            let dropped = !d.contains("connection refused") && !d.contains("no answer within");
+            if https && cfg.cert_file.is_none() && dropped {
+                detail.push_str(
+                    " (if the server requires client certificates, set backend.cert_file and backend.key_file)",
+                );
+            }
+            ConnectError::Unreachable { endpoints, detail }
+        }
         BackendError::PermissionDenied { detail, .. } => {
             ConnectError::AuthFailed { endpoints, detail }
         }
@@ -128,6 +216,26 @@ fn connect_error(ctx: &Ctx, err: BackendError) -> ConnectError {
             detail: other.to_string(),
         },
     }
+}
+
+/// Which setting to look at when the TLS handshake failed; `None` when it is not TLS.
+fn tls_hint(cfg: &EtcdConfig, detail: &str) -> Option<&'static str> {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("invalid peer certificate") || d.contains("unknownissuer") {
+        return Some(if cfg.ca_file.is_some() {
+            "the server's certificate is not signed by backend.ca_file"
+        } else {
+            "the server's certificate is not trusted: set backend.ca_file"
+        });
+    }
+    if d.contains("certificate required") || d.contains("fatal alert") || d.contains("handshake") {
+        return Some(if cfg.cert_file.is_some() {
+            "the server refused the client certificate in backend.cert_file"
+        } else {
+            "the server wants a client certificate: set backend.cert_file and backend.key_file"
+        });
+    }
+    None
 }
 
 #[async_trait]
@@ -161,11 +269,15 @@ impl KvBackend for EtcdBackend {
         prefix: &[u8],
         at: Option<Revision>,
     ) -> Result<Snapshot, BackendError> {
-        snapshot::read(&self.conn, prefix, at).await
+        snapshot::read(&self.conn, prefix, at)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))
     }
 
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError> {
-        watch::open(&self.conn, prefix, from).await
+        watch::open(&self.conn, prefix, from)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))
     }
 
     async fn changes_between(
@@ -174,11 +286,19 @@ impl KvBackend for EtcdBackend {
         after: Revision,
         upto: Revision,
     ) -> Result<Option<Vec<sync_core::KvChange>>, BackendError> {
-        delta::changes_between(&self.conn, prefix, after, upto).await
+        delta::changes_between(&self.conn, prefix, after, upto)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))
     }
 
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError> {
-        txn::write(&self.conn, ops, self.write_limits()).await
+        txn::write(&self.conn, ops, self.write_limits())
+            .await
+            .map_err(|e| self.conn.denied(e, || name_keys(ops)))
+    }
+
+    async fn probe_write(&self, keys: &[Key]) -> Result<(), BackendError> {
+        txn::probe(&self.conn, keys, self.write_limits()).await
     }
 
     async fn grant_lease(&self, _name: &str, ttl: Duration) -> Result<Lease, BackendError> {
@@ -199,14 +319,20 @@ impl KvBackend for EtcdBackend {
         value: &[u8],
         lease: &LeaseId,
     ) -> Result<Option<Epoch>, BackendError> {
-        ownership::claim(&self.conn, key, value, lease).await
+        ownership::claim(&self.conn, key, value, lease)
+            .await
+            .map_err(|e| self.conn.denied(e, || format!("key {key}")))
     }
 
     async fn release(&self, key: &Key, lease: &LeaseId) -> Result<(), BackendError> {
-        ownership::release(&self.conn, key, lease).await
+        ownership::release(&self.conn, key, lease)
+            .await
+            .map_err(|e| self.conn.denied(e, || format!("key {key}")))
     }
 
     async fn claims(&self, prefix: &[u8]) -> Result<Vec<Claim>, BackendError> {
-        ownership::claims(&self.conn, prefix).await
+        ownership::claims(&self.conn, prefix)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))
     }
 }

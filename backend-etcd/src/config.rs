@@ -3,6 +3,8 @@
 //! (`ConnectError`); turns the config into etcd-client's `ConnectOptions`, TLS included.
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -17,9 +19,12 @@ use std::time::Duration;
 pub struct EtcdConfig {
     /// Client URLs (`http://host:2379`, `https://host:2379`); several members are balanced.
     pub endpoints: Vec<String>,
-    /// etcd user for authentication; `password` must then be set too.
+    /// etcd user for authentication; `password_file` (or `password`, e.g. from the
+    /// environment) must then be set too.
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// A file holding the user's password (trailing newline ignored); read at connect.
+    pub password_file: Option<PathBuf>,
     /// PEM CA bundle that signed the server certificates (needed for `https://`).
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate and key, for mutual TLS; both or neither.
@@ -43,6 +48,7 @@ impl Default for EtcdConfig {
             endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             user: None,
             password: None,
+            password_file: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -73,8 +79,16 @@ impl EtcdConfig {
                 ));
             }
         }
-        if self.user.is_some() != self.password.is_some() {
-            problems.push("backend.user and backend.password: set both or neither".to_owned());
+        if self.password.is_some() && self.password_file.is_some() {
+            problems
+                .push("backend.password and backend.password_file: set one, not both".to_owned());
+        }
+        let has_password = self.password.is_some() || self.password_file.is_some();
+        if self.user.is_some() != has_password {
+            problems.push(
+                "backend.user and backend.password: set both or neither (the password in backend.password_file, or backend.password from the environment)"
+                    .to_owned(),
+            );
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             problems.push("backend.cert_file and backend.key_file: set both or neither".to_owned());
@@ -82,10 +96,16 @@ impl EtcdConfig {
         problems
     }
 
-    /// Takes relative file settings (`ca_file`, `cert_file`, `key_file`) as relative to
-    /// `dir` (the config file's directory), not to wherever the process was started.
+    /// Takes relative file settings (`ca_file`, `cert_file`, `key_file`, `password_file`) as
+    /// relative to `dir` (the config file's directory), not to wherever the process was
+    /// started.
     pub fn resolve_paths(&mut self, dir: &Path) {
-        for file in [&mut self.ca_file, &mut self.cert_file, &mut self.key_file] {
+        for file in [
+            &mut self.ca_file,
+            &mut self.cert_file,
+            &mut self.key_file,
+            &mut self.password_file,
+        ] {
             if let Some(path) = file.as_mut().filter(|p| p.is_relative()) {
                 *path = dir.join(&*path);
             }
@@ -147,12 +167,19 @@ pub enum ConnectError {
     /// What `EtcdConfig::validate` found, joined by "; ".
     #[error("invalid etcd settings: {0}")]
     Invalid(String),
-    #[error("cannot read TLS {what} file {path}: {source}")]
-    TlsFile {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+    /// A file setting that cannot be used: unreadable, not PEM, key not matching.
+    #[error("{setting}: {detail}")]
+    File {
+        setting: &'static str,
+        detail: String,
+    },
+    /// The TLS handshake failed: the server's certificate is not signed by `ca_file`, or it
+    /// refused our client certificate.
+    #[error("TLS handshake with {endpoints} failed ({hint}): {detail}")]
+    Tls {
+        endpoints: String,
+        hint: &'static str,
+        detail: String,
     },
     #[error("endpoint {endpoint} is plain http but TLS files are configured; use https://")]
     TlsOverHttp { endpoint: String },
@@ -160,12 +187,20 @@ pub enum ConnectError {
     Unreachable { endpoints: String, detail: String },
     #[error("etcd at {endpoints} refused the credentials: {detail}")]
     AuthFailed { endpoints: String, detail: String },
+    /// etcd's "authentication failed, invalid user ID or password".
+    #[error("etcd at {endpoints}: authentication failed for user {user} ({setting})")]
+    BadPassword {
+        endpoints: String,
+        user: String,
+        setting: &'static str,
+    },
     #[error("etcd at {endpoints} refused the connection setup: {detail}")]
     Refused { endpoints: String, detail: String },
 }
 
 impl ConnectError {
     /// Worth retrying later (nothing answered yet); the others need a config change.
+    /// A handshake failure is final: retrying a CA that does not match only hides it.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ConnectError::Unreachable { .. })
     }
@@ -186,8 +221,21 @@ pub(crate) async fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions, 
         // A member cut off from the quorum answers "no leader" instead of a silent watch.
         .with_require_leader(true);
     // `validate` saw to it that user and password come together.
-    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
-        opts = opts.with_user(user, password.expose());
+    if let Some(user) = &cfg.user {
+        let password = match (&cfg.password, &cfg.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(file)) => read_password(file).await?,
+            (None, None) => {
+                return Err(ConnectError::Invalid(
+                    "backend.user without password".into(),
+                ))
+            }
+        };
+        // Simple tokens expire (`--auth-token-ttl`, and on every etcd restart): requests
+        // refused with "invalid auth token" log in again and are sent once more.
+        opts = opts
+            .with_user(user, password.expose())
+            .with_auto_token_refresh(true);
     }
     if cfg.wants_tls() {
         if let Some(http) = cfg.endpoints.iter().find(|e| e.starts_with("http://")) {
@@ -200,28 +248,96 @@ pub(crate) async fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions, 
     Ok(opts)
 }
 
+/// Reads and checks the PEM files, so a wrong file is named here rather than surfacing as
+/// an opaque handshake failure.
 async fn tls_options(cfg: &EtcdConfig) -> Result<TlsOptions, ConnectError> {
     let mut tls = TlsOptions::new();
     if let Some(ca) = &cfg.ca_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA", ca).await?));
+        let pem = read_file("backend.ca_file", ca).await?;
+        certificates("backend.ca_file", ca, &pem)?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
     }
     // `validate` saw to it that certificate and key come together.
-    if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-        let cert = read_pem("client certificate", cert).await?;
-        let key = read_pem("client key", key).await?;
+    if let (Some(cert_path), Some(key_path)) = (&cfg.cert_file, &cfg.key_file) {
+        let cert = read_file("backend.cert_file", cert_path).await?;
+        let key = read_file("backend.key_file", key_path).await?;
+        check_identity(cert_path, &cert, key_path, &key)?;
         tls = tls.identity(Identity::from_pem(cert, key));
     }
     Ok(tls)
 }
 
-async fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|source| ConnectError::TlsFile {
-            what,
-            path: path.to_owned(),
-            source,
-        })
+async fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
+    tokio::fs::read(path).await.map_err(|e| ConnectError::File {
+        setting,
+        detail: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+async fn read_password(path: &Path) -> Result<Secret, ConnectError> {
+    let setting = "backend.password_file";
+    let bytes = read_file(setting, path).await?;
+    let text = String::from_utf8(bytes).map_err(|_| ConnectError::File {
+        setting,
+        detail: format!("{} is not UTF-8 text", path.display()),
+    })?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(ConnectError::File {
+            setting,
+            detail: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(Secret(password.to_owned()))
+}
+
+/// The PEM certificates in `pem`; at least one, each well-formed.
+fn certificates(
+    setting: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
+    let bad = |why: String| ConnectError::File {
+        setting,
+        detail: format!("{}: {why}", path.display()),
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("malformed PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    for cert in &certs {
+        rustls::server::ParsedCertificate::try_from(cert)
+            .map_err(|e| bad(format!("not a valid X.509 certificate ({e})")))?;
+    }
+    Ok(certs)
+}
+
+/// The client certificate and key parse, and the key is the certificate's.
+fn check_identity(
+    cert_path: &Path,
+    cert: &[u8],
+    key_path: &Path,
+    key: &[u8],
+) -> Result<(), ConnectError> {
+    let chain = certificates("backend.cert_file", cert_path, cert)?;
+    let bad_key = |why: String| ConnectError::File {
+        setting: "backend.key_file",
+        detail: format!("{}: {why}", key_path.display()),
+    };
+    // The parse error names only the PEM section, never key material.
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| bad_key(format!("no PEM private key in it ({e})")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    match rustls::sign::CertifiedKey::from_der(chain, key, &provider) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(bad_key(format!(
+            "does not belong to the certificate in backend.cert_file {}",
+            cert_path.display()
+        ))),
+        Err(e) => Err(bad_key(format!("unusable private key ({e})"))),
+    }
 }
 
 #[cfg(test)]
@@ -240,7 +356,7 @@ mod tests {
             cfg.validate(),
             [
                 "backend.endpoints[0]: \"127.0.0.1:2379\" must start with http:// or https://",
-                "backend.user and backend.password: set both or neither",
+                "backend.user and backend.password: set both or neither (the password in backend.password_file, or backend.password from the environment)",
                 "backend.cert_file and backend.key_file: set both or neither",
             ]
         );
@@ -285,6 +401,47 @@ mod tests {
             cfg.cert_file.as_deref(),
             Some(Path::new("/etc/kvgit/client.pem"))
         );
+    }
+
+    #[test]
+    fn the_password_comes_from_one_place() {
+        let both = EtcdConfig {
+            user: Some("root".into()),
+            password: Some("x".into()),
+            password_file: Some("pw".into()),
+            ..EtcdConfig::default()
+        };
+        assert_eq!(
+            both.validate(),
+            ["backend.password and backend.password_file: set one, not both"]
+        );
+        let file_only = EtcdConfig {
+            user: Some("root".into()),
+            password_file: Some("pw".into()),
+            ..EtcdConfig::default()
+        };
+        assert!(file_only.validate().is_empty());
+    }
+
+    #[tokio::test]
+    async fn password_files_are_read_without_their_newline_and_named_when_bad() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "hunter2\n").expect("write");
+        assert_eq!(
+            read_password(&file).await.expect("read").expose(),
+            "hunter2"
+        );
+        std::fs::write(&file, "\n").expect("write");
+        let empty = read_password(&file).await.expect_err("empty");
+        assert!(
+            empty.to_string().starts_with("backend.password_file: "),
+            "{empty}"
+        );
+        let missing = read_password(&dir.path().join("nope"))
+            .await
+            .expect_err("missing");
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
     }
 
     #[tokio::test]

@@ -45,7 +45,10 @@ impl Ctx {
     pub fn map(&self, what: &str, err: EtcdError) -> BackendError {
         match err {
             EtcdError::GRpcStatus(status) => self.map_status(what, &status),
-            EtcdError::TransportError(e) => self.unavailable(format!("{what}: transport: {e}")),
+            EtcdError::TransportError(e) => {
+                let text = e.to_string();
+                self.unavailable(format!("{what}: transport: {text}{}", causes(&text, &e)))
+            }
             EtcdError::IoError(e) => self.unavailable(format!("{what}: i/o: {e}")),
             // The watch request channel closed: the stream is gone.
             EtcdError::WatchError(e) => self.unavailable(format!("{what}: watch: {e}")),
@@ -60,7 +63,7 @@ impl Ctx {
 
     fn map_status(&self, what: &str, status: &tonic::Status) -> BackendError {
         let msg = status.message();
-        let detail = format!("{what}: {msg} ({:?})", status.code());
+        let detail = format!("{what}: {msg}{} ({:?})", causes(msg, status), status.code());
         if msg.contains("message length too large") {
             // The client's own size limit, not etcd's refusal.
             return BackendError::Other {
@@ -95,6 +98,23 @@ impl Ctx {
             },
         }
     }
+}
+
+/// The chain of sources under `err`, each as ": cause": tonic's "transport error" alone
+/// does not tell a refused connection from a rejected certificate.
+/// Causes already in `shown` (the message printed before them) are left out.
+fn causes(shown: &str, err: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !shown.contains(&text) && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 fn refused(detail: String) -> BackendError {

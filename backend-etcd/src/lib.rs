@@ -1,6 +1,7 @@
 //! kvgit's `KvBackend` on etcd v3: consistent paged snapshots, conditional transactions and
 //! prefix watches with compaction and progress reporting, over etcd-client (gRPC).
 
+pub mod acl;
 mod backend;
 mod config;
 mod delta;

@@ -4,7 +4,7 @@
 use crate::backend::Conn;
 use crate::errors::{missing_header, rev, wire_rev, KIND};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use sync_core::{BackendError, Precondition, TxnOutcome, WriteLimits, WriteOp};
+use sync_core::{BackendError, Key, Precondition, TxnOutcome, WriteLimits, WriteOp};
 
 pub(crate) async fn write(
     conn: &Conn,
@@ -22,6 +22,75 @@ pub(crate) async fn write(
     Ok(TxnOutcome::Committed {
         revision: rev(header.revision()),
     })
+}
+
+/// See `KvBackend::probe_write`: per batch of keys, one txn whose compare can never hold
+/// (`version < 0`) with a put of each key in the success branch and an empty failure
+/// branch. etcd checks the permission of every compare and op of both branches before it
+/// evaluates the compare (`authApplierV3.Txn` → `checkTxnAuth`, etcd 3.4
+/// `etcdserver/apply_auth.go`), so a refused key fails the txn with permission denied;
+/// otherwise the failure branch runs, which is empty: no key, revision or watch changes.
+/// etcd's write permission covers put and delete alike, so a put probes both; the compare
+/// needs read on the batch's first key, which kvgit needs anyway to plan. A batch is
+/// refused as a whole, so a refused batch is probed key by key to name the refused key.
+pub(crate) async fn probe(
+    conn: &Conn,
+    keys: &[Key],
+    limits: WriteLimits,
+) -> Result<(), BackendError> {
+    let mut start = 0;
+    while start < keys.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < keys.len()
+            && end - start < limits.max_ops
+            && (end == start || bytes + keys[end].0.len() <= limits.max_bytes)
+        {
+            bytes += keys[end].0.len();
+            end += 1;
+        }
+        let batch = &keys[start..end];
+        match probe_txn(conn, batch).await {
+            Err(denied @ BackendError::PermissionDenied { .. }) if batch.len() > 1 => {
+                for key in batch {
+                    probe_txn(conn, std::slice::from_ref(key)).await?;
+                }
+                // Each key alone passed (permissions changed meanwhile?): still refused.
+                return Err(denied);
+            }
+            other => other?,
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+async fn probe_txn(conn: &Conn, keys: &[Key]) -> Result<(), BackendError> {
+    let Some(first) = keys.first() else {
+        return Ok(());
+    };
+    let never = Compare::version(first.0.clone(), CompareOp::Less, 0);
+    let puts = keys
+        .iter()
+        .map(|k| TxnOp::put(k.0.clone(), Vec::new(), None))
+        .collect::<Vec<_>>();
+    let txn = Txn::new().when([never]).and_then(puts);
+    let mut kv = conn.kv.clone();
+    let resp = conn.ctx.call("txn", kv.txn(txn)).await;
+    let resp = resp.map_err(|e| {
+        conn.denied(e, || match keys {
+            [one] => format!("key {one}"),
+            _ => format!("one of {} keys from {first}", keys.len()),
+        })
+    })?;
+    if resp.succeeded() {
+        // Cannot happen (no version is below 0); were it to, the empty puts were written.
+        return Err(BackendError::Other {
+            backend: KIND,
+            detail: format!("the write probe of key {first} was applied"),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses what the backend would refuse, before anything is sent.

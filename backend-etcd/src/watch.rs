@@ -28,7 +28,45 @@ type Item = Result<WatchEvent, BackendError>;
 
 /// Opens the watcher (errors such as "unavailable" or "permission denied" surface here) and
 /// spawns the task that feeds the returned stream.
+///
+/// etcd checks the auth token when a watcher is created and answers an expired one (its
+/// `--auth-token-ttl`, or any token after an etcd restart) with a cancel that etcd-client's
+/// token refresh does not see: log in again and open once more.
 pub(crate) async fn open(
+    conn: &Conn,
+    prefix: &[u8],
+    from: Revision,
+) -> Result<WatchStream, BackendError> {
+    match open_once(conn, prefix, from).await {
+        Err(e) if is_expired_token(&e) => {
+            let client = conn.client.clone();
+            conn.ctx.call("log in", client.refresh_token()).await?;
+            open_once(conn, prefix, from).await
+        }
+        other => other,
+    }
+}
+
+fn is_expired_token(err: &BackendError) -> bool {
+    match err {
+        BackendError::Unavailable { detail, .. }
+        | BackendError::PermissionDenied { detail, .. }
+        | BackendError::Refused { detail, .. } => detail.contains("invalid auth token"),
+        _ => false,
+    }
+}
+
+/// An expired token is passing: the caller reopens the watch (from its revision) with the
+/// normal backoff, and `open` logs in again. Other errors are kept.
+fn expired_is_passing(ctx: &Ctx, err: BackendError) -> BackendError {
+    if is_expired_token(&err) && !err.is_retryable() {
+        ctx.unavailable(format!("{err} (logging in again)"))
+    } else {
+        err
+    }
+}
+
+async fn open_once(
     conn: &Conn,
     prefix: &[u8],
     from: Revision,
@@ -102,7 +140,9 @@ fn resync(compact_revision: i64) -> Item {
 
 fn cancel_error(ctx: &Ctx, resp: &PbWatchResponse) -> BackendError {
     let reason = &resp.cancel_reason;
-    if reason.contains("permission denied") {
+    if reason.contains("invalid auth token") {
+        ctx.unavailable(format!("watch: {reason} (logging in again)"))
+    } else if reason.contains("permission denied") {
         BackendError::PermissionDenied {
             backend: KIND,
             detail: format!("watch: {reason}"),
@@ -148,7 +188,9 @@ impl WatchTask {
                 msg = self.responses.next() => {
                     let flow = match msg {
                         Some(Ok(resp)) => self.on_response(resp.0).await,
-                        Some(Err(e)) => self.fail(self.ctx.map("watch", e)).await,
+                        Some(Err(e)) => {
+                            self.fail(expired_is_passing(&self.ctx, self.ctx.map("watch", e))).await
+                        }
                         None => self.fail(self.ctx.unavailable("watch stream closed by etcd")).await,
                     };
                     ask_at = self.next_ask();
@@ -308,4 +350,47 @@ fn group_by_revision(events: Vec<PbEvent>) -> Result<Vec<(Revision, Vec<KvChange
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            endpoints: "https://x:1".into(),
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn canceled(reason: &str) -> PbWatchResponse {
+        PbWatchResponse {
+            canceled: true,
+            cancel_reason: reason.into(),
+            ..PbWatchResponse::default()
+        }
+    }
+
+    #[test]
+    fn an_expired_token_is_passing_and_a_denial_is_not() {
+        let expired = cancel_error(
+            &ctx(),
+            &canceled("rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"),
+        );
+        assert!(
+            expired.is_retryable() && is_expired_token(&expired),
+            "{expired}"
+        );
+        let denied = cancel_error(&ctx(), &canceled("etcdserver: permission denied"));
+        assert!(
+            matches!(denied, BackendError::PermissionDenied { .. }),
+            "{denied}"
+        );
+        assert!(!is_expired_token(&denied));
+        let mid_stream = BackendError::PermissionDenied {
+            backend: KIND,
+            detail: "watch: etcdserver: invalid auth token (Unauthenticated)".into(),
+        };
+        assert!(expired_is_passing(&ctx(), mid_stream).is_retryable());
+    }
 }

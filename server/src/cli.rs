@@ -61,6 +61,14 @@ pub enum Command {
         /// Plan as if --allow-mass-delete were given to apply.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// Exact restore: the areas' keys become exactly the tree at --ref (adds, changes,
+        /// deletes), whatever the mode and the base.
+        #[arg(long)]
+        exact: bool,
+        /// `text` (default) or `json` (per area adds/changes/deletes/conflicts, each key
+        /// as `key` when UTF-8 and always `key_b64`, with its `path`).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        format: String,
     },
     /// One pass Git -> KV now, by the sync rule; --ref restores any commit or tag.
     Apply {
@@ -76,6 +84,41 @@ pub enum Command {
         /// Allow an apply that empties an area or deletes more than sync.max_delete_fraction.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// Exact restore: the areas' keys become exactly the tree at --ref (adds, changes,
+        /// deletes), whatever the mode and the base; kv-to-git and both areas commit the
+        /// restore (`<area>: restore from <id>`, trailer Kvgit-Restored-From).
+        #[arg(long)]
+        exact: bool,
+    },
+    /// Offline check of a commit or a checkout before a merge: every file maps to a key,
+    /// values fit the backend's limits, content matches the area's JSON Schema. Needs no
+    /// backend. Exit 0 valid, 1 invalid (or could not check).
+    Validate {
+        /// The commit, tag or branch to check (default: the branch tip of git.repo).
+        #[arg(long = "ref", value_name = "REV", conflicts_with = "dir")]
+        rev: Option<String>,
+        /// Check the working files under DIR (a checkout's root) instead of a commit.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// `text` (default), `json`, or `github` (workflow annotations).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json", "github"])]
+        format: String,
+    },
+    /// Rewrite the document files of JSON/YAML areas in a checkout into canonical form.
+    Fmt {
+        /// Only report files that are not canonical (exit 1 if any), write nothing.
+        #[arg(long)]
+        check: bool,
+        /// The checkout's root.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// The backend roles/users (etcd) or policies/tokens (Consul) that the config implies:
+    /// `plan` shows the difference, `apply` makes it so. Admin credentials come from the
+    /// options, never from the node's own config.
+    Acl {
+        #[command(subcommand)]
+        action: crate::acl::command::AclCommand,
     },
     /// Per area: mode, checkpoint, base commit, owner, pending events, drift.
     Status {
@@ -96,6 +139,23 @@ pub enum Command {
 /// Run one verb; the returned code is the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let cfg = config::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Command::Validate { rev, dir, format } = &cli.command {
+        // Offline: no backend, and with --dir not even the repository.
+        let report = validate(&cfg, rev.as_deref(), dir.as_deref()).await?;
+        render::validate(&mut std::io::stdout(), &report, format)?;
+        return Ok(if report.valid { 0 } else { 1 });
+    }
+    if let Command::Fmt { check, dir } = &cli.command {
+        // Works on a checkout's files: no backend, no repository.
+        anyhow::ensure!(dir.is_dir(), "--dir {}: not a directory", dir.display());
+        let report = engine::fmt::run(dir, &cfg.areas, *check)?;
+        print!("{report}");
+        return Ok(report.exit_code());
+    }
+    if let Command::Acl { action } = &cli.command {
+        // Connects as the admin, not as the node (whose user may not exist yet).
+        return crate::acl::command::run(&cfg, action).await;
+    }
     let ctx = engine::Context::connect(cfg)
         .await
         .context("cannot start")?;
@@ -125,25 +185,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             rev,
             detailed_exitcode,
             allow_mass_delete,
+            exact,
+            format,
         } => {
-            let plans =
-                engine::apply::plan_all(&ctx, area.as_deref(), rev.as_deref(), allow_mass_delete)
-                    .await?;
-            render::plan(out, &plans)?;
-            let changes = plans.iter().any(|p| !p.ops.is_empty());
-            Ok(if detailed_exitcode && changes { 2 } else { 0 })
+            let opts = engine::apply::PlanOptions {
+                allow_mass_delete,
+                exact,
+            };
+            let (commit, plans) =
+                engine::apply::plan_all_with(&ctx, area.as_deref(), rev.as_deref(), opts).await?;
+            let report = engine::report::PlanReport::new(commit, &plans);
+            match format.as_str() {
+                "json" => render::plan_json(out, &report)?,
+                _ => render::plan(out, &report)?,
+            }
+            Ok(if detailed_exitcode && report.summary.changes {
+                2
+            } else {
+                0
+            })
         }
         Command::Apply {
             area,
             rev,
             dry_run,
             allow_mass_delete,
+            exact,
         } => {
-            let plans =
-                engine::apply::plan_all(&ctx, area.as_deref(), rev.as_deref(), allow_mass_delete)
-                    .await?;
+            let opts = engine::apply::PlanOptions {
+                allow_mass_delete,
+                exact,
+            };
+            let (commit, plans) =
+                engine::apply::plan_all_with(&ctx, area.as_deref(), rev.as_deref(), opts).await?;
             if dry_run {
-                render::plan(out, &plans)?;
+                render::plan(out, &engine::report::PlanReport::new(commit, &plans))?;
                 render::dry_run(out)?;
                 return Ok(0);
             }
@@ -174,5 +250,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             render::log(out, &history)?;
             Ok(0)
         }
+        Command::Validate { .. } => unreachable!("validate runs before connecting"),
+        Command::Acl { .. } => unreachable!("acl runs before connecting"),
+        Command::Fmt { .. } => unreachable!("fmt runs before connecting"),
     }
+}
+
+/// `kvgit validate`: the working files under `dir`, or a commit of git.repo (opened, never
+/// created: a missing repository is an error naming it).
+async fn validate(
+    cfg: &config::Config,
+    rev: Option<&str>,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<engine::validate::ValidateReport> {
+    let limits = engine::validate::BackendRules {
+        limits: cfg.backend.write_limits(),
+        utf8_keys: cfg.backend.kind_name() == "consul",
+    };
+    let areas = cfg.areas.clone();
+    if let Some(dir) = dir {
+        let dir = dir.to_owned();
+        anyhow::ensure!(dir.is_dir(), "--dir {}: not a directory", dir.display());
+        return tokio::task::spawn_blocking(move || {
+            engine::validate::validate(&engine::validate::Source::Dir(&dir), &areas, limits)
+        })
+        .await?
+        .map_err(Into::into);
+    }
+    let repo = cfg.git.repo.clone();
+    anyhow::ensure!(
+        repo.exists(),
+        "git.repo {}: no repository there (validate a checkout with --dir)",
+        repo.display()
+    );
+    let (branch, rev) = (cfg.git.branch.clone(), rev.map(str::to_owned));
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let git = gitstore::GitStore::open_or_init(&repo, &branch)
+            .with_context(|| format!("git.repo {}", repo.display()))?;
+        let commit = match &rev {
+            Some(r) => Some(
+                git.resolve_commit(r)
+                    .with_context(|| format!("--ref {r}"))?,
+            ),
+            None => git.tip().context("git.repo: cannot read the branch")?,
+        };
+        Ok(engine::validate::validate(
+            &engine::validate::Source::Commit(&git, commit),
+            &areas,
+            limits,
+        )?)
+    })
+    .await?
 }

@@ -63,6 +63,18 @@ impl BackendConfig {
             BackendConfig::Consul(c) => c.request_timeout,
         }
     }
+
+    /// What the backend takes in one write, known without connecting (`kvgit validate`).
+    pub fn write_limits(&self) -> sync_core::WriteLimits {
+        match self {
+            BackendConfig::Etcd(_) => sync_core::WriteLimits {
+                max_ops: backend_etcd::MAX_TXN_OPS,
+                max_bytes: backend_etcd::MAX_TXN_BYTES,
+                max_value_bytes: backend_etcd::MAX_SINGLE_OP_BYTES,
+            },
+            BackendConfig::Consul(c) => backend_consul::write_limits(c.max_txn_ops),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +123,11 @@ pub struct ServerConfig {
     /// Key of GitHub/Gitea HMAC-SHA256 signatures and GitLab's `X-Gitlab-Token`
     /// (`webhook_secret` or `webhook_secret_file`).
     pub webhook_secret: Option<Secret>,
+    /// `server.ui`: the operators' web page at `/` and its `/api/v1` reads (default true).
+    pub ui: bool,
+    /// `server.ui_show_values`: values (and value diffs) on the web page; off by default,
+    /// since values may be secrets.
+    pub ui_show_values: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +137,29 @@ pub struct AreaConfig {
     /// Directory in the repository, '/'-separated, no leading or trailing '/'.
     pub path: String,
     pub rule: Rule,
+    /// `schema`: a JSON Schema (2020-12) file, a path in the repository, that the area's
+    /// values or documents must match (`kvgit validate`; apply refuses what does not).
+    pub schema: Option<String>,
+    /// `format`: one file per key, or documents (JSON/YAML files standing for key subtrees).
+    pub format: AreaFormat,
+}
+
+/// How an area's files hold its keys (`format`; docs/documents.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AreaFormat {
+    /// One file per key (docs/mapping.md).
+    #[default]
+    Files,
+    /// `.json`, `.yaml` and `.yml` files are documents; `json` or `yaml` names the usual
+    /// format of the area's documents, and `kvgit fmt` treats both the same.
+    Json,
+    Yaml,
+}
+
+impl AreaFormat {
+    pub fn is_documents(self) -> bool {
+        self != AreaFormat::Files
+    }
 }
 
 /// Every problem found in a config, one line each.
@@ -189,6 +229,8 @@ struct RawServer {
     sync_token_file: Option<PathBuf>,
     webhook_secret: Option<String>,
     webhook_secret_file: Option<PathBuf>,
+    ui: Option<bool>,
+    ui_show_values: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,6 +240,8 @@ struct RawArea {
     path: Option<String>,
     mode: Option<String>,
     self_heal: Option<bool>,
+    schema: Option<String>,
+    format: Option<String>,
 }
 
 /// Load and validate `path` with `KVGIT_…` overrides from the environment.
@@ -315,7 +359,11 @@ fn parse_backend(mut table: Dict, base_dir: &Path, problems: &mut Vec<String>) -
             BackendConfig::Etcd(cfg)
         }
         Some(Some("consul")) => {
-            let cfg = parse_settings::<ConsulConfig, EtcdConfig>(table, "etcd", problems);
+            let endpoints_set = table.contains_key("endpoints");
+            let mut cfg = parse_settings::<ConsulConfig, EtcdConfig>(table, "etcd", problems);
+            // Consul's CLI variables (CONSUL_HTTP_ADDR, …) fill what the config leaves unset.
+            cfg.resolve_paths(base_dir);
+            problems.extend(cfg.apply_env(endpoints_set, |var| std::env::var(var).ok()));
             BackendConfig::Consul(cfg)
         }
         Some(other) => {
@@ -539,6 +587,8 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
             raw.server.webhook_secret_file.map(&resolve),
             problems,
         ),
+        ui: raw.server.ui.unwrap_or(true),
+        ui_show_values: raw.server.ui_show_values.unwrap_or(false),
     };
 
     let areas = validate_areas(raw.area, problems);
@@ -764,7 +814,19 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
                 Mode::Both
             }
         };
+        let format = match a.format.as_deref() {
+            None | Some("files") => AreaFormat::Files,
+            Some("json") => AreaFormat::Json,
+            Some("yaml") => AreaFormat::Yaml,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}.format: {other:?} is not a format (valid: \"files\", \"json\", \"yaml\")"
+                ));
+                AreaFormat::Files
+            }
+        };
         let area = AreaConfig {
+            format,
             name: AreaName(name),
             prefix,
             path: path.trim_matches('/').to_string(),
@@ -772,6 +834,13 @@ fn validate_areas(raw: Vec<RawArea>, problems: &mut Vec<String>) -> Vec<AreaConf
                 mode,
                 self_heal: a.self_heal.unwrap_or(true),
             },
+            schema: a.schema.and_then(|schema| match check_repo_path(&schema) {
+                Ok(()) => Some(schema.trim_end_matches('/').to_string()),
+                Err(why) => {
+                    problems.push(format!("{at}.schema: {schema:?} {why}"));
+                    None
+                }
+            }),
         };
         for (j, other) in areas.iter().enumerate() {
             if !area.prefix.is_empty()
@@ -1040,7 +1109,8 @@ colour = "blue"
         ))
         .expect_err("etcd settings under consul must be refused");
         let text = err.to_string();
-        for setting in ["user", "password", "cert_file"] {
+        // cert_file is a setting of both kinds (Consul: client certificate).
+        for setting in ["user", "password"] {
             let needle = format!("backend.{setting}: only applies to kind = \"etcd\"");
             assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
         }

@@ -1,6 +1,7 @@
 //! The `kvgit` binary: parses the command line, loads the config, runs one verb, and turns
 //! every error into one line naming the file, key or setting at fault, with a non-zero exit.
 
+mod acl;
 mod cli;
 mod config;
 mod engine;

@@ -3,10 +3,12 @@
 //! writing to any `Write`, so the text is tested here and a JSON rendering of the same
 //! reports (they derive `Serialize`) can sit beside it.
 
-use crate::engine::apply::{AreaApplied, AreaPlan, OpKind};
+use crate::engine::apply::AreaApplied;
 use crate::engine::export::{ExportReport, PassKind};
 use crate::engine::log::KeyHistory;
+use crate::engine::report::PlanReport;
 use crate::engine::status::Status;
+use crate::engine::validate::ValidateReport;
 use std::io::{self, Write};
 use sync_core::Key;
 
@@ -59,43 +61,111 @@ pub fn export(out: &mut impl Write, reports: &[ExportReport]) -> io::Result<()> 
     Ok(())
 }
 
-/// `kvgit plan` (and `apply --dry-run`): `+`/`~`/`-` per key, drift, then a summary.
-pub fn plan(out: &mut impl Write, plans: &[AreaPlan]) -> io::Result<()> {
-    let (mut add, mut change, mut delete) = (0, 0, 0);
-    for p in plans {
-        for op in &p.ops {
-            match &op.overwrites {
+/// `kvgit plan` (and `apply --dry-run`): `+`/`~`/`-` per key, drift, then a summary; the
+/// text form of the same report `--format json` prints.
+pub fn plan(out: &mut impl Write, report: &PlanReport) -> io::Result<()> {
+    for a in &report.areas {
+        if a.exact {
+            let from = report
+                .commit
+                .as_deref()
+                .map_or("an empty tree", |c| &c[..c.len().min(12)]);
+            let commits = if a.restore_commit_from.is_some() {
+                "; apply commits the restore on the branch"
+            } else {
+                ""
+            };
+            writeln!(out, "# {}: exact restore from {from}{commits}", a.area)?;
+        }
+        for (kind, k) in a.ops_in_key_order() {
+            match a.overwritten(&k.raw) {
                 Some(v) => writeln!(
                     out,
                     "{} {} (Git wins over live value {})",
-                    op.kind.sign(),
-                    op.key,
+                    kind.sign(),
+                    k.raw,
                     preview(v)
                 )?,
-                None => writeln!(out, "{} {}", op.kind.sign(), op.key)?,
+                None => writeln!(out, "{} {}", kind.sign(), k.raw)?,
             }
         }
-        for k in &p.drift {
-            writeln!(out, "# drift: {k} differs from Git")?;
+        for k in &a.drift {
+            writeln!(out, "# drift: {} differs from Git", k.raw)?;
         }
-        if p.pending_export > 0 {
+        if a.pending_export > 0 {
             writeln!(
                 out,
                 "# {}: {} keys changed in the KV store are not in Git yet (run export)",
-                p.area.name, p.pending_export
+                a.area, a.pending_export
             )?;
         }
-        add += p.count(OpKind::Add);
-        change += p.count(OpKind::Change);
-        delete += p.count(OpKind::Delete);
     }
-    if add + change + delete == 0 {
+    let s = &report.summary;
+    if !s.changes {
         writeln!(out, "No changes. The KV store matches Git.")
     } else {
         writeln!(
             out,
-            "Plan: {add} to add, {change} to change, {delete} to delete."
+            "Plan: {} to add, {} to change, {} to delete.",
+            s.add, s.change, s.delete
         )
+    }
+}
+
+/// `kvgit plan --format json` (and `GET /api/v1/plan`): the report, pretty-printed.
+pub fn plan_json(out: &mut impl Write, report: &PlanReport) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, report)?;
+    writeln!(out)
+}
+
+/// `kvgit validate`: every problem, one per line (`text`), as GitHub workflow annotations
+/// (`github`), or the report as JSON.
+pub fn validate(out: &mut impl Write, r: &ValidateReport, format: &str) -> io::Result<()> {
+    match format {
+        "json" => {
+            serde_json::to_writer_pretty(&mut *out, r)?;
+            writeln!(out)
+        }
+        "github" => {
+            for p in &r.problems {
+                // Annotation properties and messages escape %, CR and LF (and , : in properties).
+                let prop = |v: &str| {
+                    v.replace('%', "%25")
+                        .replace('\r', "%0D")
+                        .replace('\n', "%0A")
+                        .replace(':', "%3A")
+                        .replace(',', "%2C")
+                };
+                let msg = p.to_string();
+                let msg = msg
+                    .replace('%', "%25")
+                    .replace('\r', "%0D")
+                    .replace('\n', "%0A");
+                writeln!(out, "::error file={},title=kvgit::{msg}", prop(&p.file))?;
+            }
+            Ok(())
+        }
+        _ => {
+            for p in &r.problems {
+                writeln!(out, "{p}")?;
+            }
+            if r.valid {
+                writeln!(
+                    out,
+                    "valid: {} files in {} areas of {}",
+                    r.files, r.areas, r.source
+                )
+            } else {
+                writeln!(
+                    out,
+                    "invalid: {} problems in {} files of {} areas of {}",
+                    r.problems.len(),
+                    r.files,
+                    r.areas,
+                    r.source
+                )
+            }
+        }
     }
 }
 
@@ -116,6 +186,13 @@ pub fn applied(out: &mut impl Write, round: &[AreaApplied]) -> io::Result<()> {
             "{}: {} added, {} changed, {} deleted (revision {rev})",
             a.area, a.added, a.changed, a.deleted,
         )?;
+        if let Some(c) = a.restore_commit {
+            writeln!(
+                out,
+                "  restore committed on the branch as {}",
+                &c.to_string()[..12]
+            )?;
+        }
         for o in &a.overwrote {
             writeln!(
                 out,
@@ -290,6 +367,53 @@ mod tests {
     }
 
     #[test]
+    fn plan_lines_come_from_the_report_in_key_order() {
+        use crate::engine::report::{AreaReport, KeyReport, PlanReport, Summary};
+        let k = |s: &str, p: &str| KeyReport::new(&key(s), p.into());
+        let id = "ab".repeat(20);
+        let area = AreaReport {
+            area: "entries".into(),
+            mode: "both",
+            prefix: "/e/".into(),
+            path: "entries".into(),
+            exact: true,
+            restore_commit_from: Some(id.clone()),
+            adds: vec![k("/e/b", "entries/b")],
+            changes: vec![k("/e/a", "entries/a")],
+            deletes: vec![k("/e/c", "entries/c")],
+            conflicts: vec![KeyReport {
+                live_value: Some(b"live".to_vec()),
+                ..k("/e/a", "entries/a")
+            }],
+            drift: Vec::new(),
+            pending_export: 2,
+        };
+        let report = PlanReport {
+            commit: Some(id),
+            areas: vec![area],
+            summary: Summary {
+                add: 1,
+                change: 1,
+                delete: 1,
+                changes: true,
+            },
+        };
+        assert_eq!(
+            text(|o| plan(o, &report)),
+            "# entries: exact restore from abababababab; apply commits the restore on the branch\n\
+             ~ /e/a (Git wins over live value \"live\")\n\
+             + /e/b\n\
+             - /e/c\n\
+             # entries: 2 keys changed in the KV store are not in Git yet (run export)\n\
+             Plan: 1 to add, 1 to change, 1 to delete.\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&text(|o| plan_json(o, &report))).expect("JSON");
+        assert_eq!(json["areas"][0]["conflicts"][0]["path"], "entries/a");
+        assert!(json["areas"][0]["conflicts"][0].get("live_value").is_none());
+    }
+
+    #[test]
     fn applied_lines_summarise_races() {
         let round = [
             AreaApplied {
@@ -303,6 +427,7 @@ mod tests {
                     live_value: vec![b'x'; 70],
                 }],
                 raced: Vec::new(),
+                restore_commit: None,
             },
             AreaApplied {
                 area: "routes".into(),
@@ -312,6 +437,7 @@ mod tests {
                 revision: None,
                 overwrote: Vec::new(),
                 raced: (0..7).map(|i| key(&format!("/r/{i}"))).collect(),
+                restore_commit: None,
             },
         ];
         let x64 = "x".repeat(64);

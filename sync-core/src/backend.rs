@@ -138,6 +138,13 @@ pub trait KvBackend: Send + Sync + 'static {
     /// One atomic transaction: all ops apply, or none (`PreconditionFailed`).
     async fn write(&self, ops: &[WriteOp]) -> Result<TxnOutcome, BackendError>;
 
+    /// Check, WITHOUT changing anything, that the credential may write (put and delete)
+    /// every key of `keys`: no value, revision, index or watch event changes, also when it
+    /// may. `Err(PermissionDenied)` names a refused key and the credential; `Ok(())` when
+    /// every key may be written (a backend without permissions always answers `Ok`). Called
+    /// before the first write of an apply, so a refusal leaves nothing half-applied.
+    async fn probe_write(&self, keys: &[Key]) -> Result<(), BackendError>;
+
     /// Refuse a key this backend cannot store or read back unchanged (Consul: keys must be
     /// UTF-8, since its API carries them as JSON strings). Called on every key of an apply
     /// before its first write. The error names the key.

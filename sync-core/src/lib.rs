@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod documents;
 pub mod mapper;
 pub mod memory;
 pub mod ownership;

@@ -1,8 +1,9 @@
 //! A Consul for tests: the real agent at `CONSUL_HTTP_ADDR` when that is set, otherwise the
 //! in-repo implementation (`consul_api`) run as the `consul-kv-api` binary on a free port.
 //!
-//! Also a minimal HTTP/1.0 client (std `TcpStream`) for the harness and for tests that talk
-//! to the API directly; [`encode_request`] and [`HttpResponse::parse`] serve async callers.
+//! Also a minimal HTTP/1.0 client (std `TcpStream`, rustls when the server serves https) for
+//! the harness and for tests that talk to the API directly, with helpers that make ACL
+//! policies and tokens; [`encode_request`] and [`HttpResponse::parse`] serve async callers.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the binary may take to print its address and answer.
@@ -20,15 +22,39 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Settings for the in-repo server; ignored (except in `describe`) for a real agent.
 #[derive(Clone, Debug)]
 pub struct ConsulOptions {
-    pub acl_token: Option<String>,
+    /// Enables ACLs with default policy deny; this is the initial management token's secret
+    /// (the harness's own requests carry it).
+    pub acl_management_token: Option<String>,
+    /// Serve https only (the address is then `https://127.0.0.1:PORT`).
+    pub tls: Option<ConsulTls>,
     pub datacenter: String,
     pub max_txn_ops: usize,
+}
+
+/// The agent's TLS files. With `verify_incoming` clients need a certificate signed by
+/// `ca_file`; the harness presents the server's own (TestPki server certificates allow
+/// client use).
+#[derive(Clone, Debug)]
+pub struct ConsulTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub verify_incoming: bool,
+}
+
+/// A token made by [`ConsulServer::create_token`]: the accessor names it in messages, the
+/// secret is what clients send.
+#[derive(Clone, Debug)]
+pub struct AclToken {
+    pub accessor: String,
+    pub secret: String,
 }
 
 impl Default for ConsulOptions {
     fn default() -> ConsulOptions {
         ConsulOptions {
-            acl_token: None,
+            acl_management_token: None,
+            tls: None,
             datacenter: "dc1".to_string(),
             max_txn_ops: 64,
         }
@@ -47,6 +73,8 @@ pub struct ConsulServer {
     _stdout: Option<BufReader<ChildStdout>>,
     token: Option<String>,
     real: bool,
+    /// The harness's TLS client when the server serves https.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ConsulServer {
@@ -67,6 +95,7 @@ impl ConsulServer {
                     .ok()
                     .filter(|t| !t.is_empty()),
                 real: true,
+                tls: None,
             };
         }
         let bin = consul_api_bin();
@@ -78,8 +107,20 @@ impl ConsulServer {
             .arg(&opts.datacenter)
             .arg("--max-txn-ops")
             .arg(opts.max_txn_ops.to_string());
-        if let Some(token) = &opts.acl_token {
-            command.arg("--acl-token").arg(token);
+        if let Some(token) = &opts.acl_management_token {
+            command.arg("--acl-management-token").arg(token);
+        }
+        if let Some(tls) = &opts.tls {
+            command
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-file")
+                .arg(&tls.ca_file);
+            if tls.verify_incoming {
+                command.arg("--tls-verify-incoming");
+            }
         }
         let mut child = command
             .stdin(Stdio::null())
@@ -94,8 +135,9 @@ impl ConsulServer {
             child: Some(child),
             pid: Some(pid),
             _stdout: None,
-            token: opts.acl_token,
+            token: opts.acl_management_token.clone(),
             real: false,
+            tls: opts.tls.as_ref().map(client_config),
         };
         match read_listening_line(stdout) {
             Ok((addr, stdout)) => {
@@ -194,13 +236,84 @@ impl ConsulServer {
         path: &str,
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
+        self.try_request_as(method, path, self.token(), body)
+    }
+
+    /// One request with `token` (`None`: the anonymous token) instead of the harness's.
+    pub fn try_request_as(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
         let host = host_port(&self.addr);
         let mut stream = TcpStream::connect(host)?;
         stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        stream.write_all(&encode_request(method, host, path, self.token(), body))?;
+        let request = encode_request(method, host, path, token, body);
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
+        match &self.tls {
+            None => {
+                stream.write_all(&request)?;
+                stream.read_to_end(&mut raw)?;
+            }
+            Some(config) => {
+                let ip = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(ip.to_string())
+                    .map_err(std::io::Error::other)?;
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(std::io::Error::other)?;
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                tls.write_all(&request)?;
+                match tls.read_to_end(&mut raw) {
+                    // A server that closes without close_notify has still answered.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+        }
         HttpResponse::parse(&raw)
+    }
+
+    /// Creates an ACL policy with the management token; returns its ID. In-repo server
+    /// with `acl_management_token`, or a real agent whose `CONSUL_HTTP_TOKEN` may do so.
+    pub fn create_policy(&self, name: &str, rules: &str) -> String {
+        let body = serde_json::json!({ "Name": name, "Rules": rules }).to_string();
+        let response = self.request("PUT", "/v1/acl/policy", body.as_bytes());
+        assert_eq!(
+            response.status,
+            200,
+            "create policy {name}: {}",
+            response.text()
+        );
+        response.json()["ID"]
+            .as_str()
+            .expect("policy ID")
+            .to_string()
+    }
+
+    /// Creates a token bound to the named policies.
+    pub fn create_token(&self, description: &str, policies: &[&str]) -> AclToken {
+        let links: Vec<_> = policies
+            .iter()
+            .map(|name| serde_json::json!({ "Name": name }))
+            .collect();
+        let body = serde_json::json!({ "Description": description, "Policies": links });
+        let response = self.request("PUT", "/v1/acl/token", body.to_string().as_bytes());
+        assert_eq!(response.status, 200, "create token: {}", response.text());
+        let json = response.json();
+        AclToken {
+            accessor: json["AccessorID"].as_str().expect("AccessorID").to_string(),
+            secret: json["SecretID"].as_str().expect("SecretID").to_string(),
+        }
+    }
+
+    /// A policy named `name` with `rules` and a token holding only it.
+    pub fn token_with_rules(&self, name: &str, rules: &str) -> AclToken {
+        self.create_policy(name, rules);
+        self.create_token(&format!("kvgit test: {name}"), &[name])
     }
 
     fn wait_answering(&mut self) {
@@ -274,9 +387,44 @@ fn normalize_addr(addr: &str) -> String {
     format!("http://{}", host_port(addr))
 }
 
-/// `http://HOST:PORT/...` -> `HOST:PORT`.
+/// The harness's TLS client: trusts the test CA; with `verify_incoming` it presents the
+/// server's certificate (which allows client use) as its own.
+fn client_config(tls: &ConsulTls) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &PathBuf| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(&tls.ca_file) {
+        roots.add(cert).expect("test CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let config = if tls.verify_incoming {
+        let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", tls.key_file.display()));
+        builder
+            .with_client_auth_cert(certs(&tls.cert_file), key)
+            .expect("client certificate")
+    } else {
+        builder.with_no_client_auth()
+    };
+    Arc::new(config)
+}
+
+/// `http(s)://HOST:PORT/...` -> `HOST:PORT`.
 pub fn host_port(addr: &str) -> &str {
-    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+    let rest = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
     rest.split('/').next().unwrap_or(rest)
 }
 

@@ -1,6 +1,7 @@
 //! A real etcd for tests: started from the installed binary on free loopback ports with a
 //! temp data dir, polled until healthy, killed on `stop()` or drop.
 
+use crate::certs::TestPki;
 use backend_etcd::{EtcdBackend, EtcdConfig};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,14 +16,59 @@ const QUOTA_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// How long etcd may take to answer /health on a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a test etcd is secured: all off by default (plain http, no auth).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    /// Serve clients over https with these files.
+    pub tls: Option<EtcdTls>,
+    /// `--client-cert-auth`: clients must present a certificate signed by the CA; with auth
+    /// enabled its CN is the user.
+    pub client_cert_auth: bool,
+    /// `--auth-token-ttl` in seconds: how long an idle simple token lives (etcd's default 300).
+    pub auth_token_ttl: Option<u64>,
+    /// `--unsafe-no-fsync`: etcd stops syncing its WAL, so a benchmark measures its client
+    /// rather than the disk (the data does not survive a crash of the machine).
+    pub unsafe_no_fsync: bool,
+}
+
+/// The PEM files of a TLS etcd, and the certificate its own tooling (etcdctl, `client()`)
+/// presents when client certificates are required.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// A client certificate with CN "root": the admin identity under `--client-cert-auth`.
+    pub admin_cert: (PathBuf, PathBuf),
+}
+
+impl EtcdTls {
+    /// Server certificate for the loopback names and a root client certificate from `pki`.
+    pub fn from_pki(pki: &TestPki) -> EtcdTls {
+        let (cert_file, key_file) = pki.server("localhost");
+        EtcdTls {
+            ca_file: pki.ca_file(),
+            cert_file,
+            key_file,
+            admin_cert: pki.client("root"),
+        }
+    }
+}
+
 /// One single-member etcd cluster owned by a test.
 pub struct EtcdServer {
     /// The etcd process; `None` once stopped.
     child: Option<Child>,
     /// Its pid, kept after stop for messages.
     pid: u32,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     endpoint: String,
+    /// How it is secured; kept to restart it the same way.
+    options: EtcdOptions,
+    /// Plain-http port for `/health`, so health checks need no TLS.
+    metrics_port: u16,
+    /// The root password once `enable_auth` ran (etcdctl and `client()` log in with it).
+    root_password: Option<String>,
     /// etcd's stdout and stderr, for the panic message when something goes wrong.
     log_path: PathBuf,
     /// The binary and ports, to start it again in place (after a snapshot restore).
@@ -36,11 +82,20 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd and waits until it answers; panics (with the log tail) when it cannot.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with(EtcdOptions::default())
+    }
+
+    /// Starts etcd secured as `options` say (TLS, client certificates, token TTL).
+    pub fn start_with(options: EtcdOptions) -> EtcdServer {
+        assert!(
+            !options.client_cert_auth || options.tls.is_some(),
+            "client_cert_auth needs tls"
+        );
         let bin = find_etcd();
         // A free port can be taken by someone else before etcd binds it: retry a few times.
         let mut last_failure = String::new();
         for _ in 0..3 {
-            match try_start(&bin) {
+            match try_start(&bin, &options) {
                 Ok(server) => return server,
                 Err(failure) => last_failure = failure,
             }
@@ -65,15 +120,83 @@ impl EtcdServer {
         }
     }
 
+    /// Stops etcd and starts it again on the same ports with the same data and options;
+    /// its simple auth tokens do not survive this.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.respawn("restart");
+    }
+
+    fn respawn(&mut self, why: &str) {
+        let child = spawn(&self.bin, self._dir.path(), &self.ports(), &self.options)
+            .unwrap_or_else(|e| panic!("{why} etcd: {e}"));
+        self.pid = child.id();
+        self.child = Some(child);
+        if let Err(e) = wait_healthy(self, self.metrics_port) {
+            panic!("etcd after {why}: {e}\n{}", self.log_tail(30));
+        }
+    }
+
+    fn ports(&self) -> Ports {
+        Ports {
+            client: self.client_port,
+            peer: self.peer_port,
+            metrics: self.metrics_port,
+        }
+    }
+
+    /// `etcdctl ARGS…` against this server with its TLS files and, once auth is enabled,
+    /// as root; returns stdout, panics with the output when it fails.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let mut all = vec![format!("--endpoints={}", self.endpoint)];
+        if let Some(tls) = &self.options.tls {
+            all.push(format!("--cacert={}", tls.ca_file.display()));
+            if self.options.client_cert_auth {
+                all.push(format!("--cert={}", tls.admin_cert.0.display()));
+                all.push(format!("--key={}", tls.admin_cert.1.display()));
+            }
+        }
+        if let Some(password) = &self.root_password {
+            all.push(format!("--user=root:{password}"));
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        etcdctl(&all)
+    }
+
+    /// Creates user root with `root_password` and turns authentication on; from now on
+    /// `etcdctl` and `client()` act as root.
+    pub fn enable_auth(&mut self, root_password: &str) {
+        self.etcdctl(&["user", "add", &format!("root:{root_password}")]);
+        self.etcdctl(&["auth", "enable"]);
+        self.root_password = Some(root_password.to_owned());
+    }
+
+    /// Adds a role with permissions `(perm, key, prefix)`, perm being "read", "write" or
+    /// "readwrite"; `prefix` grants the whole range of keys starting with `key`.
+    pub fn add_role(&self, role: &str, permissions: &[(&str, &str, bool)]) {
+        self.etcdctl(&["role", "add", role]);
+        for (perm, key, prefix) in permissions {
+            let mut args = vec!["role", "grant-permission", role, perm, key];
+            if *prefix {
+                args.push("--prefix=true");
+            }
+            self.etcdctl(&args);
+        }
+    }
+
+    /// Adds a user with `password` and these roles.
+    pub fn add_user(&self, user: &str, password: &str, roles: &[&str]) {
+        self.etcdctl(&["user", "add", &format!("{user}:{password}")]);
+        for role in roles {
+            self.etcdctl(&["user", "grant-role", user, role]);
+        }
+    }
+
     /// `etcdctl snapshot save`: the whole store as of now, to restore later.
     pub fn save_snapshot(&self, name: &str) -> PathBuf {
         let path = self._dir.path().join(name);
-        etcdctl(&[
-            &format!("--endpoints={}", self.endpoint),
-            "snapshot",
-            "save",
-            path.to_str().expect("utf-8 path"),
-        ]);
+        self.etcdctl(&["snapshot", "save", path.to_str().expect("utf-8 path")]);
         path
     }
 
@@ -94,18 +217,7 @@ impl EtcdServer {
             &format!("--initial-advertise-peer-urls={peer_url}"),
             &format!("--data-dir={}", data.display()),
         ]);
-        let child = spawn(
-            &self.bin,
-            self._dir.path(),
-            self.client_port,
-            self.peer_port,
-        )
-        .unwrap_or_else(|e| panic!("restart etcd: {e}"));
-        self.pid = child.id();
-        self.child = Some(child);
-        if let Err(why) = wait_healthy(self, self.client_port) {
-            panic!("etcd after restore: {why}\n{}", self.log_tail(30));
-        }
+        self.respawn("restore");
     }
 
     /// The last `lines` lines of etcd's log.
@@ -113,14 +225,31 @@ impl EtcdServer {
         log_tail(&self.log_path, lines)
     }
 
-    /// A backend config for this server with short timeouts (tests must not hang).
+    /// A backend config for this server with short timeouts (tests must not hang): its CA
+    /// with TLS, and the root client certificate when client certificates are required.
     pub fn config(&self) -> EtcdConfig {
+        let tls = self.options.tls.as_ref();
+        let admin = tls
+            .filter(|_| self.options.client_cert_auth)
+            .map(|t| &t.admin_cert);
         EtcdConfig {
             endpoints: vec![self.endpoint.clone()],
+            ca_file: tls.map(|t| t.ca_file.clone()),
+            cert_file: admin.map(|(cert, _)| cert.clone()),
+            key_file: admin.map(|(_, key)| key.clone()),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             watch_progress_interval: Duration::from_secs(1),
             ..EtcdConfig::default()
+        }
+    }
+
+    /// The config of `config()` logging in as `user` with `password`.
+    pub fn config_as(&self, user: &str, password: &str) -> EtcdConfig {
+        EtcdConfig {
+            user: Some(user.to_owned()),
+            password: Some(password.into()),
+            ..self.config()
         }
     }
 
@@ -133,7 +262,26 @@ impl EtcdServer {
 
     /// A plain etcd-client, for setup the backend does not offer (compaction, raw puts).
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint.as_str()], None)
+        let mut opts = etcd_client::ConnectOptions::new();
+        if let Some(tls) = &self.options.tls {
+            let read =
+                |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca_file)));
+            if self.options.client_cert_auth {
+                t = t.identity(etcd_client::Identity::from_pem(
+                    read(&tls.admin_cert.0),
+                    read(&tls.admin_cert.1),
+                ));
+            }
+            opts = opts.with_tls(t);
+        }
+        if let Some(password) = &self.root_password {
+            opts = opts
+                .with_user("root", password)
+                .with_auto_token_refresh(true);
+        }
+        etcd_client::Client::connect([self.endpoint.as_str()], Some(opts))
             .await
             .unwrap_or_else(|e| panic!("etcd-client connect: {e}"))
     }
@@ -177,26 +325,48 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-fn try_start(bin: &Path) -> Result<EtcdServer, String> {
+/// The loopback ports of one etcd.
+struct Ports {
+    client: u16,
+    peer: u16,
+    metrics: u16,
+}
+
+fn client_url(port: u16, options: &EtcdOptions) -> String {
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
+fn try_start(bin: &Path, options: &EtcdOptions) -> Result<EtcdServer, String> {
     let dir = tempfile::Builder::new()
         .prefix("kvgit-etcd-")
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
-    let (client_port, peer_port) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client_port}");
+    let ports = Ports {
+        client: free_port(),
+        peer: free_port(),
+        metrics: free_port(),
+    };
     let log_path = dir.path().join("etcd.log");
-    let child = spawn(bin, dir.path(), client_port, peer_port)?;
+    let child = spawn(bin, dir.path(), &ports, options)?;
     let mut server = EtcdServer {
         pid: child.id(),
         child: Some(child),
-        endpoint: client_url,
+        endpoint: client_url(ports.client, options),
+        options: options.clone(),
+        metrics_port: ports.metrics,
+        root_password: None,
         log_path,
         bin: bin.to_owned(),
-        client_port,
-        peer_port,
+        client_port: ports.client,
+        peer_port: ports.peer,
         _dir: dir,
     };
-    match wait_healthy(&mut server, client_port) {
+    match wait_healthy(&mut server, ports.metrics) {
         Ok(()) => Ok(server),
         Err(why) => {
             server.stop();
@@ -209,9 +379,29 @@ fn try_start(bin: &Path) -> Result<EtcdServer, String> {
 }
 
 /// Starts etcd on these ports with its data (`data`) and log (`etcd.log`, appended) in `dir`.
-fn spawn(bin: &Path, dir: &Path, client_port: u16, peer_port: u16) -> Result<Child, String> {
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
+fn spawn(bin: &Path, dir: &Path, ports: &Ports, options: &EtcdOptions) -> Result<Child, String> {
+    let client_url = client_url(ports.client, options);
+    let peer_url = format!("http://127.0.0.1:{}", ports.peer);
+    let mut secured = vec![format!(
+        "--listen-metrics-urls=http://127.0.0.1:{}",
+        ports.metrics
+    )];
+    if let Some(tls) = &options.tls {
+        secured.push(format!("--cert-file={}", tls.cert_file.display()));
+        secured.push(format!("--key-file={}", tls.key_file.display()));
+    }
+    // etcd 3.4 asks every client for a certificate once it has a trusted CA, so the CA is
+    // given only when client certificates are wanted.
+    if let Some(tls) = options.tls.as_ref().filter(|_| options.client_cert_auth) {
+        secured.push(format!("--trusted-ca-file={}", tls.ca_file.display()));
+        secured.push("--client-cert-auth".to_owned());
+    }
+    if let Some(ttl) = options.auth_token_ttl {
+        secured.push(format!("--auth-token-ttl={ttl}"));
+    }
+    if options.unsafe_no_fsync {
+        secured.push("--unsafe-no-fsync".to_owned());
+    }
     let log_path = dir.join("etcd.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -228,6 +418,7 @@ fn spawn(bin: &Path, dir: &Path, client_port: u16, peer_port: u16) -> Result<Chi
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=default={peer_url}"))
         .arg(format!("--quota-backend-bytes={QUOTA_BYTES}"))
+        .args(&secured)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -235,8 +426,8 @@ fn spawn(bin: &Path, dir: &Path, client_port: u16, peer_port: u16) -> Result<Chi
         .map_err(|e| format!("spawn {}: {e}", bin.display()))
 }
 
-/// `etcdctl ARGS…` (API v3); panics with its output when it fails.
-fn etcdctl(args: &[&str]) {
+/// `etcdctl ARGS…` (API v3); returns stdout, panics with its output when it fails.
+fn etcdctl(args: &[&str]) -> String {
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(args)
@@ -248,6 +439,7 @@ fn etcdctl(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn wait_healthy(server: &mut EtcdServer, port: u16) -> Result<(), String> {
@@ -268,7 +460,8 @@ fn wait_healthy(server: &mut EtcdServer, port: u16) -> Result<(), String> {
     ))
 }
 
-/// etcd serves `GET /health` on its client port; `"health":"true"` once it has a leader.
+/// etcd serves `GET /health` on its (plain http) metrics port; `"health":"true"` once it has
+/// a leader.
 fn health_ok(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;

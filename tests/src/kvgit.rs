@@ -66,6 +66,8 @@ pub struct Workspace {
     pub repo: PathBuf,
     /// `backend.kind` of the configs written from now on ("etcd" unless set).
     kind: std::sync::Mutex<&'static str>,
+    /// More lines for the `[[area]]` table of an area, by name (e.g. `format = "json"`).
+    area_extra: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Workspace {
@@ -83,9 +85,18 @@ impl Workspace {
             config,
             repo,
             kind: std::sync::Mutex::new("etcd"),
+            area_extra: std::sync::Mutex::new(Vec::new()),
         };
         ws.write_config(endpoint, areas, extra);
         ws
+    }
+
+    /// Configs written from now on add `lines` to the `[[area]]` table of area `name`.
+    pub fn set_area_extra(&self, name: &str, lines: &str) {
+        self.area_extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), lines.to_owned()));
     }
 
     /// Configs written from now on name this backend (`"etcd"` or `"consul"`).
@@ -131,6 +142,17 @@ impl Workspace {
                 "[[area]]\nname = \"{}\"\nprefix = \"{}\"\npath = \"{}\"\nmode = \"{}\"\n",
                 a.name, a.prefix, a.path, a.mode
             ));
+            for (name, lines) in self
+                .area_extra
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                if name == a.name {
+                    toml.push_str(lines);
+                    toml.push('\n');
+                }
+            }
         }
         std::fs::write(&self.config, toml).expect("write config");
     }

@@ -2,6 +2,8 @@
 //! conformance suite (`conformance`) that every `KvBackend` implementation runs.
 
 pub mod bench;
+pub mod browser;
+pub mod certs;
 pub mod conformance;
 pub mod consul;
 pub mod consul_api;
@@ -9,5 +11,6 @@ pub mod etcd;
 pub mod git_http;
 pub mod kvgit;
 pub mod multinode;
+pub mod prometheus;
 pub mod serve;
 pub mod sshd;

@@ -39,6 +39,8 @@ pub struct ServeConfig<'a> {
     pub lease_ttl: Option<&'a str>,
     /// More `[git]` lines (e.g. an ssh `remote`, `ssh_key_file`, `timeout`), appended as is.
     pub git_extra: Option<String>,
+    /// More `[server]` lines (e.g. `ui_show_values = true`), appended as is.
+    pub server_extra: Option<String>,
 }
 
 impl<'a> ServeConfig<'a> {
@@ -56,6 +58,7 @@ impl<'a> ServeConfig<'a> {
             node: None,
             lease_ttl: None,
             git_extra: None,
+            server_extra: None,
         }
     }
 
@@ -90,6 +93,9 @@ impl<'a> ServeConfig<'a> {
         if let Some(f) = &self.webhook_secret_file {
             server.push_str(&format!("webhook_secret_file = \"{}\"\n", f.display()));
         }
+        if let Some(extra) = &self.server_extra {
+            server.push_str(extra);
+        }
         ws.write_config_full(endpoint, &self.areas, &git_extra, &sync_extra, &server);
     }
 }
@@ -106,6 +112,17 @@ impl Serve {
     /// Writes the config (a fresh free port for `server.listen`), starts the process with
     /// its output appended to `serve.log` in the workspace, and waits for `/healthz`.
     pub fn start(ws: &Workspace, endpoint: &str, cfg: &ServeConfig<'_>) -> Serve {
+        Serve::start_with_env(ws, endpoint, cfg, &[])
+    }
+
+    /// [`Serve::start`] with more environment variables for the process (e.g.
+    /// `NOTIFY_SOCKET`, as systemd sets it).
+    pub fn start_with_env(
+        ws: &Workspace,
+        endpoint: &str,
+        cfg: &ServeConfig<'_>,
+        env: &[(&str, &str)],
+    ) -> Serve {
         let log = ws.dir.path().join("serve.log");
         let mut last = String::new();
         // A free port can be taken before serve binds it: retry a few times.
@@ -128,6 +145,7 @@ impl Serve {
                     "KVGIT_LOG",
                     std::env::var("TEST_KVGIT_LOG").unwrap_or_else(|_| "kvgit=info".into()),
                 )
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -737,7 +755,8 @@ pub fn diff(kv: &BTreeMap<String, Vec<u8>>, git: &BTreeMap<String, Vec<u8>>) -> 
     lines.join("\n")
 }
 
-fn free_addr() -> SocketAddr {
+/// A loopback address whose port is free right now (it may be taken before it is bound).
+pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("local addr")
 }

@@ -167,7 +167,7 @@ async fn no_cluster_leader_is_unavailable_not_no_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_at_connect() {
     let server = ConsulServer::start_with(ConsulOptions {
-        acl_token: Some("the-right-token".into()),
+        acl_management_token: Some("the-right-token".into()),
         ..ConsulOptions::default()
     });
     if server.is_real() {
@@ -204,7 +204,7 @@ impl Replaceable {
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
-                "--acl-token",
+                "--acl-management-token",
                 token,
             ])
             .stdin(Stdio::null())

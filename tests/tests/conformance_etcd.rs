@@ -147,7 +147,16 @@ async fn unreadable_tls_file_is_named() {
     let err = EtcdBackend::connect(cfg)
         .await
         .expect_err("missing CA file");
-    assert!(matches!(err, ConnectError::TlsFile { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ConnectError::File {
+                setting: "backend.ca_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("/nonexistent/kvgit-ca.pem"),
         "{err}"

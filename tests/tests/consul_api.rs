@@ -641,9 +641,9 @@ async fn expired_delete_session_deletes_its_keys() {
 }
 
 #[tokio::test]
-async fn acl_token_is_required_when_configured() {
+async fn acls_default_deny_the_anonymous_token_and_refuse_unknown_ones() {
     let server = ConsulServer::start_with(ConsulOptions {
-        acl_token: Some("s3cret".to_string()),
+        acl_management_token: Some("s3cret".to_string()),
         ..ConsulOptions::default()
     });
     if server.is_real() {
@@ -656,21 +656,296 @@ async fn acl_token_is_required_when_configured() {
 
     let response = anonymous.get("/v1/kv/a").await;
     assert_eq!(response.status, 403);
-    assert!(
-        response.text().starts_with("Permission denied"),
-        "{}",
-        response.text()
+    assert_eq!(
+        response.text(),
+        "Permission denied: anonymous token lacks permission 'key:read' on \"a\". The \
+         anonymous token is used implicitly when a request does not specify a token."
     );
     assert_eq!(anonymous.put("/v1/kv/a", "x").await.status, 403);
-    assert_eq!(anonymous.txn(&json!([])).await.status, 403);
+    // A transaction is checked op by op: an empty one needs nothing.
+    assert_eq!(anonymous.txn(&json!([])).await.status, 200);
     assert_eq!(anonymous.put("/v1/session/create", "").await.status, 403);
-    assert_eq!(wrong.get("/v1/kv/a").await.status, 403);
+    assert_eq!(anonymous.get("/v1/agent/self").await.status, 403);
+    let response = wrong.get("/v1/kv/a").await;
+    assert_eq!(
+        (response.status, response.text()),
+        (403, "ACL not found".into())
+    );
 
     assert!(c.put_ok("/v1/kv/a", "x").await, "with X-Consul-Token");
     assert_eq!(anonymous.get("/v1/kv/a?token=s3cret").await.status, 200);
+    let bearer = encode_request("GET", &c.host, "/v1/kv/a", None, b"");
+    let bearer = String::from_utf8(bearer).expect("ASCII").replacen(
+        "\r\n\r\n",
+        "\r\nAuthorization: Bearer s3cret\r\n\r\n",
+        1,
+    );
+    let mut stream = tokio::net::TcpStream::connect(&c.host)
+        .await
+        .expect("connect");
+    stream.write_all(bearer.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    assert_eq!(HttpResponse::parse(&raw).expect("response").status, 200);
     assert_eq!(anonymous.get("/v1/status/leader").await.status, 200);
+    assert_eq!(anonymous.get("/v1/connect/ca/roots").await.status, 200);
 }
 
+#[tokio::test]
+async fn acl_policies_and_tokens_decide_each_key_by_the_longest_prefix() {
+    let server = ConsulServer::start_with(ConsulOptions {
+        acl_management_token: Some("root".to_string()),
+        ..ConsulOptions::default()
+    });
+    if server.is_real() {
+        eprintln!("skipped: the ACLs of a real agent are not the test's to configure");
+        return;
+    }
+    let c = Client::of(&server);
+    // Policies in HCL and in JSON, as Consul accepts both.
+    let rules = r#"
+key_prefix "" { policy = "read" }
+key_prefix "app/" { policy = "write" }
+key_prefix "app/locked/" { policy = "deny" }
+key "app/locked/open" { policy = "write" }
+session_prefix "" { policy = "write" }
+"#;
+    let response = c
+        .put(
+            "/v1/acl/policy",
+            json!({"Name": "app", "Rules": rules}).to_string(),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let policy = response.json();
+    let policy_id = policy["ID"].as_str().expect("ID").to_string();
+    assert_eq!(policy["Rules"], rules);
+    let json_rules = r#"{"node_prefix": {"": {"policy": "read"}}}"#;
+    let response = c
+        .put(
+            "/v1/acl/policy",
+            json!({"Name": "nodes", "Rules": json_rules}).to_string(),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    // Names are unique, rules must parse.
+    for bad in [
+        json!({"Name": "app", "Rules": ""}),
+        json!({"Name": "x", "Rules": "key_prefix \"\" { policy = \"sometimes\" }"}),
+        json!({"Name": "bad name!", "Rules": ""}),
+    ] {
+        assert_eq!(
+            c.put("/v1/acl/policy", bad.to_string()).await.status,
+            400,
+            "{bad}"
+        );
+    }
+    let by_name = c.get("/v1/acl/policy/name/app").await;
+    assert_eq!(by_name.json()["ID"], policy_id.as_str());
+    assert_eq!(
+        c.get(&format!("/v1/acl/policy/{policy_id}")).await.json()["Name"],
+        "app"
+    );
+    let names: Vec<String> = c
+        .get("/v1/acl/policies")
+        .await
+        .json()
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["Name"].as_str().expect("Name").to_string())
+        .collect();
+    assert!(
+        names.contains(&"global-management".to_string()) && names.contains(&"app".to_string()),
+        "{names:?}"
+    );
+
+    let response = c
+        .put(
+            "/v1/acl/token",
+            json!({"Description": "app", "Policies": [{"Name": "app"}, {"ID": policy_id}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let token = response.json();
+    let accessor = token["AccessorID"]
+        .as_str()
+        .expect("AccessorID")
+        .to_string();
+    let secret = token["SecretID"].as_str().expect("SecretID").to_string();
+    assert_eq!(token["Policies"].as_array().map(Vec::len), Some(1));
+    let app = c.with_token(Some(&secret));
+    assert_eq!(
+        app.get("/v1/acl/token/self").await.json()["AccessorID"],
+        accessor.as_str()
+    );
+    // The token holds no acl permission.
+    assert_eq!(app.get("/v1/acl/policies").await.status, 403);
+    let listed = c
+        .get(&format!("/v1/acl/tokens?policy={policy_id}"))
+        .await
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    assert!(app.put_ok("/v1/kv/app/x", "1").await);
+    assert!(app.put_ok("/v1/kv/app/locked/open", "1").await);
+    assert!(c.put_ok("/v1/kv/app/locked/shut", "1").await);
+    assert!(c.put_ok("/v1/kv/other", "1").await);
+    let denied = app.put("/v1/kv/app/locked/shut", "2").await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(
+        denied.text(),
+        format!(
+            "Permission denied: token with AccessorID '{accessor}' lacks permission \
+             'key:write' on \"app/locked/shut\""
+        )
+    );
+    assert_eq!(app.put("/v1/kv/other", "2").await.status, 403);
+    assert_eq!(
+        app.get("/v1/kv/other").await.status,
+        200,
+        "read on everything"
+    );
+    assert_eq!(
+        app.get("/v1/kv/app/locked/shut").await.status,
+        403,
+        "deny beats read"
+    );
+    assert_eq!(
+        app.delete("/v1/kv/app?recurse").await.status,
+        403,
+        "a deny under it"
+    );
+
+    // Listings leave out what the token may not read, and say so.
+    let listing = app.get("/v1/kv/app/?recurse").await;
+    assert_eq!(listing.status, 200);
+    assert_eq!(
+        listing.header("x-consul-results-filtered-by-acls"),
+        Some("true")
+    );
+    let entries = listing.json();
+    let keys: Vec<&str> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["Key"].as_str().expect("Key"))
+        .collect();
+    assert_eq!(keys, ["app/locked/open", "app/x"]);
+    let full = c.get("/v1/kv/app/?recurse").await;
+    assert_eq!(full.json().as_array().map(Vec::len), Some(3));
+    assert_eq!(full.header("x-consul-results-filtered-by-acls"), None);
+
+    // A transaction is checked per op before anything applies: 409 naming the op.
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let response = app
+        .txn(&json!([
+            {"KV": {"Verb": "set", "Key": "app/y", "Value": b64("1")}},
+            {"KV": {"Verb": "set", "Key": "elsewhere", "Value": b64("1")}},
+        ]))
+        .await;
+    assert_eq!(response.status, 409, "{}", response.text());
+    let errors = response.json()["Errors"].clone();
+    assert_eq!(errors[0]["OpIndex"], 1, "{errors}");
+    assert!(
+        errors[0]["What"]
+            .as_str()
+            .is_some_and(|w| w.contains("lacks permission 'key:write' on \"elsewhere\"")),
+        "{errors}"
+    );
+    assert_eq!(c.get("/v1/kv/app/y").await.status, 404, "nothing applied");
+    // Sessions need session:write on the node; the app token has it.
+    app.create_session(json!({"TTL": "15s"})).await;
+
+    // Updating the token's policies takes effect at once; deleting it makes it unknown.
+    let update = json!({"Description": "app", "Policies": [{"Name": "nodes"}]});
+    let response = c
+        .put(&format!("/v1/acl/token/{accessor}"), update.to_string())
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(app.get("/v1/kv/other").await.status, 403);
+    assert!(c.delete(&format!("/v1/acl/token/{accessor}")).await.json() == json!(true));
+    let gone = app.get("/v1/kv/other").await;
+    assert_eq!((gone.status, gone.text()), (403, "ACL not found".into()));
+    assert_eq!(
+        c.get(&format!("/v1/acl/token/{accessor}")).await.status,
+        403
+    );
+    assert!(
+        c.delete(&format!("/v1/acl/policy/{policy_id}"))
+            .await
+            .json()
+            == json!(true)
+    );
+    assert_eq!(c.get("/v1/acl/policy/name/app").await.status, 403);
+    // The builtins stay.
+    assert_eq!(
+        c.delete("/v1/acl/policy/00000000-0000-0000-0000-000000000001")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        c.delete("/v1/acl/token/00000000-0000-0000-0000-000000000002")
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn acl_endpoints_answer_401_while_acls_are_disabled() {
+    let server = ConsulServer::start();
+    if server.is_real() {
+        eprintln!("skipped: a real agent may have ACLs enabled");
+        return;
+    }
+    let c = Client::of(&server);
+    let response = c.get("/v1/acl/policies").await;
+    assert_eq!(
+        (response.status, response.text()),
+        (401, "ACL support disabled".into())
+    );
+}
+
+#[test]
+fn tls_serves_https_and_verify_incoming_needs_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = kvgit_tests::certs::TestPki::new(dir.path());
+    let (cert_file, key_file) = pki.server("localhost");
+    let tls = kvgit_tests::consul::ConsulTls {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        ca_file: pki.ca_file(),
+        verify_incoming: true,
+    };
+    let server = ConsulServer::start_with(ConsulOptions {
+        tls: Some(tls),
+        ..ConsulOptions::default()
+    });
+    if server.is_real() {
+        eprintln!("skipped: needs the in-repo server's TLS");
+        return;
+    }
+    assert!(server.addr().starts_with("https://"), "{}", server.addr());
+    // The harness presents a certificate of the CA: answered.
+    assert_eq!(server.request("PUT", "/v1/kv/a", b"1").status, 200);
+    assert_eq!(server.request("GET", "/v1/kv/a?raw", b"").text(), "1");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = std::net::TcpStream::connect(host_port(server.addr())).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(&encode_request("GET", "x", "/v1/kv/a", None, b""))?;
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        Ok(raw)
+    });
+    assert!(
+        plain.map_or(true, |raw| HttpResponse::parse(&raw).is_err()),
+        "plain HTTP must not be served"
+    );
+}
 #[tokio::test]
 async fn unknown_datacenter_and_lost_leader_are_500s() {
     let server = ConsulServer::start();

@@ -1,21 +1,25 @@
-//! `kvgit plan` and `kvgit apply`: Git -> KV by the sync rule. Every selected area is read,
-//! decided and validated (paths, value sizes, the mass-delete guard) before the first write.
+//! `kvgit plan` and `kvgit apply`: Git -> KV by the sync rule, or with `--exact` an exact
+//! restore. Every selected area is read, decided and validated (paths, value sizes, the
+//! area's schema, the mass-delete guard) before the first write.
 
 mod error;
 
 pub use error::{ApplyError, MassDeleteRefused};
+pub use restore::Exact;
+
+mod restore;
 
 use super::checkpoint::{self, Judged};
 use super::decide::{base_after, Outcome, Sides};
 use super::export::write_changes;
-use super::view::{area_tree, read_area, read_area_lenient};
+use super::view::{key_tree, read_area, read_area_lenient};
 use super::{ser, writer};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
 use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::rule::Base;
-use sync_core::{ClusterId, Key, KvEntry, Precondition, Revision, Value, WriteOp};
+use sync_core::{ClusterId, Key, KvBackend, KvEntry, Precondition, Revision, Value, WriteOp};
 
 /// How a planned write changes a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -44,6 +48,11 @@ pub struct PlannedOp {
     pub key: Key,
     /// The Git blob to write (read only when writing), or None to delete.
     pub value: Option<ObjectId>,
+    /// The file holding (or, for a delete, that would hold) the key, from the repository root:
+    /// in a document area, the document that stands for it.
+    pub path: String,
+    /// In a document area, where in the document the key is (a JSON pointer).
+    pub pointer: Option<String>,
     /// The live value this write replaces although it changed too (Git wins).
     pub overwrites: Option<Value>,
     pub expect: Precondition,
@@ -54,6 +63,8 @@ pub struct AreaPlan {
     pub area: AreaConfig,
     pub ops: Vec<PlannedOp>,
     pub drift: Vec<Key>,
+    /// The file (and pointer in a document) of each drift key, in the same order.
+    pub drift_paths: Vec<(String, Option<String>)>,
     /// Keys only the KV store has a newer value for (they go to Git by export).
     pub pending_export: usize,
     pub live_keys: usize,
@@ -72,12 +83,29 @@ pub struct AreaPlan {
     /// is in the new base, or is a key the rule carries to Git (those are dated before it,
     /// so the next export sees them and commits them).
     first_revision: Revision,
+    /// `--exact`: the area becomes exactly the tree planned from (no rule, no base).
+    pub exact: Option<Exact>,
 }
 
 impl AreaPlan {
     pub fn count(&self, kind: OpKind) -> usize {
         self.ops.iter().filter(|o| o.kind == kind).count()
     }
+
+    /// Whether applying this plan commits a restore on the branch: an exact restore of an
+    /// area that records KV changes (`kv-to-git`, `both`).
+    pub fn commits_restore(&self) -> bool {
+        self.exact.is_some() && self.area.rule.mode != sync_core::rule::Mode::GitToKv
+    }
+}
+
+/// How to plan: what the operator allowed and asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// `--allow-mass-delete`.
+    pub allow_mass_delete: bool,
+    /// `--exact`: make the KV store exactly the planned tree, whatever the mode and base.
+    pub exact: bool,
 }
 
 /// What one round of an apply wrote to one area: counts of what was written (a raced op
@@ -95,6 +123,9 @@ pub struct AreaApplied {
     pub overwrote: Vec<Overwrote>,
     #[serde(serialize_with = "ser::display_seq")]
     pub raced: Vec<Key>,
+    /// The restore commit an exact restore made on the branch (`kv-to-git`, `both`).
+    #[serde(serialize_with = "ser::display_opt")]
+    pub restore_commit: Option<ObjectId>,
 }
 
 /// A live value that had changed too, overwritten because Git wins.
@@ -127,6 +158,7 @@ impl AreaApplied {
                 })
                 .collect(),
             raced: w.raced.clone(),
+            restore_commit: None,
         }
     }
 }
@@ -146,11 +178,14 @@ pub async fn apply(
     let backend = ctx.backend().await?;
     let mut rounds = Vec::new();
     for round in 0..3 {
-        let written = write_plans(ctx, &plans).await?;
+        let written = write_and_record(ctx, &plans).await?;
         let applied: Vec<AreaApplied> = plans
             .iter()
             .zip(&written)
-            .map(|(plan, w)| AreaApplied::new(plan, w))
+            .map(|(plan, (w, restore_commit))| AreaApplied {
+                restore_commit: *restore_commit,
+                ..AreaApplied::new(plan, w)
+            })
             .collect();
         on_round(&applied);
         let raced_areas: Vec<String> = applied
@@ -166,8 +201,27 @@ pub async fn apply(
         if round == 2 {
             return Err(ApplyError::KeptChanging { areas: raced_areas });
         }
+        let exact = plans.iter().any(|p| p.exact.is_some());
+        if exact {
+            // Re-deciding would overwrite what someone just wrote: a restore stops and
+            // says so instead (what it wrote stays; the raced areas are not committed).
+            let raced = rounds
+                .last()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a.raced.iter().cloned())
+                .collect();
+            return Err(ApplyError::RestoreRaced {
+                areas: raced_areas,
+                keys: raced,
+            });
+        }
         let cluster = backend.cluster_id().await?;
         let commit = target_commit(ctx, rev).await?;
+        let opts = PlanOptions {
+            allow_mass_delete,
+            exact,
+        };
         plans.clear();
         for name in raced_areas {
             let area = ctx
@@ -175,7 +229,7 @@ pub async fn apply(
                 .select_areas(Some(&name))
                 .map_err(ApplyError::UnknownArea)?[0]
                 .clone();
-            plans.push(plan_area(ctx, &area, commit, &cluster, allow_mass_delete).await?);
+            plans.push(plan_area_with(ctx, &area, commit, &cluster, opts).await?);
         }
     }
     Ok(rounds)
@@ -205,25 +259,51 @@ pub async fn target_commit(
 }
 
 /// Plan every selected area; any invalid file or refused deletion fails the whole call.
+#[cfg(test)]
 pub async fn plan_all(
     ctx: &Context,
     only: Option<&str>,
     rev: Option<&str>,
     allow_mass_delete: bool,
 ) -> Result<Vec<AreaPlan>, ApplyError> {
+    let opts = PlanOptions {
+        allow_mass_delete,
+        exact: false,
+    };
+    Ok(plan_all_with(ctx, only, rev, opts).await?.1)
+}
+
+/// [`plan_all`] with every option, also returning the commit planned from.
+pub async fn plan_all_with(
+    ctx: &Context,
+    only: Option<&str>,
+    rev: Option<&str>,
+    opts: PlanOptions,
+) -> Result<(Option<ObjectId>, Vec<AreaPlan>), ApplyError> {
     let started = std::time::Instant::now();
     let areas = ctx
         .cfg
         .select_areas(only)
         .map_err(ApplyError::UnknownArea)?;
     let commit = target_commit(ctx, rev).await?;
+    // Documents and schemas are checked offline first, as `kvgit validate` does: a bad
+    // schema or document stops the call before the backend is asked anything.
+    let selected: Vec<AreaConfig> = areas.iter().map(|a| (*a).clone()).collect();
+    let problems = ctx
+        .git_blocking(move |git| -> Result<_, ApplyError> {
+            Ok(super::validate::content_problems(git, commit, &selected)?)
+        })
+        .await?;
+    if !problems.is_empty() {
+        return Err(ApplyError::Invalid(problems));
+    }
     let backend = ctx.backend().await?;
     let cluster = backend.cluster_id().await.map_err(ApplyError::ClusterId)?;
     // Areas are independent: their Git reads run side by side on blocking threads.
     let plans = futures::future::try_join_all(areas.into_iter().map(|area| {
         let cluster = &cluster;
         async move {
-            plan_area(ctx, area, commit, cluster, allow_mass_delete)
+            plan_area_with(ctx, area, commit, cluster, opts)
                 .await
                 .map_err(|e| ApplyError::Area {
                     area: area.name.0.clone(),
@@ -233,7 +313,7 @@ pub async fn plan_all(
     }))
     .await?;
     tracing::debug!(elapsed = ?started.elapsed(), "planned and validated");
-    Ok(plans)
+    Ok((commit, plans))
 }
 
 pub async fn plan_area(
@@ -243,6 +323,35 @@ pub async fn plan_area(
     cluster: &ClusterId,
     allow_mass_delete: bool,
 ) -> Result<AreaPlan, ApplyError> {
+    // `serve` and `status` plan one area at a time: the offline checks run here for them
+    // (`plan_all_with` runs them for every selected area before it asks the backend).
+    let selected = vec![area.clone()];
+    let problems = ctx
+        .git_blocking(move |git| -> Result<_, ApplyError> {
+            Ok(super::validate::content_problems(git, commit, &selected)?)
+        })
+        .await?;
+    if !problems.is_empty() {
+        return Err(ApplyError::Invalid(problems));
+    }
+    let opts = PlanOptions {
+        allow_mass_delete,
+        exact: false,
+    };
+    plan_area_with(ctx, area, commit, cluster, opts).await
+}
+
+/// Plan one area from `commit`: by the sync rule, or (`opts.exact`) so that the area's
+/// keys become exactly that tree.
+pub async fn plan_area_with(
+    ctx: &Context,
+    area: &AreaConfig,
+    commit: Option<ObjectId>,
+    cluster: &ClusterId,
+    opts: PlanOptions,
+) -> Result<AreaPlan, ApplyError> {
+    let allow_mass_delete = opts.allow_mass_delete;
+    let exact = opts.exact;
     let backend = ctx.backend().await?;
     let limits = backend.write_limits();
     let cp = checkpoint::load(ctx, &area.name).await?;
@@ -267,14 +376,16 @@ pub async fn plan_area(
             let area = area_cfg;
             let prefix_len = area.prefix.len();
             let t0 = std::time::Instant::now();
-            let desired_tree = area_tree(git, commit, &area.path)?;
+            // Documents that do not parse or claim one key twice are refused here,
+            // before the first write, naming the file.
+            let desired_tree = key_tree(git, commit, &area.path, area.format, true)?;
             let desired = read_area(git, desired_tree, &area.path)?;
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "desired read");
             let base = match base_tree {
                 // The base is kvgit's own record: a file in it that maps to no key was
                 // carried over from Git and stands for no key.
-                Some(t) => Some(read_area_lenient(git, t, &area.path)?.0),
-                None => None,
+                Some(t) if !exact => Some(read_area_lenient(git, t, &area.path)?.0),
+                _ => None,
             };
             let live_keys = snap.entries.len();
             let live: BTreeMap<Vec<u8>, (ObjectId, KvEntry)> = snap
@@ -293,6 +404,18 @@ pub async fn plan_area(
             }
             let mut outcome = Outcome::default();
             let mut agreed: BTreeMap<Vec<u8>, Option<ObjectId>> = BTreeMap::new();
+            if exact {
+                // No rule, no base: every key that differs from the tree becomes it.
+                for rel in std::mem::take(&mut keys) {
+                    let (l, d) = (
+                        live.get(rel).map(|(id, _)| *id),
+                        desired.get(rel).map(|f| f.id),
+                    );
+                    if l != d {
+                        outcome.kv.insert(rel.clone(), d);
+                    }
+                }
+            }
             for rel in keys {
                 let s = Sides {
                     base: match &base {
@@ -317,6 +440,38 @@ pub async fn plan_area(
                 Key(k)
             };
             let conflicts: BTreeSet<&Vec<u8>> = outcome.conflicts.iter().collect();
+            // A key with no file in the tree (a delete, some drift) is shown with the file
+            // an export would give it among the live keys.
+            let live_paths = restore::paths_of(
+                live.keys()
+                    .filter(|rel| !desired.contains_key(*rel))
+                    .filter(|rel| {
+                        outcome.kv.get(*rel) == Some(&None) || outcome.drift.contains(rel)
+                    })
+                    .cloned()
+                    .collect(),
+                live.keys().cloned().collect(),
+            );
+            // In a document area a key inside a document is shown as that document and
+            // the pointer to the key in it.
+            let docs = if area.format.is_documents() {
+                restore::documents_in(git, commit, &area.path)?
+            } else {
+                Vec::new()
+            };
+            let path_of = |rel: &Vec<u8>| -> (String, Option<String>) {
+                if let Some((prefix, doc)) = docs.iter().find(|(p, _)| rel.starts_with(p)) {
+                    return (
+                        format!("{}/{doc}", area.path),
+                        Some(restore::pointer(&rel[prefix.len()..])),
+                    );
+                }
+                let file = match desired.get(rel) {
+                    Some(f) => f.path.as_str(),
+                    None => live_paths.get(rel).map_or("?", String::as_str),
+                };
+                (format!("{}/{file}", area.path), None)
+            };
             let blobs = git.blob_reader();
             let mut ops = Vec::with_capacity(outcome.kv.len());
             for (rel, target) in &outcome.kv {
@@ -360,8 +515,11 @@ pub async fn plan_area(
                     (Some(_), Some(_)) => OpKind::Change,
                     (Some(_), None) => OpKind::Delete,
                 };
+                let (path, pointer) = path_of(rel);
                 ops.push(PlannedOp {
                     kind,
+                    path,
+                    pointer,
                     key: key_of(rel),
                     overwrites: conflicts
                         .contains(rel)
@@ -376,6 +534,9 @@ pub async fn plan_area(
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "decided and sized");
             let mut base_changes = BTreeMap::new();
             let base_start = match base_tree {
+                // An exact restore's base is the tree itself (recorded only by a restore
+                // commit, see `restore::record`).
+                _ if exact => desired_tree,
                 Some(start) => {
                     // The base after a full apply: agreed values, read from the desired side.
                     for (rel, v) in agreed {
@@ -406,6 +567,12 @@ pub async fn plan_area(
                 .fold(snap_revision, Revision::min);
             Ok(AreaPlan {
                 drift: outcome.drift.iter().map(|r| key_of(r)).collect(),
+                drift_paths: outcome.drift.iter().map(path_of).collect(),
+                exact: exact.then_some(Exact {
+                    from: commit,
+                    area_tree: desired_tree,
+                    snapshot_revision: snap_revision,
+                }),
                 pending_export: outcome.git.len(),
                 live_keys,
                 ops,
@@ -514,7 +681,20 @@ pub async fn write_plans(
     ctx: &Context,
     plans: &[AreaPlan],
 ) -> Result<Vec<writer::Written>, ApplyError> {
+    Ok(write_and_record(ctx, plans)
+        .await?
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect())
+}
+
+/// [`write_plans`], also returning per area the restore commit an exact restore made.
+async fn write_and_record(
+    ctx: &Context,
+    plans: &[AreaPlan],
+) -> Result<Vec<(writer::Written, Option<ObjectId>)>, ApplyError> {
     let backend = ctx.backend().await?;
+    probe_areas(backend.as_ref(), plans).await?;
     let ops: Vec<PlannedOp> = plans.iter().flat_map(|p| p.ops.iter().cloned()).collect();
     let (tx, rx) = writer::channel();
     let limits = backend.write_limits();
@@ -562,15 +742,35 @@ pub async fn write_plans(
             last_revision: all.last_revision,
             raced,
         };
+        let mut restore_commit = None;
         if report.raced.is_empty() {
-            record_base(ctx, plan).await.map_err(|e| ApplyError::Area {
+            let recorded = match &plan.exact {
+                Some(exact) => restore::record(ctx, plan, exact).await,
+                None => record_base(ctx, plan).await.map(|()| None),
+            };
+            restore_commit = recorded.map_err(|e| ApplyError::Area {
                 area: plan.area.name.0.clone(),
                 source: Box::new(e),
             })?;
         }
-        per_area.push(report);
+        per_area.push((report, restore_commit));
     }
     Ok(per_area)
+}
+
+/// Ask the backend, before the first write, whether the credential may write each area
+/// that has ops, so a credential that may write one area but not another is refused with
+/// nothing written in any area (transactions mix areas and run concurrently). One key per
+/// area, its first op's: roles are per-area prefixes (what `kvgit acl` makes), so one key
+/// stands for its area; probing every key would double the requests of an apply. A role
+/// narrower than its area's prefix can still refuse a later key mid-apply.
+async fn probe_areas(backend: &dyn KvBackend, plans: &[AreaPlan]) -> Result<(), ApplyError> {
+    let keys: Vec<Key> = plans
+        .iter()
+        .filter_map(|p| p.ops.first().map(|op| op.key.clone()))
+        .collect();
+    backend.probe_write(&keys).await?;
+    Ok(())
 }
 
 /// After a complete apply, record what both sides now agree on. With a trusted checkpoint

@@ -10,7 +10,7 @@ use super::checkpoint::{self, Checkpoint, Judged};
 use super::decide::{base_after, Outcome, Sides};
 use super::message::{commit_message, Trailers};
 use super::ser;
-use super::view::{area_tree, read_area_lenient};
+use super::view::{key_tree, read_area_lenient};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
 use gitstore::GitStore;
@@ -267,18 +267,21 @@ pub async fn incremental(
         .map(|(k, v)| (k.0[prefix_len..].to_vec(), v))
         .collect();
     let path = area.path.clone();
+    let format = area.format;
     let rule = area.rule;
     let base_tree = cp.base_tree;
     let step = ctx
-        .git_blocking(move |git| {
+        .git_blocking(move |git| -> Result<Step, ExportError> {
             let tip = git.tip()?;
-            let desired_tree = area_tree(git, tip, &path)?;
+            let desired_tree = key_tree(git, tip, &path, format, false)?;
             let mut base_loc = Locator::default();
             let mut desired_loc = Locator::default();
             let mut sides = Vec::with_capacity(live.len());
             for (rel, value) in &live {
-                let b = mapper::lookup(git, base_tree.as_ref(), rel, &mut base_loc)?;
-                let d = mapper::lookup(git, desired_tree.as_ref(), rel, &mut desired_loc)?;
+                let b = mapper::lookup(git, base_tree.as_ref(), rel, &mut base_loc)
+                    .map_err(GitError::from)?;
+                let d = mapper::lookup(git, desired_tree.as_ref(), rel, &mut desired_loc)
+                    .map_err(GitError::from)?;
                 let s = Sides {
                     base: b.map_or(Base::Absent, Base::Present),
                     live: value.as_deref().map(|v| git.hash_blob(v)).transpose()?,
@@ -286,7 +289,16 @@ pub async fn incremental(
                 };
                 sides.push((rel.clone(), s));
             }
-            finish(git, rule, guard, tip, desired_tree, base_tree, sides, live)
+            Ok(finish(
+                git,
+                rule,
+                guard,
+                tip,
+                desired_tree,
+                base_tree,
+                sides,
+                live,
+            )?)
         })
         .await?;
     record(
@@ -328,6 +340,7 @@ pub async fn full_pass(
     let revision = snap.revision;
     let prefix_len = area.prefix.len();
     let path = area.path.clone();
+    let format = area.format;
     let rule = area.rule;
     let base_tree = cp.as_ref().and_then(|c| c.base_tree);
     let base_known = pass == PassKind::Resync;
@@ -339,7 +352,7 @@ pub async fn full_pass(
                 .map(|e| (e.key.0[prefix_len..].to_vec(), Some(e.value)))
                 .collect();
             let tip = git.tip()?;
-            let desired_tree = area_tree(git, tip, &path)?;
+            let desired_tree = key_tree(git, tip, &path, format, false)?;
             if desired_tree.is_none() && !base_known {
                 return Ok(first_export(git, tip, live)?);
             }
@@ -600,6 +613,7 @@ async fn record(
     };
     if step.changed {
         let path = area.path.clone();
+        let format = area.format;
         let msg = commit_message(&trailers, step.changes, "");
         let author = ctx.author();
         let (tip, new_area_tree, base_tree) = (step.tip, step.new_area_tree, step.base_tree);
@@ -626,6 +640,18 @@ async fn record(
                 let root = match tip {
                     Some(t) => Some(git.commit_info(t)?.tree),
                     None => None,
+                };
+                // A document area's branch holds documents: the new key tree is folded
+                // into them, rewriting only the documents whose keys changed.
+                let new_area_tree = if format.is_documents() {
+                    let old = match root {
+                        Some(r) => git.subtree(r, &path)?,
+                        None => None,
+                    };
+                    super::documents::fold_tree(git, old, new_area_tree)
+                        .map_err(|e| e.in_area(&path))?
+                } else {
+                    new_area_tree
                 };
                 let new_root = git.set_subtree(root, &path, new_area_tree)?;
                 let new_root = match new_root {

@@ -1,7 +1,7 @@
 //! `kvgit log KEY`: the history of one key from Git (commit, time, author, value size),
 //! found per commit through the mapper so renames such as `a` -> `a/%self` are followed.
 
-use super::view::area_tree;
+use super::view::key_tree_lenient;
 use super::{ser, Context, GitError};
 use gitstore::ObjectId;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -42,6 +42,10 @@ pub struct LogEntry {
     pub size: Option<usize>,
     /// The first line of the commit message.
     pub summary: String,
+    /// The value's blob after the commit (None: deleted), for readers that may show values
+    /// (the web page with `server.ui_show_values`); never in the JSON, which holds no values.
+    #[serde(skip)]
+    pub blob: Option<ObjectId>,
 }
 
 /// `kvgit log KEY`: the commits that changed `key`, newest first, at most `limit`.
@@ -60,8 +64,20 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> Result<KeyHi
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
-    let rel = key.as_bytes()[area.prefix.len()..].to_vec();
+    history(ctx, area, key.as_bytes(), limit).await
+}
+
+/// The commits that changed `key` (whole key, bytes, under `area`'s prefix), newest first,
+/// at most `limit`; the key is shown lossily in the report.
+pub async fn history(
+    ctx: &Context,
+    area: &crate::config::AreaConfig,
+    key: &[u8],
+    limit: Option<usize>,
+) -> Result<KeyHistory, LogError> {
+    let rel = key.get(area.prefix.len()..).unwrap_or_default().to_vec();
     let path = area.path.clone();
+    let format = area.format;
     let limit = limit.unwrap_or(usize::MAX);
     let entries = ctx
         .git_blocking(move |git| -> Result<_, GitError> {
@@ -80,10 +96,10 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> Result<KeyHi
                     break;
                 }
                 let info = git.commit_info(id)?;
-                let here = blob_at(git, Some(id), &path, &rel)?;
+                let here = blob_at(git, Some(id), &path, format, &rel)?;
                 let mut differs = info.parents.is_empty() && here.is_some();
                 for p in &info.parents {
-                    if blob_at(git, Some(*p), &path, &rel)? != here {
+                    if blob_at(git, Some(*p), &path, format, &rel)? != here {
                         differs = true;
                     }
                     if seen.insert(*p) {
@@ -102,6 +118,7 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> Result<KeyHi
                         author_name: info.author_name,
                         author_email: info.author_email,
                         size,
+                        blob: here,
                     });
                 }
             }
@@ -109,7 +126,7 @@ pub async fn run(ctx: &Context, key: &str, limit: Option<usize>) -> Result<KeyHi
         })
         .await?;
     Ok(KeyHistory {
-        key: key.to_string(),
+        key: String::from_utf8_lossy(key).into_owned(),
         entries,
     })
 }
@@ -118,9 +135,11 @@ fn blob_at(
     git: &gitstore::GitStore,
     commit: Option<ObjectId>,
     path: &str,
+    format: crate::config::AreaFormat,
     rel: &[u8],
 ) -> Result<Option<ObjectId>, GitError> {
-    let tree = area_tree(git, commit, path)?;
+    // In a document area a key's history is that of its value inside the document.
+    let tree = key_tree_lenient(git, commit, path, format)?;
     Ok(mapper::lookup(
         git,
         tree.as_ref(),

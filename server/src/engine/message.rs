@@ -11,6 +11,8 @@ pub const NODE: &str = "Kvgit-Node";
 pub const COMMIT: &str = "Kvgit-Commit";
 /// The fencing token of the owner that wrote the commit (`serve` only).
 pub const EPOCH: &str = "Kvgit-Epoch";
+/// The commit an exact restore (`apply --ref REV --exact`) restored the area from.
+pub const RESTORED_FROM: &str = "Kvgit-Restored-From";
 
 /// The trailers every kvgit commit carries.
 pub struct Trailers<'a> {
@@ -46,6 +48,15 @@ pub fn commit_message(t: &Trailers<'_>, changes: usize, body: &str) -> String {
         msg.push_str("\n\n");
     }
     t.write(&mut msg);
+    msg
+}
+
+/// `entries: restore from 1a2b3c4d5e6f`, then the trailers and `Kvgit-Restored-From`.
+pub fn restore_message(t: &Trailers<'_>, from: &str) -> String {
+    let short = &from[..from.len().min(12)];
+    let mut msg = format!("{}: restore from {short}\n\n", t.area);
+    t.write(&mut msg);
+    msg.push_str(&format!("{RESTORED_FROM}: {from}\n"));
     msg
 }
 

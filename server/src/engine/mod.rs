@@ -5,13 +5,17 @@ pub mod apply;
 pub mod changes;
 pub mod checkpoint;
 pub mod decide;
+pub mod documents;
 pub mod export;
+pub mod fmt;
 pub mod git;
 pub mod log;
 pub mod message;
 pub mod refs;
+pub mod report;
 mod ser;
 pub mod status;
+pub mod validate;
 pub mod view;
 pub mod writer;
 

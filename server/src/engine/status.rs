@@ -122,7 +122,8 @@ pub struct AreaLive {
 #[derive(Debug, Serialize)]
 pub struct Overwritten {
     pub key: String,
-    pub overwritten: String,
+    /// None (null) when values are not shown (`server.ui_show_values = false`, the default).
+    pub overwritten: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

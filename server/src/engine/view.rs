@@ -1,7 +1,9 @@
 //! Reading an area out of a Git tree: every file decoded back to its key, with the file's
 //! blob id. Bad paths are reported here, before anything is written anywhere.
 
+use super::documents::{expand_tree, DocProblem};
 use super::GitError;
+use crate::config::AreaFormat;
 use gitstore::GitStore;
 use gitstore::ObjectId;
 use std::collections::BTreeMap;
@@ -28,6 +30,35 @@ pub enum ReadAreaError {
     /// its name in a one-line chain.
     #[error("{area_path}: {error}")]
     InvalidFile { area_path: String, error: MapError },
+    /// Document files that stand for no key, or claim keys another file claims.
+    #[error("{}", problems.iter().map(|p| format!("{area_path}/{p}")).collect::<Vec<_>>().join("; "))]
+    Documents {
+        area_path: String,
+        problems: Vec<DocProblem>,
+    },
+}
+
+impl ReadAreaError {
+    /// The error naming `area_path` (the document code reads trees without knowing it).
+    pub fn in_area(self, area_path: &str) -> ReadAreaError {
+        match self {
+            ReadAreaError::InvalidFile { error, .. } => ReadAreaError::InvalidFile {
+                area_path: area_path.to_owned(),
+                error,
+            },
+            ReadAreaError::Documents { problems, .. } => ReadAreaError::Documents {
+                area_path: area_path.to_owned(),
+                problems,
+            },
+            e @ ReadAreaError::Git(_) => e,
+        }
+    }
+}
+
+impl From<gitstore::ObjectReadError> for ReadAreaError {
+    fn from(e: gitstore::ObjectReadError) -> Self {
+        ReadAreaError::Git(e.into())
+    }
 }
 
 impl From<gitstore::TreeReadError> for ReadAreaError {
@@ -114,4 +145,50 @@ pub fn read_area_lenient(
         })
         .collect();
     Ok((area, unmapped))
+}
+
+/// The key tree of an area in `commit`: the area's directory itself in a `files` area; in a
+/// document area the tree of keys its documents and plain files stand for. `strict`
+/// (apply, plan) refuses a document that does not parse or claims another's keys, naming
+/// the file; otherwise (recording KV changes) such files are logged and left out.
+pub fn key_tree(
+    git: &GitStore,
+    commit: Option<ObjectId>,
+    path: &str,
+    format: AreaFormat,
+    strict: bool,
+) -> Result<Option<ObjectId>, ReadAreaError> {
+    let tree = area_tree(git, commit, path)?;
+    if !format.is_documents() {
+        return Ok(tree);
+    }
+    let expanded = expand_tree(git, tree).map_err(|e| e.in_area(path))?;
+    if !expanded.problems.is_empty() {
+        if strict {
+            return Err(ReadAreaError::Documents {
+                area_path: path.to_owned(),
+                problems: expanded.problems,
+            });
+        }
+        for p in &expanded.problems {
+            tracing::warn!("{path}/{p}; left as it is");
+        }
+    }
+    Ok(expanded.tree)
+}
+
+/// [`key_tree`] for readers that must not fail on a bad file (status, log, the service's
+/// check for Git edits): two files holding one key read as the area's own tree, which then
+/// differs from every base, so the full pass that follows reports the files.
+pub fn key_tree_lenient(
+    git: &GitStore,
+    commit: Option<ObjectId>,
+    path: &str,
+    format: AreaFormat,
+) -> Result<Option<ObjectId>, GitError> {
+    match key_tree(git, commit, path, format, false) {
+        Ok(t) => Ok(t),
+        Err(ReadAreaError::Git(e)) => Err(e),
+        Err(_) => area_tree(git, commit, path),
+    }
 }

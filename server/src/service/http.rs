@@ -96,6 +96,7 @@ pub fn router(ctx: HttpContext) -> Router {
 /// [`CLOSE_GRACE`]). The caller binds the listener, so tests can use port 0 and the service
 /// can report a bind error with the configured address. Once listening it does not fail: an
 /// accept error is logged and retried.
+#[cfg(test)]
 pub async fn serve(
     listener: TcpListener,
     app: HttpContext,
@@ -103,6 +104,82 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     serve_with(listener, router(app), shutdown, Limits::default()).await;
     Ok(())
+}
+
+/// Like `serve`, with more routes beside the built-in ones (the web page, `service::ui`):
+/// what the service runs.
+pub async fn serve_with_routes(
+    listener: TcpListener,
+    app: HttpContext,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        router(app).merge(extra),
+        shutdown,
+        Limits::default(),
+    )
+    .await;
+    Ok(())
+}
+
+/// The read-only API over the engine: `GET /api/v1/plan?area=A`, the plan of one area as
+/// the document `kvgit plan --format json --area A` prints (merged beside [`router`]).
+/// Off with the rest of `/api/v1` when `server.ui` is false.
+pub fn api_router(engine: Arc<crate::engine::Context>) -> Router {
+    if !engine.cfg.server.ui {
+        return Router::new();
+    }
+    Router::new()
+        .route("/api/v1/plan", get(plan))
+        .with_state(engine)
+}
+
+/// Plans read a whole area from the backend and Git: a few at a time, whatever the load.
+static PLANS_AT_ONCE: Semaphore = Semaphore::const_new(2);
+
+#[derive(serde::Deserialize)]
+struct PlanQuery {
+    area: Option<String>,
+}
+
+async fn plan(
+    State(engine): State<Arc<crate::engine::Context>>,
+    axum::extract::Query(q): axum::extract::Query<PlanQuery>,
+) -> Response {
+    use crate::engine::apply::{plan_all_with, PlanOptions};
+    let error =
+        |code: StatusCode, msg: String| (code, Json(json!({ "error": msg }))).into_response();
+    let Some(area) = q.area else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the area: /api/v1/plan?area=NAME".into(),
+        );
+    };
+    if !engine.cfg.areas.iter().any(|a| a.name.0 == area) {
+        let known: Vec<&str> = engine.cfg.areas.iter().map(|a| a.name.0.as_str()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no area named {area:?} (areas: {})", known.join(", ")),
+        );
+    }
+    let Ok(_permit) = PLANS_AT_ONCE.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+    };
+    match plan_all_with(&engine, Some(&area), None, PlanOptions::default()).await {
+        Ok((commit, plans)) => {
+            Json(crate::engine::report::PlanReport::new(commit, &plans)).into_response()
+        }
+        Err(e) => {
+            let code = if e.is_retryable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            error(code, crate::errors::chain(&e))
+        }
+    }
 }
 
 /// The bounds on connections; [`Limits::default`] is what `serve` uses, tests shrink them.

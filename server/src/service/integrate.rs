@@ -59,6 +59,10 @@ impl IntegrateError {
 pub struct Integrator {
     pub engine: Arc<Context>,
     pub git_lock: Arc<GitLock>,
+    /// Held while git talks to the remote (fetch, push) and while the refs that mirror the
+    /// remote are moved after a push: git's fetch locks those refs itself, so a fetch and a
+    /// push's bookkeeping running at once would make both fail on a healthy node.
+    pub remote_lock: Arc<GitLock>,
     pub ownership: Arc<Ownership>,
     pub metrics: Arc<Metrics>,
 }
@@ -91,7 +95,8 @@ impl Integrator {
             })
             .collect();
         let branch = cfg.git.branch.clone();
-        // Network I/O without the lock: a slow remote must not stop commits.
+        // Network I/O without the Git lock: a slow remote must not stop commits.
+        let remote_guard = self.remote_lock.lock("fetch").await;
         let theirs = self
             .engine
             .git_blocking(move |git| -> Result<_, IntegrateError> {
@@ -102,6 +107,7 @@ impl Integrator {
                     })
             })
             .await;
+        drop(remote_guard);
         self.metrics.fetch(theirs.is_ok());
         let theirs = theirs?;
         let _git = self.git_lock.lock("integrate").await;

@@ -537,6 +537,22 @@ impl Metrics {
             .set(i64::try_from(commits).unwrap_or(i64::MAX));
     }
 
+    /// Local commits of `area` the remote lacks, as last set (for the web page).
+    pub fn unpushed_of(&self, area: &str) -> i64 {
+        self.unpushed.with_label_values(&[area]).get()
+    }
+
+    /// Unix time of the last push the remote took; 0 before the first (for the web page).
+    pub fn last_push_success_at(&self) -> f64 {
+        self.last_push_success.get()
+    }
+
+    /// Fetches so far, (ok, error) (for the web page).
+    pub fn fetch_counts(&self) -> (u64, u64) {
+        let count = |result: &str| self.fetch.with_label_values(&[result]).get();
+        (count("ok"), count("error"))
+    }
+
     /// Whether the area's apply is currently refused as a mass delete.
     pub fn refused(&self, area: &str, refused: bool) {
         self.apply_refused
@@ -553,7 +569,7 @@ impl Metrics {
 }
 
 #[cfg(test)]
-/// The SPEC's list plus `kvgit_area_owner` and `kvgit_apply_refused`: what tests expect on the first scrape. A
+/// The SPEC's list plus `kvgit_export_refused`: what tests expect on the first scrape. A
 /// test-only copy, checked against the definitions above by the tests.
 pub(crate) const ALL_NAMES: &[&str] = &[
     "kvgit_events_total",

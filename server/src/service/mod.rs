@@ -8,12 +8,14 @@ pub mod health;
 pub mod http;
 pub mod integrate;
 pub mod metrics;
+pub mod notify;
 pub mod ownership;
 pub mod push;
 pub mod state;
 pub mod sync;
 #[cfg(test)]
 mod tests;
+pub mod ui;
 pub mod webhook;
 
 use crate::engine::Context;
@@ -84,6 +86,7 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
     let integrate = integrate::Integrator {
         engine: engine.clone(),
         git_lock: git_lock.clone(),
+        remote_lock: Arc::new(gitlock::GitLock::default()),
         ownership: ownership.clone(),
         metrics: metrics.clone(),
     };
@@ -136,7 +139,13 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
     let listen = listener
         .local_addr()
         .map_or_else(|_| cfg.server.listen.clone(), |a| a.to_string());
-    let http = tokio::spawn(http::serve(
+    let page = ui::router(ui::UiContext {
+        engine: engine.clone(),
+        state: state.clone(),
+        metrics: metrics.clone(),
+    })
+    .merge(http::api_router(engine.clone()));
+    let http = tokio::spawn(http::serve_with_routes(
         listener,
         http::HttpContext {
             state,
@@ -147,6 +156,7 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
                 webhook_secret: cfg.server.webhook_secret.clone(),
             },
         },
+        page,
         shutdown.clone(),
     ));
     tracing::info!(listen = %listen, node = %cfg.sync.node, "kvgit serve started");
@@ -159,6 +169,7 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
     }
     ownership::start(&owner).await;
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(notify::run(health.state.clone(), shutdown.clone()));
     tasks.spawn(health::run(health, shutdown.clone()));
     tasks.spawn(ownership::run(owner.clone(), shutdown.clone()));
     for area in cfg.areas.clone() {

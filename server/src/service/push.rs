@@ -164,6 +164,7 @@ async fn push_once(ctx: &PushCtx) -> Result<bool, PublishError> {
         // Network I/O without the Git lock: areas keep committing while the remote is slow.
         // The push is a compare-and-swap on the remote, so commits made meanwhile simply
         // go with the next one.
+        let remote_guard = ctx.integrate.remote_lock.lock("push").await;
         let outcome = ctx
             .engine
             .git_blocking(move |git| -> Result<_, PublishError> {
@@ -174,8 +175,9 @@ async fn push_once(ctx: &PushCtx) -> Result<bool, PublishError> {
                 }
                 Ok(outcome)
             })
-            .await?;
-        match outcome {
+            .await;
+        drop(remote_guard);
+        match outcome? {
             PushOutcome::Pushed => {
                 ctx.state.set_push_error(None);
                 return Ok(true);

@@ -126,6 +126,9 @@ pub struct ServiceState {
     stall_after: Duration,
     /// The Git lock, so a stalled area can say who holds it.
     git_lock: Option<Arc<GitLock>>,
+    /// `server.ui_show_values`: `/status` has no token, and values may be secrets, so the
+    /// live values Git overwrote are shown only when the operator says so.
+    show_values: bool,
     /// The last error of the fetch/apply loop (not per area: one fetch serves all).
     sync_error: Mutex<Option<String>>,
     /// The last push error: an unreachable remote only delays pushes, so it is reported
@@ -159,6 +162,7 @@ impl ServiceState {
             ServiceState::with_areas(cfg.sync.node.clone(), cfg.git.branch.clone(), areas);
         state.stall_after = cfg.sync.batch_window + STALL_GRACE;
         state.backend_kind = cfg.backend.kind_name();
+        state.show_values = cfg.server.ui_show_values;
         state
     }
 
@@ -185,6 +189,7 @@ impl ServiceState {
             backend_revision: AtomicU64::new(0),
             stall_after: Duration::from_secs(1) + STALL_GRACE,
             git_lock: None,
+            show_values: true,
             sync_error: Mutex::new(None),
             push_error: Mutex::new(None),
             areas: Mutex::new(areas.into_iter().collect()),
@@ -353,7 +358,7 @@ impl ServiceState {
                         .iter()
                         .map(|(key, live)| status::Overwritten {
                             key: key.clone(),
-                            overwritten: live.clone(),
+                            overwritten: self.show_values.then(|| live.clone()),
                         })
                         .collect(),
                     last_error: s.last_error.clone(),

@@ -189,7 +189,19 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
             }
         }
     }
-    let written = apply::write_plans(engine, &plans).await?;
+    let written = match apply::write_plans(engine, &plans).await {
+        Ok(written) => written,
+        Err(e) => {
+            // The pass's areas with writes are not recorded as applied: each shows why (a
+            // backend refusal names the key and the credential), not only the pass.
+            let msg = crate::errors::chain(&e);
+            for plan in plans.iter().filter(|p| !p.ops.is_empty()) {
+                ctx.state
+                    .update(&plan.area.name.0, |s| s.apply_error = Some(msg.clone()));
+            }
+            return Err(e.into());
+        }
+    };
     for (plan, w) in plans.iter().zip(&written) {
         let name = plan.area.name.0.as_str();
         if w.raced.is_empty() {
@@ -271,9 +283,9 @@ async fn correct_kv_to_git(
         if memory.applied.get(&name) == Some(&(tip, cp.id)) {
             continue;
         }
-        let path = area.path.clone();
+        let (path, format) = (area.path.clone(), area.format);
         let current = engine
-            .git_blocking(move |git| crate::engine::view::area_tree(git, tip, &path))
+            .git_blocking(move |git| crate::engine::view::key_tree_lenient(git, tip, &path, format))
             .await?;
         if current != cp.base_tree {
             let opts = export::ExportOptions {

@@ -180,6 +180,12 @@ impl KvBackend for MemoryBackend {
         self.ready()?.write(ops)
     }
 
+    async fn probe_write(&self, _keys: &[Key]) -> Result<(), BackendError> {
+        // No permissions to check; an outage still fails, as a real server's would.
+        drop(self.ready()?);
+        Ok(())
+    }
+
     async fn grant_lease(&self, _name: &str, ttl: Duration) -> Result<Lease, BackendError> {
         Ok(self.ready()?.leases.grant(ttl, Instant::now()))
     }

@@ -1,256 +1,413 @@
-//! kvgit-bench-serve: the figures of `kvgit serve`, each beside its baseline in one run on a
-//! real etcd: ingest vs etcd's own write time, a 100-key commit at 100k vs 1M keys, peak RSS.
+//! kvgit-bench-serve: the figures of `kvgit serve` in issue 16, each beside its yardstick in
+//! one run on etcd started with `--unsafe-no-fsync`: ingest vs a null consumer, peak RSS, a
+//! 100-key commit at 10M vs 100k keys, and the cost of a flat directory of 1M keys.
 //!
 //! Run: `cargo build --release -p kvgit -p kvgit-tests && target/release/kvgit-bench-serve`
-//! (BENCH_INGEST=200000, BENCH_SMALL=100000, BENCH_LARGE=1000000, BENCH_BATCH_WINDOW=250ms
-//! by default: the window bounds how long the last event waits, so it is part of the lag).
+//! (`--only NAME[,NAME]` or BENCH_ONLY runs some figures, `--list` names them; sizes by
+//! BENCH_INGEST, BENCH_INGEST_LARGE, BENCH_SCALE_SMALL, BENCH_SCALE_LARGE, BENCH_FLAT_KEYS;
+//! BENCH_RUNS=3; BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits).
 
-use etcd_client::{Client, Txn, TxnOp};
-use kvgit_tests::bench::{key, kvgit_bin, raw_write_range, value, AREAS};
+use kvgit_tests::bench::{
+    env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs, write_config,
+    BenchServe, Layout, NullConsumer, Report, Row, Selection, VALUE_BYTES,
+};
 use kvgit_tests::etcd::EtcdServer;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+const FIGURES: &[(&str, &str)] = &[
+    (
+        "ingest",
+        "serve ingest of BENCH_INGEST (200k) keys vs a null consumer (target >= 0.85)",
+    ),
+    (
+        "ingest-large",
+        "the same at BENCH_INGEST_LARGE (1M) keys, with peak RSS ingested and on a first start (<= 200 MiB)",
+    ),
+    (
+        "scale",
+        "BENCH_SCALE_LARGE (10M) keys in 10k directories: export and serve work, 100-key commit vs at BENCH_SCALE_SMALL (<= 1.3x), RSS <= 1 GiB",
+    ),
+    (
+        "flat",
+        "100-key commit in one flat directory of BENCH_FLAT_KEYS (1M) keys vs the same keys in 1k-key directories",
+    ),
+];
+
+/// Ingest target: kvgit's time ≤ null consumer's ÷ 0.85 + batch_window.
+const INGEST_TARGET: f64 = 0.85;
+const MIB_200: f64 = 200.0;
+const GIB: f64 = 1024.0;
+
+/// A serve, its etcd, and the keys a run changes.
+type Side<'a> = (&'a BenchServe, &'a str, &'a dyn Fn(usize) -> Vec<usize>);
+
+struct Bench {
+    dir: PathBuf,
+    runs: usize,
+    window: String,
+    window_s: f64,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// `250ms`, `1s`, `1.5s` as seconds.
+fn parse_window(w: &str) -> f64 {
+    let (num, scale) = match w.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (w.strip_suffix('s').unwrap_or(w), 1.0),
+    };
+    num.trim()
+        .parse::<f64>()
+        .unwrap_or_else(|_| panic!("BENCH_BATCH_WINDOW {w:?}: use e.g. 250ms or 1s"))
+        * scale
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-/// Sum of a metric's samples whose line starts with `prefix` (e.g. `kvgit_commits_total{area="a0"}`).
-fn metric(port: u16, prefix: &str) -> f64 {
-    let (_, body) = http_get(port, "/metrics").expect("metrics");
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn checkpoint_of(port: u16, area: &str) -> u64 {
-    metric(
-        port,
-        &format!("kvgit_checkpoint_revision{{area=\"{area}\"}}"),
-    ) as u64
-}
-
-fn min_checkpoint(port: u16) -> u64 {
-    (0..AREAS)
-        .map(|a| metric(port, &format!("kvgit_checkpoint_revision{{area=\"a{a}\"}}")) as u64)
-        .min()
-        .unwrap_or(0)
-}
-
-struct Serve {
-    child: Child,
-    port: u16,
-}
-
-impl Serve {
-    fn start(dir: &Path, endpoint: &str, name: &str) -> Serve {
-        let port = free_port();
-        let window = std::env::var("BENCH_BATCH_WINDOW").unwrap_or_else(|_| "250ms".into());
-        let mut toml = format!(
-            "[backend]\nendpoints = [\"{endpoint}\"]\n[git]\nrepo = \"{name}.git\"\n[sync]\nnode = \"bench\"\nbatch_window = \"{window}\"\nbatch_max = 10000\n[server]\nlisten = \"127.0.0.1:{port}\"\n"
-        );
-        for a in 0..AREAS {
-            toml.push_str(&format!("[[area]]\nname = \"a{a}\"\nprefix = \"/bench/a{a}/\"\npath = \"a{a}\"\nmode = \"kv-to-git\"\n"));
+impl Bench {
+    /// Ingest of `n` keys written at full speed into an empty etcd: the time until serve has
+    /// committed every key vs the time until a null consumer has seen every event, each on
+    /// a new etcd, alternating. Returns the etcd of the last kvgit run (holding the keys).
+    async fn ingest(&self, report: &mut Report, figure: &str, n: usize) -> (EtcdServer, f64) {
+        let layout = Layout::STANDARD;
+        let (mut kv, mut null, mut rss) = (Vec::new(), Vec::new(), 0f64);
+        let mut kept = None;
+        for r in 0..self.runs {
+            for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
+                let cluster = etcd();
+                if side == 0 {
+                    let mut consumer = NullConsumer::start(cluster.endpoint(), layout, n).await;
+                    let start = Instant::now();
+                    let w = raw_write(cluster.endpoint(), layout, 0..n, "v1").await;
+                    let took = consumer.finished().await.duration_since(start);
+                    assert_eq!(consumer.seen(), n, "the null consumer saw every event");
+                    println!(
+                        "  {figure} run {r}: null consumer {} (writes {})",
+                        secs(took.as_secs_f64()),
+                        secs(w.took.as_secs_f64())
+                    );
+                    null.push(took.as_secs_f64());
+                } else {
+                    let name = format!("{figure}-{r}");
+                    let serve = BenchServe::start(
+                        &self.dir,
+                        &name,
+                        cluster.endpoint(),
+                        layout,
+                        &self.window,
+                    );
+                    let start = Instant::now();
+                    let w = raw_write(cluster.endpoint(), layout, 0..n, "v1").await;
+                    let took = serve
+                        .wait_checkpoints(&w.last_by_area)
+                        .duration_since(start);
+                    let peak = serve.peak_rss_mib();
+                    println!(
+                        "  {figure} run {r}: kvgit serve {} (writes {}), peak RSS {peak:.0} MiB",
+                        secs(took.as_secs_f64()),
+                        secs(w.took.as_secs_f64())
+                    );
+                    rss = rss.max(peak);
+                    kv.push(took.as_secs_f64());
+                    drop(serve);
+                    kept = Some(cluster);
+                }
+            }
         }
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, toml).expect("config");
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-        let child = Command::new(kvgit_bin())
-            .arg("-c")
-            .arg(&cfg)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn serve");
-        let serve = Serve { child, port };
+        let (k, y) = (median(kv.clone()), median(null.clone()));
+        // The window is the longest the last event may wait by design: it is not ingest cost.
+        let adjusted = y / (k - self.window_s).max(1e-9);
+        report.row(Row {
+            figure: format!("serve ingest of {n} keys (128-op txns × 8 tasks, full speed)"),
+            kvgit: format!("{} until every key is committed", secs(k)),
+            yardstick: format!("null consumer (4 prefix watches, counting): {}", secs(y)),
+            result: format!(
+                "{adjusted:.2} (null ÷ (kvgit − batch_window {})); {:.2} without the window",
+                self.window,
+                y / k
+            ),
+            target: format!("≥ {INGEST_TARGET} (kvgit ≤ null ÷ {INGEST_TARGET} + batch_window)"),
+            met: Some(k <= y / INGEST_TARGET + self.window_s),
+        });
+        report.note(format!(
+            "{figure} runs: kvgit [{}], null consumer [{}]",
+            list(&kv),
+            list(&null)
+        ));
+        (kept.expect("at least one run"), rss)
+    }
+
+    /// Starts serve over a store that already holds `n` keys (a first start) and waits until
+    /// it has committed them all.
+    async fn first_start(
+        &self,
+        name: &str,
+        cluster: &EtcdServer,
+        layout: Layout,
+    ) -> (BenchServe, f64) {
+        let rev = current_revision(cluster.endpoint()).await;
         let start = Instant::now();
-        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(
-                start.elapsed() < Duration::from_secs(600),
-                "serve never became ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serve
+        let serve = BenchServe::start(&self.dir, name, cluster.endpoint(), layout, &self.window);
+        serve.wait_checkpoint(rev);
+        (serve, start.elapsed().as_secs_f64())
     }
 
-    /// Peak resident memory so far (VmHWM), in MiB.
-    fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        let kb: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .expect("VmHWM");
-        kb / 1024.0
-    }
-
-    fn wait_checkpoint(&self, rev: u64) -> Instant {
-        while min_checkpoint(self.port) < rev {
-            std::thread::sleep(Duration::from_millis(20));
+    /// Commits in each serve of `sides` in turn (run `r` starts at side `r % len`), side
+    /// `s` changing the keys `keys(r)` in its store: the durations of each side.
+    async fn commits(&self, sides: &[Side<'_>]) -> Vec<Vec<f64>> {
+        let mut times = vec![Vec::new(); sides.len()];
+        for r in 0..self.runs {
+            let salt = format!("c{r}");
+            for k in 0..sides.len() {
+                let s = (r + k) % sides.len();
+                let (serve, endpoint, keys) = &sides[s];
+                times[s].push(serve.commit_of(endpoint, &keys(r), &salt).await);
+            }
         }
-        Instant::now()
+        times
     }
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn revision(client: &mut Client) -> u64 {
-    client
+async fn current_revision(endpoint: &str) -> i64 {
+    kvgit_tests::bench::connect(endpoint)
+        .await
         .get("/", None)
         .await
         .expect("get")
         .header()
-        .expect("header")
-        .revision() as u64
+        .map_or(0, |h| h.revision())
 }
 
-/// One transaction changing 100 keys of area a0; returns the seconds its commit took.
-async fn commit_of_100(client: &mut Client, serve: &Serve, n: usize, salt: &str) -> f64 {
-    let (sum0, count0) = (
-        metric(serve.port, "kvgit_commit_duration_seconds_sum{area=\"a0\"}"),
-        metric(
-            serve.port,
-            "kvgit_commit_duration_seconds_count{area=\"a0\"}",
-        ),
-    );
-    let ops: Vec<TxnOp> = (0..100)
-        .map(|j| (j * 7919 * AREAS) % n)
-        .map(|i| TxnOp::put(key(i), value(i, salt), None))
-        .collect();
-    client
-        .kv_client()
-        .txn(Txn::new().and_then(ops))
-        .await
-        .expect("txn");
-    let rev = revision(client).await;
-    while checkpoint_of(serve.port, "a0") < rev {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (sum1, count1) = (
-        metric(serve.port, "kvgit_commit_duration_seconds_sum{area=\"a0\"}"),
-        metric(
-            serve.port,
-            "kvgit_commit_duration_seconds_count{area=\"a0\"}",
-        ),
-    );
-    assert_eq!(count1 - count0, 1.0, "one commit for the 100 keys");
-    sum1 - sum0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// Size in bytes of the tree object at `main:path` of `repo`.
+fn tree_bytes(repo: &Path, path: &str) -> u64 {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["cat-file", "-s", &format!("main:{path}")])
+        .output()
+        .expect("git cat-file");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 #[tokio::main]
 async fn main() {
-    let ingest = env_usize("BENCH_INGEST", 200_000);
-    let small = env_usize("BENCH_SMALL", 100_000);
-    let large = env_usize("BENCH_LARGE", 1_000_000);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let sel = Selection::from_args(FIGURES);
+    let runs = env_usize("BENCH_RUNS", 3);
+    let window = std::env::var("BENCH_BATCH_WINDOW").unwrap_or_else(|_| "250ms".into());
+    let dir = match std::env::var("BENCH_WORKDIR") {
+        Ok(d) => tempfile::Builder::new()
+            .prefix("kvgit-bench-serve")
+            .tempdir_in(d)
+            .expect("tempdir")
+            .keep(),
+        Err(_) => tempfile::tempdir().expect("tempdir").keep(),
+    };
+    let keep = std::env::var("BENCH_WORKDIR").is_ok();
+    let bench = Bench {
+        dir: dir.clone(),
+        runs,
+        window_s: parse_window(&window),
+        window,
+    };
+    let mut report = Report::new(&format!(
+        "kvgit-bench-serve: values of {VALUE_BYTES} B, batch_window {}, median of {runs}",
+        bench.window
+    ));
     println!(
-        "kvgit-bench-serve: ingest {ingest} keys; 100-key commits at {small} and {large} keys"
+        "kvgit-bench-serve (etcd --unsafe-no-fsync), work dir {}",
+        dir.display()
     );
 
-    // 1. Ingest: etcd written at full speed while serve follows.
-    let etcd = EtcdServer::start();
-    let mut client = Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("connect");
-    let serve = Serve::start(dir.path(), etcd.endpoint(), "ingest");
-    let start = Instant::now();
-    let write = raw_write_range(etcd.endpoint(), 0..ingest, "v1").await;
-    let rev = revision(&mut client).await;
-    let done = serve.wait_checkpoint(rev).duration_since(start);
-    println!(
-        "ingest: etcd writes {:.2} s, tree holds every key after {:.2} s: ratio {:.2} (target >= 0.9)",
-        write.as_secs_f64(),
-        done.as_secs_f64(),
-        write.as_secs_f64() / done.as_secs_f64()
-    );
-    println!("ingest: peak RSS of serve {:.0} MiB", serve.peak_rss_mib());
-    drop(serve);
-    drop(client);
-    drop(etcd);
-
-    // 2. A 100-key commit at `small` keys, then at `large` keys, in one serve.
-    let etcd = EtcdServer::start();
-    let mut client = Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("connect");
-    raw_write_range(etcd.endpoint(), 0..small, "v1").await;
-    let serve = Serve::start(dir.path(), etcd.endpoint(), "scale");
-    let mut runs = Vec::new();
-    for r in 0..5 {
-        runs.push(commit_of_100(&mut client, &serve, small, &format!("s{r}")).await);
+    if sel.wants("ingest") {
+        let n = env_usize("BENCH_INGEST", 200_000);
+        bench.ingest(&mut report, "ingest", n).await;
     }
-    let at_small = median(runs);
-    raw_write_range(etcd.endpoint(), small..large, "v1").await;
-    let rev = revision(&mut client).await;
-    serve.wait_checkpoint(rev);
-    let mut runs = Vec::new();
-    for r in 0..5 {
-        runs.push(commit_of_100(&mut client, &serve, large, &format!("l{r}")).await);
-    }
-    let at_large = median(runs);
-    println!(
-        "commit of 100 keys: {:.1} ms at {small} keys, {:.1} ms at {large} keys: ratio {:.2} (target <= 1.5)",
-        at_small * 1e3,
-        at_large * 1e3,
-        at_large / at_small
-    );
-    println!(
-        "serve following {large} keys: peak RSS {:.0} MiB (target <= 300)",
-        serve.peak_rss_mib()
-    );
-    drop(serve);
 
-    // 3. A first start on the already filled etcd: the no-base pass mirrors every key.
-    let first = Instant::now();
-    let fresh = Serve::start(dir.path(), etcd.endpoint(), "first-start");
-    println!(
-        "first start on {large} keys: ready after {:.1} s, peak RSS {:.0} MiB (target <= 300)",
-        first.elapsed().as_secs_f64(),
-        fresh.peak_rss_mib()
-    );
+    if sel.wants("ingest-large") {
+        let n = env_usize("BENCH_INGEST_LARGE", 1_000_000);
+        let (cluster, rss) = bench.ingest(&mut report, "ingest-large", n).await;
+        report.row(Row {
+            figure: format!("serve peak RSS while ingesting {n} keys (highest of the runs)"),
+            kvgit: format!("{rss:.0} MiB"),
+            yardstick: "–".into(),
+            result: format!("{rss:.0} MiB"),
+            target: "≤ 200 MiB".into(),
+            met: Some(rss <= MIB_200),
+        });
+        let (serve, took) = bench
+            .first_start("first-start", &cluster, Layout::STANDARD)
+            .await;
+        let rss = serve.peak_rss_mib();
+        report.row(Row {
+            figure: format!("serve first start over {n} keys (new repository)"),
+            kvgit: format!(
+                "peak RSS {rss:.0} MiB, every key committed after {}",
+                secs(took)
+            ),
+            yardstick: "–".into(),
+            result: format!("{rss:.0} MiB"),
+            target: "≤ 200 MiB".into(),
+            met: Some(rss <= MIB_200),
+        });
+    }
+
+    if sel.wants("scale") {
+        let layout = Layout::SCALE;
+        let small = env_usize("BENCH_SCALE_SMALL", 100_000);
+        let large = env_usize("BENCH_SCALE_LARGE", 10_000_000);
+        let (xs, xl) = (etcd(), etcd());
+        let w = raw_write(xs.endpoint(), layout, 0..small, "v1").await;
+        println!(
+            "  scale: {small} keys loaded in {}",
+            secs(w.took.as_secs_f64())
+        );
+        let w = raw_write(xl.endpoint(), layout, 0..large, "v1").await;
+        println!(
+            "  scale: {large} keys loaded in {}",
+            secs(w.took.as_secs_f64())
+        );
+
+        // A one-shot export of the whole large store into an empty repository.
+        let cfg = dir.join("scale-export.toml");
+        write_config(
+            &cfg,
+            xl.endpoint(),
+            &dir.join("scale-export.git"),
+            layout,
+            "kv-to-git",
+            "",
+        );
+        let mut cmd = Command::new(kvgit_bin());
+        cmd.arg("-c").arg(&cfg).arg("export");
+        let m = run(&mut cmd, &dir.join("scale-export.log"));
+        report.row(Row {
+            figure: format!("one-shot full export of {large} keys (1k keys per directory)"),
+            kvgit: format!(
+                "{}, peak RSS {:.0} MiB",
+                secs(m.took.as_secs_f64()),
+                m.peak_rss_mib
+            ),
+            yardstick: "–".into(),
+            result: format!("{:.0} MiB", m.peak_rss_mib),
+            target: "works; RSS ≤ 1 GiB".into(),
+            met: Some(m.peak_rss_mib <= GIB),
+        });
+
+        let (ss, took_small) = bench.first_start("scale-small", &xs, layout).await;
+        let (sl, took_large) = bench.first_start("scale-large", &xl, layout).await;
+        report.note(format!(
+            "scale: first start committed {small} keys after {}, {large} keys after {} (peak RSS {:.0} MiB)",
+            secs(took_small),
+            secs(took_large),
+            sl.peak_rss_mib()
+        ));
+        let mut t = bench
+            .commits(&[
+                (&ss, xs.endpoint(), &|r| layout.hundred_keys(small, r)),
+                (&sl, xl.endpoint(), &|r| layout.hundred_keys(large, r)),
+            ])
+            .await;
+        let (tl, ts) = (t.pop().expect("large"), t.pop().expect("small"));
+        let (ms, ml) = (median(ts.clone()), median(tl.clone()));
+        report.row(Row {
+            figure: format!(
+                "100-key commit ({}) at {large} keys",
+                layout.hundred_keys_shape(large)
+            ),
+            kvgit: secs(ml),
+            yardstick: format!("the same commit at {small} keys: {}", secs(ms)),
+            result: format!("{:.2}× (large ÷ small)", ml / ms),
+            target: "≤ 1.3×".into(),
+            met: Some(ml / ms <= 1.3),
+        });
+        let rss = sl.peak_rss_mib();
+        report.row(Row {
+            figure: format!("serve peak RSS at {large} keys (first start and commits)"),
+            kvgit: format!("{rss:.0} MiB"),
+            yardstick: "–".into(),
+            result: format!("{rss:.0} MiB"),
+            target: "≤ 1 GiB".into(),
+            met: Some(rss <= GIB),
+        });
+        report.note(format!(
+            "scale commit runs: at {large} [{}], at {small} [{}]",
+            list(&tl),
+            list(&ts)
+        ));
+    }
+
+    if sel.wants("flat") {
+        let n = env_usize("BENCH_FLAT_KEYS", 1_000_000);
+        let hier = Layout::Tree {
+            areas: 1,
+            per_dir: 1000,
+        };
+        let split = Layout::FlatSplit { n };
+        let (ef, eh, es) = (etcd(), etcd(), etcd());
+        raw_write(ef.endpoint(), Layout::Flat, 0..n, "v1").await;
+        raw_write(eh.endpoint(), hier, 0..n, "v1").await;
+        raw_write(es.endpoint(), split, 0..n, "v1").await;
+        let (sf, took_f) = bench.first_start("flat", &ef, Layout::Flat).await;
+        let (sh, took_h) = bench.first_start("flat-hier", &eh, hier).await;
+        let (ss, took_s) = bench.first_start("flat-split", &es, split).await;
+        // The same key numbers everywhere: in the one flat directory, spread over 100 of
+        // the 1k-key directories, or in the first area of the split.
+        let keys = |r| flat_keys(n, r);
+        let mut t = bench
+            .commits(&[
+                (&sf, ef.endpoint(), &keys),
+                (&sh, eh.endpoint(), &keys),
+                (&ss, es.endpoint(), &keys),
+            ])
+            .await;
+        let (tsplit, th, tf) = (
+            t.pop().expect("split"),
+            t.pop().expect("hier"),
+            t.pop().expect("flat"),
+        );
+        let (mf, mh, ms) = (
+            median(tf.clone()),
+            median(th.clone()),
+            median(tsplit.clone()),
+        );
+        let bytes = tree_bytes(&dir.join("flat.git"), "flat");
+        let parts = split.areas().len();
+        report.row(Row {
+            figure: format!("100-key commit in one flat directory of {n} keys"),
+            kvgit: secs(mf),
+            yardstick: format!("the same keys in 1k-key directories: {}", secs(mh)),
+            result: format!("{:.1}× (flat ÷ directories)", mf / mh),
+            target: "measured and documented".into(),
+            met: None,
+        });
+        report.row(Row {
+            figure: format!(
+                "the same commit with the flat directory split into {parts} areas by key prefix"
+            ),
+            kvgit: secs(ms),
+            yardstick: format!("one flat directory: {}", secs(mf)),
+            result: format!("{:.2}× (split ÷ flat)", ms / mf),
+            target: "measured and documented".into(),
+            met: None,
+        });
+        report.note(format!(
+            "flat: the directory's tree object is {:.1} MiB and is rewritten by every commit; first start {} (flat) vs {} (directories) vs {} (split); peak RSS {:.0} vs {:.0} vs {:.0} MiB; runs flat [{}], directories [{}], split [{}]",
+            bytes as f64 / (1024.0 * 1024.0),
+            secs(took_f),
+            secs(took_h),
+            secs(took_s),
+            sf.peak_rss_mib(),
+            sh.peak_rss_mib(),
+            ss.peak_rss_mib(),
+            list(&tf),
+            list(&th),
+            list(&tsplit)
+        ));
+    }
+
+    report.print();
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,16 +1,37 @@
-//! kvgit-bench: the figures of the issue notes, each measured side by side with its baseline
-//! in one run on real etcd servers: export vs a cron script, incremental export, apply vs raw writes.
+//! kvgit-bench: the one-shot figures of issue 16, each beside its yardstick in one run on etcd
+//! started with `--unsafe-no-fsync`: full export vs the cron script, incremental export,
+//! apply into an empty cluster and into keys with history vs raw writes into the same state.
 //!
 //! Run: `cargo build --release -p kvgit -p kvgit-tests && target/release/kvgit-bench`
-//! (BENCH_KEYS=100000 by default; BENCH_RUNS=3 repeats the cheap measurements).
+//! (BENCH_KEYS=100000, BENCH_RUNS=3; `--only NAME[,NAME]` or BENCH_ONLY runs some figures,
+//! `--list` names them; BENCH_WORKDIR keeps the repositories for a closer look).
 
-use etcd_client::{Client, Txn, TxnOp};
-use kvgit_tests::etcd::EtcdServer;
+use kvgit_tests::bench::{
+    change, count, delete_all, env_usize, etcd, kvgit_bin, list, median, raw_write, run, secs,
+    write_config, Layout, Measured, Report, Row, Selection, AREAS, VALUE_BYTES,
+};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use kvgit_tests::bench::{config, key, kvgit_bin, raw_write, timed, value, AREAS, VALUE_BYTES};
+const FIGURES: &[(&str, &str)] = &[
+    (
+        "export-full",
+        "full export of BENCH_KEYS keys vs the cron script (target >= 30x)",
+    ),
+    (
+        "export-incremental",
+        "one-shot export of 100 changed keys (target <= 60 ms)",
+    ),
+    (
+        "apply-empty",
+        "apply into a new, empty cluster vs raw writes into another one (target >= 0.95)",
+    ),
+    (
+        "apply-history",
+        "apply after the keys were deleted vs raw writes into the same state (target >= 0.95)",
+    ),
+];
 
 /// The cron script an operator would write: dump as JSON, files, `git add -A && git commit`.
 const CRON_SCRIPT: &str = r#"
@@ -33,156 +54,279 @@ git add -A
 git -c user.name=cron -c user.email=cron@localhost commit -q -m "etcd export $(date +%s)" || true
 "#;
 
-fn cron(endpoint: &str, tree: &Path) -> Duration {
-    timed(
-        Command::new("bash")
-            .arg("-c")
+const LAYOUT: Layout = Layout::STANDARD;
+
+struct Bench {
+    dir: PathBuf,
+    n: usize,
+    runs: usize,
+}
+
+impl Bench {
+    fn kvgit(&self, cfg: &Path, verb: &str, log: &str) -> Measured {
+        let mut cmd = Command::new(kvgit_bin());
+        cmd.arg("-c").arg(cfg).arg(verb);
+        run(&mut cmd, &self.dir.join(log))
+    }
+
+    /// A config for `endpoint` with the repository `name.git` in the work dir.
+    fn config(&self, name: &str, endpoint: &str, mode: &str) -> PathBuf {
+        let cfg = self.dir.join(format!("{name}.toml"));
+        write_config(
+            &cfg,
+            endpoint,
+            &self.dir.join(format!("{name}.git")),
+            LAYOUT,
+            mode,
+            "",
+        );
+        cfg
+    }
+
+    fn cron(&self, endpoint: &str, tree: &Path) -> Measured {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
             .arg(CRON_SCRIPT)
             .arg("cron")
             .arg(endpoint)
-            .arg(tree),
-    )
-}
-
-enum Workdir {
-    Temp(tempfile::TempDir),
-    Kept(PathBuf),
-}
-
-impl From<PathBuf> for Workdir {
-    fn from(p: PathBuf) -> Self {
-        Workdir::Kept(p)
+            .arg(tree);
+        run(&mut cmd, &tree.with_extension("log"))
     }
-}
 
-impl Workdir {
-    fn path(&self) -> &Path {
-        match self {
-            Workdir::Temp(t) => t.path(),
-            Workdir::Kept(p) => p,
+    fn copy_repo(&self, from: &str, to: &str) {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(self.dir.join(format!("{from}.git")))
+            .arg(self.dir.join(format!("{to}.git")))
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copy {from}.git to {to}.git");
+    }
+
+    /// Apply of the exported state into a new cluster prepared by `prep`, vs raw writes of
+    /// the same keys and values into another new cluster prepared the same way.
+    async fn apply_vs_raw(&self, report: &mut Report, figure: &str, with_history: bool) {
+        let (mut kv, mut raw) = (Vec::new(), Vec::new());
+        let prep = |endpoint: String| async move {
+            if with_history {
+                raw_write(&endpoint, LAYOUT, 0..self.n, "v0").await;
+                delete_all(&endpoint).await;
+            }
+        };
+        for r in 0..self.runs {
+            for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
+                let cluster = etcd();
+                prep(cluster.endpoint().to_string()).await;
+                if side == 0 {
+                    let name = format!("{figure}-{r}");
+                    self.copy_repo("base", &name);
+                    // git-to-kv: every key of the tree is written, whatever the checkpoint says.
+                    let cfg = self.config(&name, cluster.endpoint(), "git-to-kv");
+                    let m = self.kvgit(&cfg, "apply", &format!("{name}.log"));
+                    assert_eq!(
+                        count(cluster.endpoint()).await,
+                        self.n,
+                        "apply wrote every key"
+                    );
+                    println!(
+                        "  {figure} run {r}: kvgit apply {}",
+                        secs(m.took.as_secs_f64())
+                    );
+                    kv.push(m.took.as_secs_f64());
+                } else {
+                    let w = raw_write(cluster.endpoint(), LAYOUT, 0..self.n, "v1").await;
+                    assert_eq!(
+                        count(cluster.endpoint()).await,
+                        self.n,
+                        "raw wrote every key"
+                    );
+                    println!(
+                        "  {figure} run {r}: raw writes {}",
+                        secs(w.took.as_secs_f64())
+                    );
+                    raw.push(w.took.as_secs_f64());
+                }
+            }
         }
+        let (k, y) = (median(kv.clone()), median(raw.clone()));
+        let ratio = y / k;
+        let state = if with_history {
+            "keys with history (written, then range-deleted)"
+        } else {
+            "a new, empty cluster"
+        };
+        report.row(Row {
+            figure: format!("apply of {} keys into {state}", self.n),
+            kvgit: format!("{} ({:.0} keys/s)", secs(k), self.n as f64 / k),
+            yardstick: format!(
+                "raw 128-op txns × 8 tasks into {state}: {} ({:.0} keys/s)",
+                secs(y),
+                self.n as f64 / y
+            ),
+            result: format!("{ratio:.2} (raw time ÷ apply time)"),
+            target: "≥ 0.95".into(),
+            met: Some(ratio >= 0.95),
+        });
+        report.note(format!(
+            "{figure} runs: kvgit [{}], raw [{}]",
+            list(&kv),
+            list(&raw)
+        ));
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.3} s", d.as_secs_f64())
 }
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let kvgit = kvgit_bin();
-    // BENCH_WORKDIR keeps the repositories and configs for a closer look afterwards.
+    let sel = Selection::from_args(FIGURES);
+    let n = env_usize("BENCH_KEYS", 100_000);
+    let runs = env_usize("BENCH_RUNS", 3);
     let dir = match std::env::var("BENCH_WORKDIR") {
         Ok(d) => tempfile::Builder::new()
             .prefix("kvgit-bench")
             .tempdir_in(d)
             .expect("tempdir")
-            .keep()
-            .into(),
-        Err(_) => Workdir::Temp(tempfile::tempdir().expect("tempdir")),
+            .keep(),
+        Err(_) => tempfile::tempdir().expect("tempdir").keep(),
     };
-    println!("kvgit-bench: {n} keys of {VALUE_BYTES} bytes over {AREAS} areas, {runs} runs for the incremental figures");
+    let keep = std::env::var("BENCH_WORKDIR").is_ok();
+    let bench = Bench {
+        dir: dir.clone(),
+        n,
+        runs,
+    };
+    let mut report = Report::new(&format!(
+        "kvgit-bench: {n} keys of {VALUE_BYTES} B over {AREAS} areas, median of {runs}"
+    ));
+    println!("{}  (work dir {})", report_title(n, runs), dir.display());
 
-    let etcd = EtcdServer::start();
-    let raw = raw_write(etcd.endpoint(), n).await;
-    let raw_rate = n as f64 / raw.as_secs_f64();
+    // The source cluster and the exported state every figure starts from.
+    let source = etcd();
+    let load = raw_write(source.endpoint(), LAYOUT, 0..n, "v1").await;
     println!(
-        "raw etcd load (128-op txns, 8 tasks) into an empty etcd: {} ({raw_rate:.0} keys/s)",
-        secs(raw)
+        "  loaded {n} keys into the source etcd in {}",
+        secs(load.took.as_secs_f64())
+    );
+    let base = bench.config("base", source.endpoint(), "both");
+    let first = bench.kvgit(&base, "export", "base.log");
+    println!(
+        "  base export {} (peak RSS {:.0} MiB)",
+        secs(first.took.as_secs_f64()),
+        first.peak_rss_mib
     );
 
-    // 1. First export vs the cron script.
-    let repo = dir.path().join("state.git");
-    let cfg = config(dir.path(), etcd.endpoint(), &repo);
-    let export_full = timed(Command::new(&kvgit).arg("-c").arg(&cfg).arg("export"));
-    let tree = dir.path().join("cron-tree");
-    std::fs::create_dir_all(&tree).expect("mkdir");
-    timed(Command::new("git").arg("init").arg("-q").arg(&tree));
-    // BENCH_ONLY=apply skips the (slow) cron baselines and the incremental figures.
-    let only_apply = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "apply");
-    let cron_full = if only_apply {
-        Duration::ZERO
-    } else {
-        cron(etcd.endpoint(), &tree)
-    };
-    println!(
-        "full export:        kvgit {}   cron script {}   ratio {:.1}x (target >= 10x)",
-        secs(export_full),
-        secs(cron_full),
-        cron_full.as_secs_f64() / export_full.as_secs_f64()
-    );
-
-    // 2. Incremental export of 100 changed keys.
-    let client = Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("connect");
-    let (mut inc, mut cron_inc) = (vec![Duration::ZERO], vec![Duration::ZERO]);
-    for run in 0..if only_apply { 0 } else { runs } {
-        if run == 0 {
-            inc.clear();
-            cron_inc.clear();
+    if sel.wants("export-full") {
+        let (mut kv, mut cron, mut rss) = (Vec::new(), Vec::new(), 0f64);
+        for r in 0..runs {
+            for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
+                if side == 0 {
+                    let cfg = bench.config(&format!("full-{r}"), source.endpoint(), "both");
+                    let m = bench.kvgit(&cfg, "export", &format!("full-{r}.log"));
+                    println!(
+                        "  export-full run {r}: kvgit {}",
+                        secs(m.took.as_secs_f64())
+                    );
+                    rss = rss.max(m.peak_rss_mib);
+                    kv.push(m.took.as_secs_f64());
+                } else {
+                    let tree = dir.join(format!("cron-{r}"));
+                    std::fs::create_dir_all(&tree).expect("mkdir");
+                    assert!(Command::new("git")
+                        .args(["init", "-q"])
+                        .arg(&tree)
+                        .status()
+                        .expect("git init")
+                        .success());
+                    let m = bench.cron(source.endpoint(), &tree);
+                    println!("  export-full run {r}: cron {}", secs(m.took.as_secs_f64()));
+                    cron.push(m.took.as_secs_f64());
+                }
+            }
         }
-        let ops: Vec<TxnOp> = (0..100)
-            .map(|j| {
-                let i = (j * 997 + run * 13) % n;
-                TxnOp::put(key(i), value(i, &format!("run{run}")), None)
-            })
-            .collect();
-        client
-            .kv_client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .expect("change 100 keys");
-        inc.push(timed(
-            Command::new(&kvgit).arg("-c").arg(&cfg).arg("export"),
-        ));
-        cron_inc.push(cron(etcd.endpoint(), &tree));
-    }
-    let (inc, cron_inc) = (median(inc), median(cron_inc));
-    println!(
-        "incremental export: kvgit {}   cron script {}   ratio {:.1}x (target >= 50x)",
-        secs(inc),
-        secs(cron_inc),
-        cron_inc.as_secs_f64() / inc.as_secs_f64()
-    );
-
-    // 3. Apply of every key into an empty etcd vs raw writes into an empty etcd.
-    let empty = EtcdServer::start();
-    let cfg2 = config(dir.path(), empty.endpoint(), &repo);
-    let apply = timed(Command::new(&kvgit).arg("-c").arg(&cfg2).arg("apply"));
-    let count = Client::connect([empty.endpoint()], None)
-        .await
-        .expect("connect")
-        .get(
-            "/bench/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
+        let (k, c) = (median(kv.clone()), median(cron.clone()));
+        report.row(Row {
+            figure: format!("full export of {n} keys into an empty repository"),
+            kvgit: format!("{} (peak RSS {rss:.0} MiB)", secs(k)),
+            yardstick: format!(
+                "cron script (etcdctl → files → git add/commit): {}",
+                secs(c)
             ),
-        )
-        .await
-        .expect("count")
-        .count();
-    assert_eq!(count as usize, n, "apply wrote every key");
-    let apply_rate = n as f64 / apply.as_secs_f64();
-    println!(
-        "apply into empty:   kvgit {} ({apply_rate:.0} keys/s)   raw {} ({raw_rate:.0} keys/s)   ratio {:.2} (target >= 0.8)",
-        secs(apply),
-        secs(raw),
-        apply_rate / raw_rate
-    );
+            result: format!("{:.1}× (cron ÷ kvgit)", c / k),
+            target: "≥ 30×".into(),
+            met: Some(c / k >= 30.0),
+        });
+        report.note(format!(
+            "export-full runs: kvgit [{}], cron [{}]",
+            list(&kv),
+            list(&cron)
+        ));
+    }
+
+    if sel.wants("export-incremental") {
+        let (mut kv, mut idle) = (Vec::new(), Vec::new());
+        let commits = |repo: &Path| -> usize {
+            let out = Command::new("git")
+                .arg("--git-dir")
+                .arg(repo)
+                .args(["rev-list", "--count", "main"])
+                .output()
+                .expect("git rev-list");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        };
+        let repo = dir.join("base.git");
+        for r in 0..runs {
+            let keys: BTreeSet<usize> = (0..100).map(|j| (j * 997 + r * 13) % n).collect();
+            assert_eq!(keys.len(), 100, "100 distinct keys");
+            let keys: Vec<usize> = keys.into_iter().collect();
+            change(source.endpoint(), LAYOUT, &keys, &format!("inc{r}")).await;
+            let before = commits(&repo);
+            let m = bench.kvgit(&base, "export", &format!("inc-{r}.log"));
+            assert!(commits(&repo) > before, "the export committed the 100 keys");
+            // The same process with nothing to do: the fixed cost inside the figure.
+            let nothing = bench.kvgit(&base, "export", &format!("idle-{r}.log"));
+            println!(
+                "  export-incremental run {r}: 100 keys {}, nothing changed {}",
+                secs(m.took.as_secs_f64()),
+                secs(nothing.took.as_secs_f64())
+            );
+            kv.push(m.took.as_secs_f64());
+            idle.push(nothing.took.as_secs_f64());
+        }
+        let k = median(kv.clone());
+        report.row(Row {
+            figure: format!("one-shot `kvgit export` of 100 changed keys (of {n})"),
+            kvgit: secs(k),
+            yardstick: format!(
+                "same export with nothing changed: {}",
+                secs(median(idle.clone()))
+            ),
+            result: secs(k),
+            target: "≤ 60 ms".into(),
+            met: Some(k <= 0.060),
+        });
+        report.note(format!(
+            "export-incremental runs: 100 keys [{}], nothing changed [{}]",
+            list(&kv),
+            list(&idle)
+        ));
+    }
+
+    if sel.wants("apply-empty") {
+        bench.apply_vs_raw(&mut report, "apply-empty", false).await;
+    }
+    if sel.wants("apply-history") {
+        bench.apply_vs_raw(&mut report, "apply-history", true).await;
+    }
+
+    drop(source);
+    report.print();
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn report_title(n: usize, runs: usize) -> String {
+    format!("kvgit-bench: {n} keys of {VALUE_BYTES} B over {AREAS} areas, median of {runs} (etcd --unsafe-no-fsync)")
 }

@@ -1,7 +1,7 @@
 //! Conformance cases for reads and writes: identity, paged and pinned snapshots, raw bytes,
 //! compare-and-swap, atomicity, size limits and exact deletes.
 
-use super::support::{commit, contents, key, put};
+use super::support::{commit, contents, key, put, put_change, WatchLog};
 use std::collections::BTreeMap;
 use sync_core::{BackendError, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp};
 
@@ -473,4 +473,38 @@ pub async fn delete_is_exact(b: &dyn KvBackend, prefix: &[u8]) {
         .map(|n| (key(prefix, n), (n.as_bytes().to_vec(), r)))
         .collect();
     assert_eq!(got, want);
+}
+
+/// A write probe changes nothing: values and revisions stay, no key appears, and a watch's
+/// next change is the write made after it. More keys than one transaction holds are probed.
+pub async fn probe_write_changes_nothing(b: &dyn KvBackend, prefix: &[u8]) {
+    let (x, y) = (key(prefix, "x"), key(prefix, "y"));
+    commit(b, vec![put(x.clone(), "x"), put(y.clone(), "y")]).await;
+    let before = contents(b, prefix, None).await;
+    let from = b
+        .snapshot(prefix, None)
+        .await
+        .expect("snapshot")
+        .revision
+        .next();
+    let mut stream = b.watch(prefix, from).await.expect("watch");
+    let mut keys = vec![x, y];
+    keys.extend((0..2 * b.write_limits().max_ops + 1).map(|i| key(prefix, format!("n{i:04}"))));
+    b.probe_write(&keys).await.expect("probe_write");
+    b.probe_write(&[]).await.expect("probe_write of no keys");
+    assert_eq!(
+        contents(b, prefix, None).await,
+        before,
+        "a probe changed values, revisions or keys"
+    );
+    let marker = key(prefix, "marker");
+    let r = commit(b, vec![put(marker.clone(), "m")]).await;
+    let (revision, changes) = WatchLog::default()
+        .next_changes(&mut stream, "the marker written after the probe")
+        .await;
+    assert_eq!(
+        (revision, changes),
+        (r, vec![put_change(&marker, b"m", r)]),
+        "the probe must not be seen by a watch"
+    );
 }

@@ -45,6 +45,11 @@ pub async fn run_all(backend: Arc<dyn KvBackend>, prefix_root: &str, compact: Op
     )
     .await;
     step(
+        "probe_write_changes_nothing",
+        probe_write_changes_nothing(b, &p("probe")),
+    )
+    .await;
+    step(
         "over_limits_is_refused",
         over_limits_is_refused(b, &p("limits")),
     )

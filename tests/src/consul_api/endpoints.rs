@@ -1,6 +1,7 @@
 //! The endpoints other than `/v1/kv`: transactions, sessions, the agent/status/CA reads
 //! clients use to identify the cluster, and the `/v1/_test/` fault injection.
 
+use super::acl::{Access, Authz};
 use super::blocking::{self, Blocking};
 use super::http::{read_body, with_leader_meta, with_query_meta, ApiError, ApiResult, Params};
 use super::json::{SessionJson, TxnResponseJson};
@@ -11,14 +12,20 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
 type SharedState = State<Arc<Shared>>;
 
-pub(crate) async fn txn(State(shared): SharedState, body: Body) -> ApiResult {
+type Caller = Extension<Authz>;
+
+pub(crate) async fn txn(
+    State(shared): SharedState,
+    Extension(authz): Caller,
+    body: Body,
+) -> ApiResult {
     let config = &shared.config;
     // Consul lets a large `kv_max_value_size` raise the transaction limit too.
     let max_len = config.txn_max_req_len.max(config.kv_max_value_size);
@@ -31,7 +38,8 @@ pub(crate) async fn txn(State(shared): SharedState, body: Body) -> ApiResult {
     let ops = txn::decode(&body, config)?;
     let read_only = !txn::writes(&ops);
     let now = Instant::now();
-    let (outcome, leader) = shared.update(|store| (txn::apply(store, &ops, now), store.leader));
+    let (outcome, leader) =
+        shared.update(|store| (txn::apply(store, &ops, now, &authz), store.leader));
     let (status, body) = match outcome {
         Ok(results) => (
             StatusCode::OK,
@@ -56,16 +64,28 @@ pub(crate) async fn txn(State(shared): SharedState, body: Body) -> ApiResult {
     Ok(response)
 }
 
-pub(crate) async fn session_create(State(shared): SharedState, body: Body) -> ApiResult {
+pub(crate) async fn session_create(
+    State(shared): SharedState,
+    Extension(authz): Caller,
+    body: Body,
+) -> ApiResult {
     let spec = SessionSpec::parse(&read_body(body).await?)?;
     let node = shared.config.node_name.as_str();
+    // Sessions belong to a node: creating, renewing and destroying one needs session:write
+    // on it, reading session:read.
+    authz.check("session", node, Access::Write)?;
     let id = shared.update(|store| store.create_session(spec, node, Instant::now()))?;
     // The new session may expire before whatever the timer task sleeps for.
     shared.session_timers.notify_one();
     Ok(Json(json!({ "ID": id })).into_response())
 }
 
-pub(crate) async fn session_renew(State(shared): SharedState, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn session_renew(
+    State(shared): SharedState,
+    Extension(authz): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authz.check("session", &shared.config.node_name, Access::Write)?;
     match shared.update(|store| store.renew_session(&id, Instant::now())) {
         Some(session) => Ok(Json([SessionJson::new(&session)]).into_response()),
         None => Err(ApiError::new(
@@ -77,8 +97,10 @@ pub(crate) async fn session_renew(State(shared): SharedState, Path(id): Path<Str
 
 pub(crate) async fn session_destroy(
     State(shared): SharedState,
+    Extension(authz): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
+    authz.check("session", &shared.config.node_name, Access::Write)?;
     // Destroying an unknown session is not an error in Consul.
     shared.update(|store| store.destroy_session(&id, Instant::now()));
     Ok(Json(true).into_response())
@@ -86,9 +108,11 @@ pub(crate) async fn session_destroy(
 
 pub(crate) async fn session_info(
     State(shared): SharedState,
+    Extension(authz): Caller,
     Path(id): Path<String>,
     uri: Uri,
 ) -> ApiResult {
+    authz.check("session", &shared.config.node_name, Access::Read)?;
     let blocking = Blocking::from_params(&Params::parse(&uri))?;
     Ok(blocking::answer(
         &shared,
@@ -108,7 +132,12 @@ pub(crate) async fn session_info(
     .await)
 }
 
-pub(crate) async fn session_list(State(shared): SharedState, uri: Uri) -> ApiResult {
+pub(crate) async fn session_list(
+    State(shared): SharedState,
+    Extension(authz): Caller,
+    uri: Uri,
+) -> ApiResult {
+    authz.check("session", &shared.config.node_name, Access::Read)?;
     let blocking = Blocking::from_params(&Params::parse(&uri))?;
     Ok(blocking::answer(
         &shared,
@@ -123,9 +152,10 @@ pub(crate) async fn session_list(State(shared): SharedState, uri: Uri) -> ApiRes
 }
 
 /// The part of the agent's self-description clients read to name the node and datacenter.
-pub(crate) async fn agent_self(State(shared): SharedState) -> Response {
+pub(crate) async fn agent_self(State(shared): SharedState, Extension(authz): Caller) -> ApiResult {
     let config = &shared.config;
-    Json(json!({
+    authz.check("agent", &config.node_name, Access::Read)?;
+    Ok(Json(json!({
         "Config": {
             "Datacenter": config.datacenter,
             "NodeName": config.node_name,
@@ -134,7 +164,7 @@ pub(crate) async fn agent_self(State(shared): SharedState) -> Response {
         },
         "Member": { "Name": config.node_name },
     }))
-    .into_response()
+    .into_response())
 }
 
 /// The leader's RPC address, or "" while the cluster has none.

@@ -1,8 +1,9 @@
 //! The HTTP surface: routes, the checks Consul makes before any endpoint runs (datacenter,
 //! leader, ACL token), plain-text errors, query parameters and request bodies.
 
+use super::acl::Authz;
 use super::state::Shared;
-use super::{endpoints, kv_endpoint};
+use super::{acl_endpoint, endpoints, kv_endpoint};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -30,6 +31,27 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/agent/self", get(endpoints::agent_self))
         .route("/v1/status/leader", get(endpoints::status_leader))
         .route("/v1/connect/ca/roots", get(endpoints::ca_roots))
+        .route("/v1/acl/policy", put(acl_endpoint::policy_create))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl_endpoint::policy_read)
+                .put(acl_endpoint::policy_update)
+                .delete(acl_endpoint::policy_delete),
+        )
+        .route(
+            "/v1/acl/policy/name/{name}",
+            get(acl_endpoint::policy_read_by_name),
+        )
+        .route("/v1/acl/policies", get(acl_endpoint::policy_list))
+        .route("/v1/acl/token", put(acl_endpoint::token_create))
+        .route("/v1/acl/token/self", get(acl_endpoint::token_self))
+        .route(
+            "/v1/acl/token/{accessor}",
+            get(acl_endpoint::token_read)
+                .put(acl_endpoint::token_update)
+                .delete(acl_endpoint::token_delete),
+        )
+        .route("/v1/acl/tokens", get(acl_endpoint::token_list))
         .route("/v1/_test/leader", put(endpoints::test_set_leader))
         .route("/v1/_test/index_skew", put(endpoints::test_set_index_skew))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "404 page not found\n") })
@@ -53,28 +75,41 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     }
     // Any server answers `?stale` reads, leader or not.
     let stale_read = request.method() == Method::GET && params.has("stale");
-    let needs_leader = ["/v1/kv/", "/v1/txn", "/v1/session/", "/v1/connect/"]
-        .iter()
-        .any(|p| path.starts_with(p));
+    let needs_leader = [
+        "/v1/kv/",
+        "/v1/txn",
+        "/v1/session/",
+        "/v1/connect/",
+        "/v1/acl/",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p));
     if needs_leader && !stale_read && !shared.lock().leader {
         return ApiError::internal("No cluster leader").into_response();
     }
-    // Consul serves the leader address and the CA roots without a token.
+    // Consul serves the leader address and the CA roots without resolving a token.
     let public = path == "/v1/status/leader" || path == "/v1/connect/ca/roots";
-    if let (Some(expected), false) = (&shared.config.acl_token, public) {
-        match presented_token(request.headers(), &params) {
-            Some(token) if token == *expected => {}
-            Some(token) if !token.is_empty() => {
-                return ApiError::new(StatusCode::FORBIDDEN, "ACL not found").into_response()
+    let authz = {
+        let store = shared.lock();
+        match (&store.acl, public) {
+            (Some(acl), false) => {
+                match acl.resolve(presented_token(request.headers(), &params).as_deref()) {
+                    Ok(identity) => Authz(Some(Arc::new(identity))),
+                    Err(not_found) => {
+                        return ApiError::new(StatusCode::FORBIDDEN, not_found).into_response()
+                    }
+                }
             }
-            _ => return ApiError::new(StatusCode::FORBIDDEN, "Permission denied").into_response(),
+            _ => Authz(None),
         }
-    }
+    };
+    let mut request = request;
+    request.extensions_mut().insert(authz);
     next.run(request).await
 }
 
 /// The token from `X-Consul-Token`, `Authorization: Bearer`, or `?token=`, in Consul's order.
-fn presented_token(headers: &HeaderMap, params: &Params) -> Option<String> {
+pub(crate) fn presented_token(headers: &HeaderMap, params: &Params) -> Option<String> {
     if let Some(token) = headers.get("x-consul-token").and_then(|v| v.to_str().ok()) {
         return Some(token.to_string());
     }

@@ -1,6 +1,7 @@
 //! `/v1/kv/<key>`: GET (single, `?recurse`, `?keys`, `?raw`, blocking), PUT (`flags`,
 //! `cas`, `acquire`, `release`) and DELETE (`recurse`, `cas`), answered as Consul does.
 
+use super::acl::{Access, Authz};
 use super::blocking::{self, Blocking};
 use super::http::{read_body, with_query_meta, ApiError, ApiResult, Params};
 use super::json::EntryJson;
@@ -8,9 +9,10 @@ use super::state::Shared;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use percent_encoding::percent_decode_str;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::time::Instant;
 
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
+    Extension(authz): Extension<Authz>,
     method: Method,
     uri: Uri,
     body: Body,
@@ -27,9 +30,9 @@ pub(crate) async fn handle(
         Ok(key) => {
             let params = Params::parse(&uri);
             match method {
-                Method::GET => read(&shared, key, &params).await,
-                Method::PUT => write(&shared, key, &params, &uri, body).await,
-                Method::DELETE => delete(&shared, key, &params, &uri),
+                Method::GET => read(&shared, &authz, key, &params).await,
+                Method::PUT => write(&shared, &authz, key, &params, &uri, body).await,
+                Method::DELETE => delete(&shared, &authz, key, &params, &uri),
                 other => Err(ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("method {other} not allowed"),
@@ -50,8 +53,20 @@ fn key_of(uri: &Uri) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("Invalid key: not UTF-8"))
 }
 
-async fn read(shared: &Shared, key: String, params: &Params) -> ApiResult {
+/// Consul's header on a listing it left entries out of because the token may not read them.
+fn mark_filtered(mut response: Response, filtered: bool) -> Response {
+    if filtered {
+        response.headers_mut().insert(
+            "x-consul-results-filtered-by-acls",
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+async fn read(shared: &Shared, authz: &Authz, key: String, params: &Params) -> ApiResult {
     let blocking = Blocking::from_params(params)?;
+    let readable = |k: &str| authz.allows("key", k, Access::Read);
     if params.has("keys") {
         // Consul accepts its historical misspelling too; the correct one wins.
         let separator = params
@@ -64,18 +79,25 @@ async fn read(shared: &Shared, key: String, params: &Params) -> ApiResult {
             blocking,
             |store| store.kv.prefix_index(&key),
             |store, index| {
-                let keys = list_keys(
-                    store.kv.list(&key).map(|e| e.key.as_str()),
-                    &key,
-                    &separator,
-                );
+                // Consul filters a listing by read permission (unless the agent enables
+                // `acl.enable_key_list_policy`, which this implementation does not).
+                let mut filtered = false;
+                let visible = store.kv.list(&key).map(|e| e.key.as_str()).filter(|k| {
+                    let ok = readable(k);
+                    filtered |= !ok;
+                    ok
+                });
+                let keys = list_keys(visible, &key, &separator);
                 // The root answers an empty list; any other prefix 404s when empty.
                 let response = if keys.is_empty() && !key.is_empty() {
                     StatusCode::NOT_FOUND.into_response()
                 } else {
                     Json(keys).into_response()
                 };
-                with_query_meta(response, index, store.leader)
+                mark_filtered(
+                    with_query_meta(response, index, store.leader),
+                    filtered && authz.reports_filtering(),
+                )
             },
         )
         .await);
@@ -86,9 +108,15 @@ async fn read(shared: &Shared, key: String, params: &Params) -> ApiResult {
             blocking,
             |store| store.kv.prefix_index(&key),
             |store, index| {
+                let mut filtered = false;
                 let entries: Vec<EntryJson> = store
                     .kv
                     .list(&key)
+                    .filter(|e| {
+                        let ok = readable(&e.key);
+                        filtered |= !ok;
+                        ok
+                    })
                     .map(|e| EntryJson::new(e, true))
                     .collect();
                 let response = if entries.is_empty() {
@@ -96,7 +124,10 @@ async fn read(shared: &Shared, key: String, params: &Params) -> ApiResult {
                 } else {
                     Json(entries).into_response()
                 };
-                with_query_meta(response, index, store.leader)
+                mark_filtered(
+                    with_query_meta(response, index, store.leader),
+                    filtered && authz.reports_filtering(),
+                )
             },
         )
         .await);
@@ -104,6 +135,7 @@ async fn read(shared: &Shared, key: String, params: &Params) -> ApiResult {
     if key.is_empty() {
         return Err(ApiError::bad_request("Missing key name"));
     }
+    authz.check("key", &key, Access::Read)?;
     let raw = params.has("raw");
     Ok(blocking::answer(
         shared,
@@ -164,10 +196,18 @@ enum Put {
     Release(String),
 }
 
-async fn write(shared: &Shared, key: String, params: &Params, uri: &Uri, body: Body) -> ApiResult {
+async fn write(
+    shared: &Shared,
+    authz: &Authz,
+    key: String,
+    params: &Params,
+    uri: &Uri,
+    body: Body,
+) -> ApiResult {
     if key.is_empty() {
         return Err(ApiError::bad_request("Missing key name"));
     }
+    authz.check("key", &key, Access::Write)?;
     conflicting_flags(params, uri, &["cas", "acquire", "release"])?;
     let flags = params.get_u64("flags")?.unwrap_or(0);
     let mut op = Put::Set;
@@ -222,11 +262,16 @@ async fn write(shared: &Shared, key: String, params: &Params, uri: &Uri, body: B
     Ok(Json(outcome).into_response())
 }
 
-fn delete(shared: &Shared, key: String, params: &Params, uri: &Uri) -> ApiResult {
+fn delete(shared: &Shared, authz: &Authz, key: String, params: &Params, uri: &Uri) -> ApiResult {
     conflicting_flags(params, uri, &["recurse", "cas"])?;
     let recurse = params.has("recurse");
     if key.is_empty() && !recurse {
         return Err(ApiError::bad_request("Missing key name"));
+    }
+    if recurse {
+        authz.check_key_write_prefix(&key)?;
+    } else {
+        authz.check("key", &key, Access::Write)?;
     }
     let cas = params.get_u64("cas")?;
     let outcome = shared.update(|store| {

@@ -24,6 +24,14 @@
 //!   for the lock delay.
 //! - `?dc=` of another datacenter (500 "No path to datacenter"), `?stale` reads served
 //!   without a leader, `X-Consul-KnownLeader`/`X-Consul-LastContact`.
+//! - ACLs (`acl_management_token` set: enabled, default policy deny): policies with
+//!   HCL or JSON rules, tokens linked by policy ID or name, the builtin global-management
+//!   policy and anonymous token, `/v1/acl/policy*` and `/v1/acl/token*` (see `acl` for the
+//!   rule matching). Every KV, txn, session and agent call is checked: 403 with Consul's
+//!   "Permission denied: token with AccessorID '…' lacks permission '…' on \"…\"", 403
+//!   "ACL not found" for an unknown token; listings and txn reads are filtered with
+//!   `X-Consul-Results-Filtered-By-ACLs`; txn ops failing a check roll back with 409.
+//! - HTTPS (`tls`): a server certificate, and with `verify_incoming` client certificates.
 //!
 //! # Deliberately not implemented
 //!
@@ -31,15 +39,16 @@
 //! - Tombstone reaping (kept forever), namespaces/partitions, Connect certificates (CA
 //!   roots carry only the trust domain), catalog, health checks, agent endpoints beyond
 //!   `/v1/agent/self`, Node/Service/Check transaction operations.
-//! - ACL policies: one configured token allows everything; no token is 403 "Permission
-//!   denied", another token 403 "ACL not found". Real Consul filters list results rather
-//!   than denying them outright.
+//! - ACL roles, auth methods, service/node identities, token expiry, legacy tokens,
+//!   `acl.enable_key_list_policy`; policies' `Datacenters` are stored, not enforced.
 //! - The key validation of the newest Consul releases (no leading "/", no file-like
 //!   extensions): any UTF-8 key is accepted, and `/v1/kv//a` is the key "/a" rather than
 //!   a redirect to a cleaned path.
 //! - `/v1/_test/leader` and `/v1/_test/index_skew` are ours, not Consul's: fault injection
 //!   for tests (a lost leader; blocking queries answering below the client's index).
 
+mod acl;
+mod acl_endpoint;
 mod blocking;
 mod duration;
 mod endpoints;
@@ -50,19 +59,24 @@ mod kv;
 mod kv_endpoint;
 mod session;
 mod state;
+mod tls;
 mod txn;
 
 use state::Shared;
 use std::sync::Arc;
+pub use tls::TlsConfig;
 
 /// Server settings; the defaults are Consul's.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub datacenter: String,
     pub node_name: String,
-    /// When set, every request must present this token (`X-Consul-Token`, `Authorization:
-    /// Bearer` or `?token=`), except the leader and CA-roots reads Consul serves to anyone.
-    pub acl_token: Option<String>,
+    /// When set, ACLs are enabled with default policy deny and this is the initial
+    /// management token's secret (`acl.tokens.initial_management`). Requests present a token
+    /// as `X-Consul-Token`, `Authorization: Bearer` or `?token=`; none is the anonymous token.
+    pub acl_management_token: Option<String>,
+    /// When set, the API is served over TLS only.
+    pub tls: Option<TlsConfig>,
     /// Consul's `maxTxnOps` (64 in the releases this follows; newer ones allow 128).
     pub max_txn_ops: usize,
     /// Consul's `txn_max_req_len`.
@@ -76,7 +90,8 @@ impl Default for Config {
         Config {
             datacenter: "dc1".to_string(),
             node_name: "kvgit-consul-api".to_string(),
-            acl_token: None,
+            acl_management_token: None,
+            tls: None,
             max_txn_ops: 64,
             txn_max_req_len: 512 * 1024,
             kv_max_value_size: 512 * 1024,
@@ -104,8 +119,15 @@ impl ConsulApi {
     /// Serves HTTP on `listener` and runs the session TTL timers until the server fails
     /// (or the future is dropped).
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let acceptor = match &self.shared.config.tls {
+            Some(tls) => Some(tls::acceptor(tls).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let timers = tokio::spawn(session::run_timers(self.shared.clone()));
-        let result = axum::serve(listener, self.router()).await;
+        let result = match acceptor {
+            Some(acceptor) => tls::serve(listener, self.router(), acceptor).await,
+            None => axum::serve(listener, self.router()).await,
+        };
         timers.abort();
         result
     }

@@ -1,6 +1,7 @@
 //! The server's whole state behind one mutex, the Raft index that orders every write, and
 //! the watch channel that wakes blocking queries after each write.
 
+use super::acl::Acl;
 use super::kv::Kv;
 use super::session::Sessions;
 use super::Config;
@@ -24,6 +25,8 @@ pub(crate) struct Store {
     pub index_skew: u64,
     pub kv: Kv,
     pub sessions: Sessions,
+    /// Policies and tokens; `None` while ACLs are disabled.
+    pub acl: Option<Acl>,
 }
 
 impl Store {
@@ -61,6 +64,10 @@ impl Shared {
                 index_skew: 0,
                 kv: Kv::default(),
                 sessions: Sessions::default(),
+                acl: config
+                    .acl_management_token
+                    .as_deref()
+                    .map(|secret| Acl::new(secret, START_INDEX)),
             }),
             changes,
             session_timers: Notify::new(),

@@ -1,6 +1,7 @@
 //! `/v1/txn` for KV operations: decoding with Consul's limits, the pre-checks Consul makes
 //! before Raft, and an all-or-nothing apply at a single index with Consul's error texts.
 
+use super::acl::{Access, Authz};
 use super::http::ApiError;
 use super::json::{EntryJson, TxnErrorJson, TxnResultJson};
 use super::kv::Entry;
@@ -163,12 +164,18 @@ pub(crate) fn apply(
     store: &mut Store,
     ops: &[KvOp],
     now: Instant,
+    authz: &Authz,
 ) -> Result<Vec<TxnResultJson>, Vec<TxnErrorJson>> {
     // Consul checks these on the leader before Raft, so they cost no index.
     let errors: Vec<TxnErrorJson> = ops
         .iter()
         .enumerate()
-        .filter_map(|(i, op)| precheck(store, op, now).err().map(|what| error(i, what)))
+        .filter_map(|(i, op)| {
+            permitted(authz, op)
+                .and_then(|()| precheck(store, op, now))
+                .err()
+                .map(|what| error(i, what))
+        })
         .collect();
     if !errors.is_empty() {
         return Err(errors);
@@ -179,7 +186,14 @@ pub(crate) fn apply(
     let mut errors = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match run(store, index, op) {
-            Ok(entries) => results.extend(entries.into_iter().map(|kv| TxnResultJson { kv })),
+            // Consul filters results by read permission (FilterTxnResults): a `get` of a
+            // key the token may not read just has no result.
+            Ok(entries) => results.extend(
+                entries
+                    .into_iter()
+                    .filter(|kv| authz.allows("key", &kv.key, Access::Read))
+                    .map(|kv| TxnResultJson { kv }),
+            ),
             Err(what) => errors.push(error(i, what)),
         }
     }
@@ -194,6 +208,20 @@ pub(crate) fn apply(
 
 fn error(op_index: usize, what: String) -> TxnErrorJson {
     TxnErrorJson { op_index, what }
+}
+
+/// Consul's `kvsPreApply` ACL checks: writes need `key:write` (a tree delete write on the
+/// whole prefix), checks need `key:read`; plain reads are filtered afterwards instead.
+fn permitted(authz: &Authz, op: &KvOp) -> Result<(), String> {
+    let denied = match &op.verb {
+        Verb::DeleteTree => authz.denied_key_write_prefix(&op.key),
+        Verb::CheckIndex | Verb::CheckSession | Verb::CheckNotExists => {
+            authz.denied("key", &op.key, Access::Read)
+        }
+        verb if verb.is_write() => authz.denied("key", &op.key, Access::Write),
+        _ => None,
+    };
+    denied.map_or(Ok(()), Err)
 }
 
 fn precheck(store: &Store, op: &KvOp, now: Instant) -> Result<(), String> {

@@ -4,6 +4,7 @@
 
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::git::from_gitstore_errors;
+use crate::engine::validate::{Problem, ValidateError};
 use crate::engine::view::ReadAreaError;
 use crate::engine::{ConnectError, GitError};
 use sync_core::mapper::MapError;
@@ -41,6 +42,24 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     MassDelete(#[from] MassDeleteRefused),
+    /// Files `kvgit validate` finds wrong (a schema missing or invalid, content that does
+    /// not match it): nothing was read from or written to the backend.
+    #[error("{}", invalid_line(.0))]
+    Invalid(Vec<Problem>),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    /// The KV store was restored, but the restore commit and checkpoint did not move
+    /// (someone moved the branch or checkpoint meanwhile).
+    #[error("the KV store was restored, but the restore could not be committed on branch {branch} (run `kvgit export` to record the restored keys)")]
+    RestoreNotRecorded {
+        branch: String,
+        #[source]
+        source: gitstore::RefUpdateError,
+    },
+    /// An exact restore found keys changed by someone else after it read them: their new
+    /// values were kept, and the areas' restores were not committed.
+    #[error("keys changed by someone else while restoring area(s) {} ({}); their values were kept and those areas' restore was not committed: run the restore again", .areas.join(", "), raced_keys(.keys))]
+    RestoreRaced { areas: Vec<String>, keys: Vec<Key> },
     /// Others kept writing the same keys through every round of re-deciding.
     #[error("keys in area(s) {} kept changing while applying; run apply again", .areas.join(", "))]
     KeptChanging { areas: Vec<String> },
@@ -56,6 +75,9 @@ pub enum ApplyError {
     Unverified(gitstore::Unverified),
     #[error("cannot check commit signatures")]
     Verify(#[source] gitstore::VerifyError),
+    /// Document files that stand for no key or claim keys another file claims.
+    #[error(transparent)]
+    Documents(ReadAreaError),
     /// `--area` names no configured area.
     #[error("{0}")]
     UnknownArea(String),
@@ -69,6 +91,37 @@ pub enum ApplyError {
 
 from_gitstore_errors!(ApplyError);
 
+/// The first raced keys, then how many more.
+fn raced_keys(keys: &[Key]) -> String {
+    const SHOWN: usize = 5;
+    let mut line = keys
+        .iter()
+        .take(SHOWN)
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if keys.len() > SHOWN {
+        line.push_str(&format!(", and {} more", keys.len() - SHOWN));
+    }
+    line
+}
+
+/// Problems on one line: the first ones in full, then how many more (`kvgit validate`
+/// lists them all).
+fn invalid_line(problems: &[Problem]) -> String {
+    const SHOWN: usize = 3;
+    let mut line = problems
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        line.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    format!("{line} (nothing was written; `kvgit validate` lists every problem)")
+}
+
 impl From<ReadAreaError> for ApplyError {
     fn from(e: ReadAreaError) -> Self {
         match e {
@@ -76,6 +129,7 @@ impl From<ReadAreaError> for ApplyError {
             ReadAreaError::InvalidFile { area_path, error } => {
                 ApplyError::InvalidFile { area_path, error }
             }
+            e @ ReadAreaError::Documents { .. } => ApplyError::Documents(e),
         }
     }
 }
@@ -89,12 +143,16 @@ impl ApplyError {
             ApplyError::ClusterId(e) | ApplyError::Backend(e) => e.is_retryable(),
             ApplyError::Checkpoint(e) => e.is_retryable(),
             ApplyError::Git(e) => e.is_retryable(),
-            ApplyError::KeptChanging { .. } => true,
+            ApplyError::RestoreNotRecorded { source, .. } => source.is_conflict(),
+            ApplyError::KeptChanging { .. } | ApplyError::RestoreRaced { .. } => true,
             ApplyError::Area { source, .. } => source.is_retryable(),
             ApplyError::InvalidFile { .. }
+            | ApplyError::Documents(_)
             | ApplyError::ValueTooLarge { .. }
             | ApplyError::KeyRefused { .. }
             | ApplyError::MassDelete(_)
+            | ApplyError::Invalid(_)
+            | ApplyError::Validate(_)
             | ApplyError::BadRef { .. }
             | ApplyError::Unverified(_)
             | ApplyError::Verify(_)

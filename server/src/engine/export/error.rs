@@ -35,6 +35,9 @@ pub enum ExportError {
         #[source]
         source: RefUpdateError,
     },
+    /// Document files that stand for no key or claim keys another file claims.
+    #[error(transparent)]
+    Documents(ReadAreaError),
     /// `--area` names no configured area.
     #[error("{0}")]
     UnknownArea(String),
@@ -58,6 +61,7 @@ impl From<ReadAreaError> for ExportError {
             ReadAreaError::InvalidFile { area_path, error } => {
                 ExportError::InvalidFile { area_path, error }
             }
+            e @ ReadAreaError::Documents { .. } => ExportError::Documents(e),
         }
     }
 }
@@ -75,6 +79,7 @@ impl ExportError {
             ExportError::BranchMoved { source, .. } => source.is_conflict(),
             ExportError::Area { source, .. } => source.is_retryable(),
             ExportError::InvalidFile { .. }
+            | ExportError::Documents(_)
             | ExportError::UnknownArea(_)
             | ExportError::HeldBack(_) => false,
         }
