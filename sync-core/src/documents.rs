@@ -2,11 +2,13 @@
 //! tree of typed scalars that keep their text as written, expands it into keys, writes it in
 //! canonical form and rewrites it from changed keys (docs/documents.md). Pure: no I/O.
 
+mod area;
 mod json;
 mod node;
 mod rewrite;
 mod yaml;
 
+pub use area::{sort_area, AreaDoc, AreaFiles, AreaProblem, Fault, Naming, NO_KEY};
 pub use node::{Node, Scalar, ScalarKind};
 pub use rewrite::{rewrite, Rewrite};
 

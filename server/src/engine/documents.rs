@@ -12,7 +12,7 @@ use super::GitError;
 use gitstore::{GitStore, ObjectId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use sync_core::documents::{self, DocFormat, Document};
+use sync_core::documents::{self, AreaDoc, Fault, Naming};
 use sync_core::mapper;
 use sync_core::tree::{DirPlan, EntryKind, PlanEntry};
 use sync_core::Value;
@@ -26,120 +26,53 @@ pub struct DocProblem {
     pub message: String,
 }
 
-/// One document file of an area tree that parsed and claims its subtree alone.
-struct DocFile {
-    path: String,
-    /// The key its path maps to as a plain file (`dir/name.json`): where it is written.
-    file_key: Vec<u8>,
-    /// The subtree it stands for: `dir/name/`.
-    prefix: Vec<u8>,
-    format: DocFormat,
-    doc: Document,
-}
-
-/// An area tree of documents taken apart.
+/// An area tree of documents taken apart ([`documents::sort_area`] decides).
 #[derive(Default)]
 struct Analysis {
-    docs: Vec<DocFile>,
+    docs: Vec<AreaDoc>,
     /// Plain files: relative key -> blob.
     plain: BTreeMap<Vec<u8>, ObjectId>,
     problems: Vec<DocProblem>,
 }
 
 fn analyse(git: &GitStore, tree: Option<ObjectId>) -> Result<Analysis, ReadAreaError> {
-    let mut out = Analysis::default();
-    let Some(tree) = tree else { return Ok(out) };
+    let Some(tree) = tree else {
+        return Ok(Analysis::default());
+    };
     let files = git.files_under(tree)?;
-    let (doc_files, plain_files): (Vec<_>, Vec<_>) = files.into_iter().partition(|(p, _)| {
-        let name = p.rsplit('/').next().unwrap_or(p);
-        DocFormat::split_name(name).is_some()
-    });
-    let (decoded, bad) = mapper::decode_paths_lenient(plain_files.iter().map(|(p, _)| p.as_str()))
-        .map_err(|error| ReadAreaError::InvalidFile {
-            area_path: String::new(),
-            error,
-        })?;
-    for e in bad {
-        let path = match &e {
-            mapper::MapError::BadName { path, .. } => path.clone(),
-            _ => String::new(),
-        };
-        out.problems.push(DocProblem {
-            path,
-            message: format!("maps to no key ({e})"),
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    let sorted = documents::sort_area(&paths, true, |i| git.read_blob(files[i].1))
+        .map_err(GitError::from)?;
+    let mut problems = Vec::new();
+    for p in sorted.problems {
+        // Two plain files of one key fail the whole read, as in a `files` area.
+        if let Fault::Duplicate { key, first } = p.fault {
+            return Err(ReadAreaError::InvalidFile {
+                area_path: String::new(),
+                error: mapper::MapError::Duplicate {
+                    key: sync_core::Key(key),
+                    first,
+                    second: p.path,
+                },
+            });
+        }
+        let message = p.message(Naming::default());
+        problems.push(DocProblem {
+            message: match p.pointer() {
+                "" => message,
+                pointer => format!("at {pointer}: {message}"),
+            },
+            path: p.path,
         });
     }
-    let plain: Vec<(Vec<u8>, String, ObjectId)> = decoded
-        .into_iter()
-        .map(|(k, i)| (k, plain_files[i].0.clone(), plain_files[i].1))
-        .collect();
-    let mut docs: Vec<DocFile> = Vec::new();
-    for (path, id) in doc_files {
-        match doc_file(git, &path, id)? {
-            Ok(d) => docs.push(d),
-            Err(message) => out.problems.push(DocProblem { path, message }),
-        }
-    }
-    // Two documents claiming one subtree, or one inside another's: the first by path keeps it.
-    docs.sort_by(|a, b| a.prefix.cmp(&b.prefix).then(a.path.cmp(&b.path)));
-    for d in docs {
-        if let Some(owner) = out.docs.iter().find(|o| d.prefix.starts_with(&o.prefix)) {
-            out.problems.push(DocProblem {
-                message: format!(
-                    "claims keys under {:?} that {} already stands for",
-                    String::from_utf8_lossy(&d.prefix),
-                    owner.path
-                ),
-                path: d.path,
-            });
-        } else {
-            out.docs.push(d);
-        }
-    }
-    for (key, path, id) in plain {
-        match out.docs.iter().find(|d| key.starts_with(&d.prefix)) {
-            Some(owner) => out.problems.push(DocProblem {
-                message: format!(
-                    "holds key {:?}, which is inside the subtree of {}",
-                    String::from_utf8_lossy(&key),
-                    owner.path
-                ),
-                path,
-            }),
-            None => {
-                out.plain.insert(key, id);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Reads one document file; `Ok(Err(why))` when it cannot stand for keys.
-fn doc_file(git: &GitStore, path: &str, id: ObjectId) -> Result<Result<DocFile, String>, GitError> {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    let Some((_, format)) = DocFormat::split_name(name) else {
-        return Ok(Err("not a document".into()));
-    };
-    let file_key = match mapper::decode_path(path) {
-        Ok(k) => k,
-        Err(e) => return Ok(Err(format!("maps to no key ({e})"))),
-    };
-    let ext_len = name.len() - name.rfind('.').unwrap_or(name.len());
-    if !file_key.ends_with(&name.as_bytes()[name.len() - ext_len..]) {
-        return Ok(Err("an escaped name cannot be a document".into()));
-    }
-    let mut prefix = file_key[..file_key.len() - ext_len].to_vec();
-    prefix.push(b'/');
-    let bytes = git.read_blob(id)?;
-    Ok(match documents::parse(format, &bytes) {
-        Ok(doc) => Ok(DocFile {
-            path: path.to_owned(),
-            file_key,
-            prefix,
-            format,
-            doc,
-        }),
-        Err(e) => Err(format!("{format} document: {e}")),
+    Ok(Analysis {
+        docs: sorted.docs,
+        plain: sorted
+            .plain
+            .into_iter()
+            .map(|(k, i)| (k, files[i].1))
+            .collect(),
+        problems,
     })
 }
 
@@ -323,4 +256,77 @@ pub fn fold_tree(
         return Ok(folded);
     }
     Ok(write_changes(git, folded.as_ref(), changes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Entry = (String, PlanEntry<ObjectId, Vec<u8>>);
+
+    fn file(name: &str, bytes: &[u8]) -> Entry {
+        (name.to_owned(), PlanEntry::File(bytes.to_vec()))
+    }
+
+    fn dir(name: &str, entries: Vec<Entry>) -> Entry {
+        (name.to_owned(), PlanEntry::Dir(DirPlan { entries }))
+    }
+
+    /// A new repository holding the tree `entries`.
+    fn repo(entries: Vec<Entry>) -> (tempfile::TempDir, GitStore, ObjectId) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git = GitStore::open_or_init(dir.path(), "main").expect("init");
+        let tree = git.write_plan(&DirPlan { entries }).expect("write");
+        (dir, git, tree)
+    }
+
+    #[test]
+    fn files_at_fault_are_named_as_validate_names_them_and_left_out() {
+        let (_dir, git, tree) = repo(vec![
+            file("a.json", br#"{"x": "1"}"#),
+            file("a.yaml", b"y: 2\n"),
+            dir("a", vec![file("z", b"3")]),
+            file("b.json", br#"{"e": null}"#),
+            file("p", b"4"),
+        ]);
+        let expanded = expand_tree(&git, Some(tree)).expect("expand");
+        let mut lines: Vec<String> = expanded.problems.iter().map(|p| p.to_string()).collect();
+        lines.sort();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "a.yaml: claims the keys under \"a/\" that a.json stands for"
+        );
+        assert_eq!(lines[1], "a/z: holds a key inside the subtree of a.json");
+        assert!(
+            lines[2].starts_with("b.json: at /e: not a usable JSON document: "),
+            "{lines:?}"
+        );
+        let keys: Vec<String> = git
+            .files_under(expanded.tree.expect("a key tree"))
+            .expect("list")
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(keys, ["a/x", "p"]);
+    }
+
+    #[test]
+    fn two_plain_files_of_one_key_fail_the_read_as_in_a_files_area() {
+        let (_dir, git, tree) = repo(vec![
+            file("p", b"1"),
+            dir("p%+", vec![file("%empty", b"2")]),
+        ]);
+        let err = expand_tree(&git, Some(tree)).expect_err("a duplicate");
+        assert!(
+            matches!(
+                &err,
+                ReadAreaError::InvalidFile {
+                    error: mapper::MapError::Duplicate { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use gitstore::{GitStore, ObjectId};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use sync_core::documents::{DocFormat, Document};
+use sync_core::documents::{self, AreaDoc, Naming, NO_KEY};
 use sync_core::WriteLimits;
 
 /// One thing wrong: the file (from the repository root), where in it, and what.
@@ -284,7 +284,7 @@ pub fn validate(
                 let pointer = format!("/{}", String::from_utf8_lossy(&rel));
                 let mut key = d.prefix.clone();
                 key.extend_from_slice(&rel);
-                problems.extend(too_big(&d.rel, pointer, &key, value.len() as u64));
+                problems.extend(too_big(&d.path, pointer, &key, value.len() as u64));
             }
         }
         schema_problems(source, area, &listed, &keys, &docs, &mut problems)?;
@@ -323,177 +323,33 @@ pub fn content_problems(
     Ok(problems)
 }
 
-/// How a path that maps to no key is reported.
-const NO_KEY: &str = "maps to no key";
-
 /// Relative key -> index of the plain file holding it.
 type KeyFiles = BTreeMap<Vec<u8>, usize>;
 
-/// A document of a document area that parsed.
-struct ParsedDoc {
-    /// Its path relative to the area directory.
-    rel: String,
-    /// The subtree it stands for, relative to the area prefix, ending in `/`.
-    prefix: Vec<u8>,
-    doc: Document,
-}
-
 /// The plain files (relative key -> index into `listed`) and, in a document area, the
-/// documents that parsed and claim their subtree alone; every other file is a problem.
+/// documents that parsed and claim their subtree alone; every other file is a problem
+/// ([`documents::sort_area`] decides, as for plan and apply).
 fn map_area(
     source: &Source<'_>,
     area: &AreaConfig,
     listed: &[Listed],
     problems: &mut Vec<Problem>,
-) -> Result<(KeyFiles, Vec<ParsedDoc>), ValidateError> {
-    if !area.format.is_documents() {
-        return Ok((map_files(area, listed, problems), Vec::new()));
-    }
-    let problem = |file: &str, pointer: &str, message: String| Problem {
+) -> Result<(KeyFiles, Vec<AreaDoc>), ValidateError> {
+    let paths: Vec<&str> = listed.iter().map(|l| l.rel.as_str()).collect();
+    let sorted = documents::sort_area(&paths, area.format.is_documents(), |i| {
+        source.read(&listed[i].at)
+    })?;
+    let naming = Naming {
+        dir: &area.path,
+        prefix: &area.prefix,
+    };
+    problems.extend(sorted.problems.iter().map(|p| Problem {
         area: area.name.0.clone(),
-        file: format!("{}/{file}", area.path),
-        pointer: pointer.to_owned(),
-        message,
-    };
-    let is_doc = |l: &Listed| {
-        let name = l.rel.rsplit('/').next().unwrap_or(&l.rel);
-        DocFormat::split_name(name).is_some()
-    };
-    let mut docs: Vec<ParsedDoc> = Vec::new();
-    let mut plain_idx: Vec<usize> = Vec::new();
-    for (i, l) in listed.iter().enumerate() {
-        if !is_doc(l) {
-            plain_idx.push(i);
-            continue;
-        }
-        let name = l.rel.rsplit('/').next().unwrap_or(&l.rel);
-        let Some((_, format)) = DocFormat::split_name(name) else {
-            continue;
-        };
-        // A document at `dir/name.json` stands for the subtree `dir/name/` (its path
-        // decoded as a plain file's, less the extension).
-        let file_key = match sync_core::mapper::decode_path(&l.rel) {
-            Ok(k) => k,
-            Err(e) => {
-                problems.push(problem(&l.rel, "", format!("{NO_KEY}: {e}")));
-                continue;
-            }
-        };
-        let ext_len = name.len() - name.rfind('.').unwrap_or(name.len());
-        if !file_key.ends_with(&name.as_bytes()[name.len() - ext_len..]) {
-            problems.push(problem(
-                &l.rel,
-                "",
-                "an escaped name cannot be a document".into(),
-            ));
-            continue;
-        }
-        let mut prefix = file_key[..file_key.len() - ext_len].to_vec();
-        prefix.push(b'/');
-        match sync_core::documents::parse(format, &source.read(&l.at)?) {
-            Ok(doc) => docs.push(ParsedDoc {
-                rel: l.rel.clone(),
-                prefix,
-                doc,
-            }),
-            Err(e) => {
-                let mut message = format!("not a usable {format} document: {}", e.message);
-                if let (Some(line), Some(col)) = (e.line, e.column) {
-                    message = format!("line {line} column {col}: {message}");
-                }
-                problems.push(problem(&l.rel, &e.pointer, message));
-            }
-        }
-    }
-    // Two documents claiming one subtree (or one inside another's): the first by path keeps it.
-    docs.sort_by(|a, b| a.prefix.cmp(&b.prefix).then(a.rel.cmp(&b.rel)));
-    let mut kept: Vec<ParsedDoc> = Vec::new();
-    for d in docs {
-        match kept.iter().find(|o| d.prefix.starts_with(&o.prefix)) {
-            Some(owner) => problems.push(problem(
-                &d.rel,
-                "",
-                format!(
-                    "claims the keys under {:?} that {}/{} stands for",
-                    String::from_utf8_lossy(&d.prefix),
-                    area.path,
-                    owner.rel
-                ),
-            )),
-            None => kept.push(d),
-        }
-    }
-    let plain: Vec<Listed> = plain_idx
-        .iter()
-        .map(|&i| {
-            let l = &listed[i];
-            Listed {
-                rel: l.rel.clone(),
-                size: l.size,
-                at: match &l.at {
-                    At::Blob(id) => At::Blob(*id),
-                    At::File(p) => At::File(p.clone()),
-                    At::Link(p) => At::Link(p.clone()),
-                },
-            }
-        })
-        .collect();
-    let mut keys = BTreeMap::new();
-    for (rel, i) in map_files(area, &plain, problems) {
-        match kept.iter().find(|d| rel.starts_with(&d.prefix)) {
-            Some(owner) => problems.push(problem(
-                &plain[i].rel,
-                "",
-                format!(
-                    "holds a key inside the subtree of {}/{}",
-                    area.path, owner.rel
-                ),
-            )),
-            None => {
-                keys.insert(rel, plain_idx[i]);
-            }
-        }
-    }
-    Ok((keys, kept))
-}
-
-/// Relative key -> index of its file, for every file that maps to one key; each file that
-/// maps to none, and each second file of a key, is a problem.
-fn map_files(
-    area: &AreaConfig,
-    listed: &[Listed],
-    problems: &mut Vec<Problem>,
-) -> BTreeMap<Vec<u8>, usize> {
-    let mut keys: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-    let problem = |file: &str, message: String| Problem {
-        area: area.name.0.clone(),
-        file: format!("{}/{file}", area.path),
-        pointer: String::new(),
-        message,
-    };
-    for (i, l) in listed.iter().enumerate() {
-        match sync_core::mapper::decode_path(&l.rel) {
-            Err(e) => problems.push(problem(&l.rel, format!("{NO_KEY}: {e}"))),
-            Ok(rel) => {
-                if let Some(first) = keys.get(&rel) {
-                    let mut key = area.prefix.clone();
-                    key.extend_from_slice(&rel);
-                    problems.push(problem(
-                        &l.rel,
-                        format!(
-                            "holds key {} that {}/{} holds too",
-                            sync_core::Key(key),
-                            area.path,
-                            listed[*first].rel
-                        ),
-                    ));
-                } else {
-                    keys.insert(rel, i);
-                }
-            }
-        }
-    }
-    keys
+        file: format!("{}/{}", area.path, p.path),
+        pointer: p.pointer().to_owned(),
+        message: p.message(naming),
+    }));
+    Ok((sorted.plain, sorted.docs))
 }
 
 /// The area's schema: present, JSON, a valid 2020-12 schema; then the area's content
@@ -503,7 +359,7 @@ fn schema_problems(
     area: &AreaConfig,
     listed: &[Listed],
     keys: &BTreeMap<Vec<u8>, usize>,
-    docs: &[ParsedDoc],
+    docs: &[AreaDoc],
     problems: &mut Vec<Problem>,
 ) -> Result<(), ValidateError> {
     let Some(schema_path) = &area.schema else {
@@ -563,7 +419,7 @@ fn schema_problems(
             let json = d.doc.to_json();
             for e in validator.iter_errors(&json) {
                 problems.push(problem(
-                    format!("{}/{}", area.path, d.rel),
+                    format!("{}/{}", area.path, d.path),
                     e.instance_path().to_string(),
                     e.to_string(),
                 ));
