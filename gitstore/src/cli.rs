@@ -82,6 +82,8 @@ pub(crate) struct Git {
     ssh_command: Option<OsString>,
     /// The user and token for https remotes, given to git by a credential helper.
     https: Option<HttpsCredential>,
+    /// Housekeeping (repacks) runs at a lower CPU priority than kvgit and the backend.
+    background: bool,
 }
 
 impl Git {
@@ -91,7 +93,15 @@ impl Git {
             limit: None,
             ssh_command: None,
             https: None,
+            background: false,
         }
+    }
+
+    /// Runs the commands at a lower CPU priority (nice 10): housekeeping that may take
+    /// seconds must not slow down recording or the backend on the same machine.
+    pub(crate) fn in_background(mut self) -> Self {
+        self.background = true;
+        self
     }
 
     /// ssh (for ssh remotes) uses `auth`'s key and known_hosts only, https remotes get its
@@ -156,6 +166,16 @@ impl Git {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
             .stdin(Stdio::null());
+        if self.background {
+            // SAFETY: setpriority is async-signal-safe and touches only the child itself.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // Best effort: a refused change leaves the priority as it was.
+                    libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+                    Ok(())
+                });
+            }
+        }
         for setting in CONFIG {
             cmd.arg("-c").arg(setting);
         }

@@ -12,7 +12,6 @@ mod commit;
 mod diff;
 mod edit;
 mod history;
-mod known;
 mod objects;
 mod pack;
 mod packfile;

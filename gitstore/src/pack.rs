@@ -1,5 +1,9 @@
 //! The bulk path: every new object of a plan goes into one pack (+ index) in `objects/pack`
 //! instead of one loose file each; objects are compressed on all cores, hashed only once.
+//!
+//! Objects the store may already have are written again rather than looked up: checking each
+//! new object against every pack index cost more than the rest of a large commit (most of
+//! its objects are new anyway), and the next geometric repack keeps one copy.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,6 @@ use gix::objs::Kind;
 use gix::zlib::stream::deflate::{Compress, FlushCompress};
 use gix::ObjectId;
 
-use crate::known::Known;
 use crate::packfile::{entry_bytes, PackWriter};
 use crate::write::{write_root, Sink, WritePlanError};
 use crate::{GitStore, Plan};
@@ -21,6 +24,10 @@ const COMPRESSION: gix::zlib::Compression = gix::zlib::Compression::BEST_SPEED;
 const BATCH: usize = 1024;
 /// Compression threads at most (bounded by the machine's parallelism).
 const MAX_WORKERS: usize = 8;
+/// Objects smaller than this go into the pack as stored (uncompressed) zlib blocks: setting
+/// up a deflate stream clears a 128 KiB hash table, which for a value of a few hundred
+/// bytes costs far more than compressing it saves.
+const STORE_BELOW: usize = 1024;
 
 /// Why a plan could not be written as a pack.
 #[derive(Debug, thiserror::Error)]
@@ -50,25 +57,16 @@ struct NewObject<'p> {
     data: Cow<'p, [u8]>,
 }
 
-/// Collects new objects, skipping duplicates and objects the store already has.
-struct PackSink<'p, 'r> {
-    repo: &'r gix::Repository,
-    /// The store's objects read up front; `None`: ask the object database per object.
-    known: Option<Known>,
+/// Collects the plan's objects, each once.
+#[derive(Default)]
+struct PackSink<'p> {
     seen: gix::hashtable::HashSet,
     objects: Vec<NewObject<'p>>,
 }
 
-impl<'p> Sink<'p> for PackSink<'p, '_> {
+impl<'p> Sink<'p> for PackSink<'p> {
     fn put(&mut self, kind: Kind, id: ObjectId, data: Cow<'p, [u8]>) -> Result<(), gix::Error> {
-        if !self.seen.insert(id) {
-            return Ok(());
-        }
-        let exists = match &self.known {
-            Some(known) => known.contains(&id),
-            None => self.repo.objects.exists_without_refresh(&id),
-        };
-        if !exists {
+        if self.seen.insert(id) {
             self.objects.push(NewObject { id, kind, data });
         }
         Ok(())
@@ -76,21 +74,20 @@ impl<'p> Sink<'p> for PackSink<'p, '_> {
 }
 
 impl GitStore {
-    /// Like [`GitStore::write_plan`] (same tree id), but all new objects go into one new pack
-    /// and its index: the bulk path for large exports. Identical blobs are stored once, objects
-    /// the store already has are not repeated, and the objects are readable through this
-    /// handle as soon as the call returns. Each call adds a pack file: small incremental
-    /// changes are better written loose (and folded by [`GitStore::repack`]).
+    /// Like [`GitStore::write_plan`] (same tree id), but the plan's objects go into one new
+    /// pack and its index: the bulk path for large exports. Identical objects are stored once
+    /// per pack; one the store already had is stored again, until the next geometric repack
+    /// keeps one copy. The objects are readable through this handle as soon as the call
+    /// returns. Each call adds a pack file: small incremental changes are better written
+    /// loose (and folded by [`GitStore::repack_geometric`]).
     pub fn write_plan_packed(&self, plan: &Plan) -> Result<ObjectId, PackWriteError> {
         let repo = self.repo();
         let objects_dir = repo.objects.store_ref().path().to_owned();
-        let mut sink = PackSink {
-            repo: &repo,
-            known: Known::scan(&objects_dir),
-            seen: Default::default(),
-            objects: Vec::new(),
-        };
+        let mut sink = PackSink::default();
         let root = write_root(plan, &mut sink)?;
+        // Trees first, then blobs (as git orders packs): reading a tree later then maps
+        // pages of trees only, not the blobs around it, which keeps resident memory down.
+        sink.objects.sort_by_key(|obj| obj.kind != Kind::Tree);
         let dir = objects_dir.join("pack");
         write_pack(&dir, &sink.objects)?;
         Ok(root)
@@ -154,14 +151,42 @@ fn encode_batch(
     batch
         .iter()
         .map(|obj| {
-            let compressed = deflate(compressor, &obj.data)
-                .map_err(|source| PackWriteError::Compress { id: obj.id, source })?;
+            let compressed = if obj.data.len() < STORE_BELOW {
+                stored(&obj.data)
+            } else {
+                deflate(compressor, &obj.data)
+                    .map_err(|source| PackWriteError::Compress { id: obj.id, source })?
+            };
             Ok((
                 obj.id,
                 entry_bytes(obj.kind, obj.data.len() as u64, &compressed),
             ))
         })
         .collect()
+}
+
+/// `input` as a zlib stream of stored blocks (RFC 1950/1951): what any inflater reads back,
+/// without a deflate stream's setup.
+fn stored(input: &[u8]) -> Vec<u8> {
+    const MAX_BLOCK: usize = u16::MAX as usize;
+    let blocks = input.len().div_ceil(MAX_BLOCK).max(1);
+    let mut out = Vec::with_capacity(2 + blocks * 5 + input.len() + 4);
+    // CMF: deflate with a 32 KiB window; FLG: no dictionary, check bits making it % 31 == 0.
+    out.extend_from_slice(&[0x78, 0x01]);
+    let mut chunks = input.chunks(MAX_BLOCK).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let len = chunk.len() as u16;
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&adler2::adler32_slice(input).to_be_bytes());
+    out
 }
 
 /// zlib-compresses `input` with a reused compressor (a new one per object costs an allocation),
@@ -182,6 +207,31 @@ fn deflate(compressor: &mut Compress, mut input: &[u8]) -> Result<Vec<u8>, gix::
         input = &input[(compressor.total_in() - in_before) as usize..];
         if matches!(status, gix::zlib::Status::StreamEnd) {
             return Ok(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stored;
+
+    /// What an inflater reads back from `stream`, which must end exactly there.
+    fn inflate(stream: &[u8], len: usize) -> Vec<u8> {
+        let mut out = vec![0; len + 16];
+        let (status, used, written) = gix::zlib::Inflate::default()
+            .once(stream, &mut out)
+            .expect("a valid zlib stream");
+        assert_eq!(status, gix::zlib::Status::StreamEnd);
+        assert_eq!(used, stream.len(), "the stream ends with its checksum");
+        out.truncate(written);
+        out
+    }
+
+    #[test]
+    fn stored_streams_inflate_to_their_input_at_every_block_boundary() {
+        for len in [0, 1, 200, 1023, 65_535, 65_536, 140_000] {
+            let input: Vec<u8> = (0..len).map(|i| (i * 7 + i / 13) as u8).collect();
+            assert_eq!(inflate(&stored(&input), len), input, "{len} bytes");
         }
     }
 }

@@ -273,9 +273,12 @@ impl GitStore {
 
     /// Merges packs so their sizes form a geometric progression (`git repack -d
     /// --geometric=2`): many small per-commit packs become few, at a cost that follows the
-    /// small packs, not the whole repository. Also packs loose objects.
+    /// small packs, not the whole repository. Also packs loose objects. It runs at a lower
+    /// CPU priority, and is safe beside writers (new packs and loose objects written while
+    /// it runs are kept; a pack is deleted only after its objects are in the new one).
     pub fn repack_geometric(&self) -> Result<(), CliError> {
         Git::new(self.git_dir())
+            .in_background()
             .run(&["repack", "-d", "-q", "--geometric=2"])
             .map(drop)
     }

@@ -270,6 +270,7 @@ pub async fn incremental(
     let format = area.format;
     let rule = area.rule;
     let base_tree = cp.base_tree;
+    let started = std::time::Instant::now();
     let step = ctx
         .git_blocking(move |git| -> Result<Step, ExportError> {
             let tip = git.tip()?;
@@ -277,11 +278,17 @@ pub async fn incremental(
             let mut base_loc = Locator::default();
             let mut desired_loc = Locator::default();
             let mut sides = Vec::with_capacity(live.len());
+            // Usually nothing is pending either way and base and tip are one tree.
+            let same = base_tree == desired_tree;
             for (rel, value) in &live {
                 let b = mapper::lookup(git, base_tree.as_ref(), rel, &mut base_loc)
                     .map_err(GitError::from)?;
-                let d = mapper::lookup(git, desired_tree.as_ref(), rel, &mut desired_loc)
-                    .map_err(GitError::from)?;
+                let d = if same {
+                    b
+                } else {
+                    mapper::lookup(git, desired_tree.as_ref(), rel, &mut desired_loc)
+                        .map_err(GitError::from)?
+                };
                 let s = Sides {
                     base: b.map_or(Base::Absent, Base::Present),
                     live: value.as_deref().map(|v| git.hash_blob(v)).transpose()?,
@@ -301,7 +308,8 @@ pub async fn incremental(
             )?)
         })
         .await?;
-    record(
+    tracing::debug!(area = %area.name, changes = step.changes, elapsed = ?started.elapsed(), "batch's objects written");
+    let report = record(
         ctx,
         area,
         cluster,
@@ -311,7 +319,9 @@ pub async fn incremental(
         PassKind::Incremental,
         opts.epoch,
     )
-    .await
+    .await;
+    tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "batch recorded");
+    report
 }
 
 /// A full three-way pass over one area (snapshot, base and tip), committing what the rule
@@ -346,16 +356,19 @@ pub async fn full_pass(
     let base_known = pass == PassKind::Resync;
     let step = ctx
         .git_blocking(move |git| -> Result<Step, ExportError> {
-            let live: BTreeMap<Vec<u8>, Option<Value>> = snap
-                .entries
-                .into_iter()
-                .map(|e| (e.key.0[prefix_len..].to_vec(), Some(e.value)))
-                .collect();
+            // Relative keys, shortened in place: no second copy of a large area's keys.
+            let relative = snap.entries.into_iter().map(move |e| {
+                let mut rel = e.key.0;
+                rel.drain(..prefix_len);
+                (rel, e.value)
+            });
             let tip = git.tip()?;
             let desired_tree = key_tree(git, tip, &path, format, false)?;
             if desired_tree.is_none() && !base_known {
-                return Ok(first_export(git, tip, live)?);
+                return Ok(first_export(git, tip, relative)?);
             }
+            let live: BTreeMap<Vec<u8>, Option<Value>> =
+                relative.map(|(rel, value)| (rel, Some(value))).collect();
             // A file that maps to no key is reported, not fatal: live changes keep
             // being recorded, and rewriting its directory keeps the file as it is.
             let (desired, unmapped) = read_area_lenient(git, desired_tree, &path)?;
@@ -519,11 +532,10 @@ fn finish(
 fn first_export(
     git: &GitStore,
     tip: Option<ObjectId>,
-    live: BTreeMap<Vec<u8>, Option<Value>>,
+    live: impl Iterator<Item = (Vec<u8>, Value)>,
 ) -> Result<Step, GitError> {
-    let changes = live.len();
-    let plan: DirPlan<ObjectId, Value> =
-        mapper::layout_all(live.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let mut changes = 0;
+    let plan: DirPlan<ObjectId, Value> = mapper::layout_all(live.inspect(|_| changes += 1));
     let tree = if plan.is_empty() {
         None
     } else {

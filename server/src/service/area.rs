@@ -483,7 +483,7 @@ async fn flush(
     }
     if report.commit.is_some() {
         ctx.metrics.commit(name, started.elapsed().as_secs_f64());
-        ctx.repack.after_commit().await;
+        ctx.repack.after_commit();
     }
     note_commit(ctx, name, &report);
     if batch.committed_all() {

@@ -19,7 +19,7 @@ pub mod ui;
 pub mod webhook;
 
 use crate::engine::Context;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -33,35 +33,54 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 const REPACK_EVERY: usize = 64;
 
 /// Counts commits and merges packs every `REPACK_EVERY` (large commits each write a pack).
+///
+/// The merge runs beside the commits, not under the Git lock: at a million keys it takes
+/// seconds, and holding the lock that long stalled every area's commits behind it. Git's
+/// repack is safe beside writers (it deletes a pack only once its objects are in the new
+/// one, and leaves packs and loose objects written meanwhile alone).
 pub struct Repacker {
     engine: Arc<Context>,
-    git_lock: Arc<gitlock::GitLock>,
     commits: AtomicUsize,
+    running: Arc<AtomicBool>,
 }
 
 impl Repacker {
-    /// Count a commit; every `REPACK_EVERY`, merge packs (under the Git lock, which the
-    /// caller must not hold).
-    pub async fn after_commit(&self) {
+    pub fn new(engine: Arc<Context>) -> Repacker {
+        Repacker {
+            engine,
+            commits: AtomicUsize::new(0),
+            running: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Count a commit; every `REPACK_EVERY`, start merging packs in the background unless a
+    /// merge is still running (the next commit then tries again).
+    pub fn after_commit(&self) {
         if self.commits.fetch_add(1, Ordering::Relaxed) + 1 < REPACK_EVERY {
             return;
         }
-        self.commits.store(0, Ordering::Relaxed);
-        let _git = self.git_lock.lock("repack").await;
-        let started = std::time::Instant::now();
-        match self
-            .engine
-            .git_blocking(|git| -> Result<_, crate::engine::git::GitError> {
-                Ok(git.repack_geometric())
-            })
-            .await
-        {
-            Ok(Ok(())) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; will try again later")
-            }
-            Err(e) => tracing::warn!(error = %e, "repack failed; will try again later"),
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
         }
+        self.commits.store(0, Ordering::Relaxed);
+        let running = self.running.clone();
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match engine
+                .git_blocking(|git| -> Result<_, crate::engine::git::GitError> {
+                    Ok(git.repack_geometric())
+                })
+                .await
+            {
+                Ok(Ok(())) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %crate::errors::chain(&e), "repack failed; will try again later")
+                }
+                Err(e) => tracing::warn!(error = %e, "repack failed; will try again later"),
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -118,11 +137,7 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
         state: state.clone(),
         metrics: metrics.clone(),
         trigger: trigger.clone(),
-        repack: Arc::new(Repacker {
-            engine: engine.clone(),
-            git_lock: git_lock.clone(),
-            commits: AtomicUsize::new(0),
-        }),
+        repack: Arc::new(Repacker::new(engine.clone())),
         integrate: integrate.clone(),
         health: health.clone(),
     };
