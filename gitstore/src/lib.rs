@@ -45,7 +45,7 @@ pub use signing::{
 };
 pub use store::{GitStore, OpenError};
 pub use trees::TreeReadError;
-pub use write::WritePlanError;
+pub use write::{BlobContent, HashedBlob, WritePlanError};
 
 /// The plan type gitstore writes: new file contents are owned byte vectors.
 pub type Plan = sync_core::tree::DirPlan<ObjectId, Vec<u8>>;

@@ -15,8 +15,9 @@ use gix::zlib::stream::deflate::{Compress, FlushCompress};
 use gix::ObjectId;
 
 use crate::packfile::{entry_bytes, PackWriter};
-use crate::write::{write_root, Sink, WritePlanError};
-use crate::{GitStore, Plan};
+use crate::write::{write_root, BlobContent, Sink, WritePlanError};
+use crate::GitStore;
+use sync_core::tree::DirPlan;
 
 /// Fast zlib: the pack is rewritten by the next `git gc` anyway.
 const COMPRESSION: gix::zlib::Compression = gix::zlib::Compression::BEST_SPEED;
@@ -80,7 +81,10 @@ impl GitStore {
     /// keeps one copy. The objects are readable through this handle as soon as the call
     /// returns. Each call adds a pack file: small incremental changes are better written
     /// loose (and folded by [`GitStore::repack_geometric`]).
-    pub fn write_plan_packed(&self, plan: &Plan) -> Result<ObjectId, PackWriteError> {
+    pub fn write_plan_packed<V: BlobContent>(
+        &self,
+        plan: &DirPlan<ObjectId, V>,
+    ) -> Result<ObjectId, PackWriteError> {
         let repo = self.repo();
         let objects_dir = repo.objects.store_ref().path().to_owned();
         let mut sink = PackSink::default();

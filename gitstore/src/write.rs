@@ -11,7 +11,39 @@ use sync_core::tree::{EntryKind, PlanEntry};
 
 use crate::objects::{hash, HashError};
 use crate::treefmt::{self, Entry};
-use crate::{GitStore, Plan};
+use crate::GitStore;
+use sync_core::tree::DirPlan;
+
+/// The content of a planned file, and its blob id when the caller has hashed it already
+/// (comparing a value with Git needs its id first; it is not hashed twice).
+pub trait BlobContent {
+    fn bytes(&self) -> &[u8];
+    fn known_id(&self) -> Option<ObjectId> {
+        None
+    }
+}
+
+impl BlobContent for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// A value with its blob id (from [`GitStore::hash_blob`] of exactly these bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedBlob {
+    pub id: ObjectId,
+    pub bytes: Vec<u8>,
+}
+
+impl BlobContent for HashedBlob {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    fn known_id(&self) -> Option<ObjectId> {
+        Some(self.id)
+    }
+}
 
 /// Why a plan could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +74,8 @@ pub(crate) trait Sink<'p> {
 }
 
 /// Walks `plan` and returns its tree id; an empty plan gives the empty tree (also stored).
-pub(crate) fn write_root<'p>(
-    plan: &'p Plan,
+pub(crate) fn write_root<'p, V: BlobContent>(
+    plan: &'p DirPlan<ObjectId, V>,
     sink: &mut impl Sink<'p>,
 ) -> Result<ObjectId, WritePlanError> {
     let mut dir = Vec::new();
@@ -59,8 +91,8 @@ pub(crate) fn write_root<'p>(
 
 /// Writes one directory after its subdirectories; `None` when it ends up empty (empty
 /// directories are pruned: Git cannot check them out).
-fn write_dir<'p>(
-    plan: &'p Plan,
+fn write_dir<'p, V: BlobContent>(
+    plan: &'p DirPlan<ObjectId, V>,
     sink: &mut impl Sink<'p>,
     dir: &mut Vec<&'p str>,
 ) -> Result<Option<ObjectId>, WritePlanError> {
@@ -74,11 +106,18 @@ fn write_dir<'p>(
         }
         let (kind, id) = match entry {
             PlanEntry::Existing { kind, id } => (git_kind(*kind), *id),
-            PlanEntry::File(bytes) => {
-                let id = hash(Kind::Blob, bytes).map_err(|source| WritePlanError::Hash {
-                    path: path_of(dir, name),
-                    source,
-                })?;
+            PlanEntry::File(content) => {
+                let bytes = content.bytes();
+                let id = match content.known_id() {
+                    Some(id) => {
+                        debug_assert_eq!(hash(Kind::Blob, bytes).ok(), Some(id), "{name}");
+                        id
+                    }
+                    None => hash(Kind::Blob, bytes).map_err(|source| WritePlanError::Hash {
+                        path: path_of(dir, name),
+                        source,
+                    })?,
+                };
                 put(sink, dir, name, Kind::Blob, id, Cow::Borrowed(bytes))?;
                 (GitKind::Blob, id)
             }
@@ -173,7 +212,10 @@ impl GitStore {
     /// Writes the plan's new blobs and changed trees as loose objects and returns the root tree
     /// id. `Existing` entries are referenced by id, so only changed subtrees are rewritten.
     /// Empty directories are pruned; an empty plan gives the empty tree.
-    pub fn write_plan(&self, plan: &Plan) -> Result<ObjectId, WritePlanError> {
+    pub fn write_plan<V: BlobContent>(
+        &self,
+        plan: &DirPlan<ObjectId, V>,
+    ) -> Result<ObjectId, WritePlanError> {
         let repo = self.repo();
         write_root(plan, &mut LooseSink { repo: &repo })
     }

@@ -340,3 +340,33 @@ fn large_and_incompressible_blobs_round_trip_through_a_pack() {
     commit(&s, tree, None, "big", 1);
     fsck(s.git_dir());
 }
+
+#[test]
+fn values_hashed_by_the_caller_are_written_under_their_ids_without_hashing_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let files: &[(&str, &[u8])] = &[("a/k", b"one"), ("a/l", b"two"), ("m", b"three")];
+    let plain = s.write_plan(&plan(files)).expect("plain");
+    let mut hashed: sync_core::tree::DirPlan<ObjectId, gitstore::HashedBlob> = Default::default();
+    let mut dir_a = sync_core::tree::DirPlan::default();
+    for (name, bytes) in [("k", b"one".as_slice()), ("l", b"two".as_slice())] {
+        let id = s.hash_blob(bytes).expect("hash");
+        let blob = gitstore::HashedBlob {
+            id,
+            bytes: bytes.to_vec(),
+        };
+        dir_a.entries.push((name.to_owned(), PlanEntry::File(blob)));
+    }
+    hashed.entries.push(("a".to_owned(), PlanEntry::Dir(dir_a)));
+    let id = s.hash_blob(b"three").expect("hash");
+    hashed.entries.push((
+        "m".to_owned(),
+        PlanEntry::File(gitstore::HashedBlob {
+            id,
+            bytes: b"three".to_vec(),
+        }),
+    ));
+    assert_eq!(s.write_plan(&hashed).expect("loose"), plain);
+    assert_eq!(s.write_plan_packed(&hashed).expect("packed"), plain);
+    fsck(s.git_dir());
+}

@@ -236,7 +236,7 @@ pub fn write_commit(
 ) -> Result<ObjectId, GitError> {
     let tree = match base_tree {
         Some(t) => t,
-        None => git.write_plan(&Default::default())?,
+        None => git.write_plan(&gitstore::Plan::default())?,
     };
     let parents: Vec<ObjectId> = previous.into_iter().collect();
     Ok(git.write_commit(tree, &parents, message, author, time)?)

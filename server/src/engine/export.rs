@@ -13,8 +13,8 @@ use super::ser;
 use super::view::{key_tree, read_area_lenient};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
-use gitstore::GitStore;
 use gitstore::ObjectId;
+use gitstore::{BlobContent, GitStore, HashedBlob};
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::mapper::{self, Locator};
 use sync_core::rule::Base;
@@ -158,14 +158,21 @@ pub async fn run(
         guard: DeleteGuard::from_config(&ctx.cfg, allow_mass_delete),
         epoch: None,
     };
+    // Each area's live side is read at once, all areas together (the backend answers them
+    // in parallel); the commits follow one by one, in config order. The first area that
+    // fails stops the pass, as if the areas ran one after another.
+    let reads =
+        futures::future::join_all(areas.iter().map(|area| read_live(ctx, area, &cluster))).await;
     let mut reports = Vec::with_capacity(areas.len());
-    for area in areas {
-        let r = export_area(ctx, area, &cluster, opts)
-            .await
-            .map_err(|e| ExportError::Area {
-                area: area.name.0.clone(),
-                source: Box::new(e),
-            })?;
+    for (area, read) in areas.into_iter().zip(reads) {
+        let r = match read {
+            Ok(read) => record_live(ctx, area, &cluster, read, opts).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| ExportError::Area {
+            area: area.name.0.clone(),
+            source: Box::new(e),
+        })?;
         reports.push(r);
     }
     Ok(reports)
@@ -192,13 +199,38 @@ pub async fn export_area(
     cluster: &ClusterId,
     opts: ExportOptions,
 ) -> Result<ExportReport, ExportError> {
+    let read = read_live(ctx, area, cluster).await?;
+    record_live(ctx, area, cluster, read, opts).await
+}
+
+/// What an area's checkpoint allows reading of the live side, read (for an incremental
+/// pass) or still to read (a full pass reads its snapshot itself, one area at a time).
+enum LiveRead {
+    Incremental {
+        cp: Checkpoint,
+        upto: Revision,
+        changes: BTreeMap<Key, Option<Value>>,
+    },
+    Full {
+        cp: Option<Checkpoint>,
+        pass: PassKind,
+        cause: Option<ResyncCause>,
+    },
+}
+
+/// Judges the area's checkpoint and reads what changed since it; no Git write.
+async fn read_live(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+) -> Result<LiveRead, ExportError> {
     let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
     let cp = checkpoint::load(ctx, &area.name).await?;
     // Read after the checkpoint: a trusted checkpoint is never above it.
     let target = backend.current_revision().await?;
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "checkpoint loaded");
-    match Judged::judge(cp, &area.name, cluster, target) {
+    Ok(match Judged::judge(cp, &area.name, cluster, target) {
         Judged::Trusted(cp) => {
             let delta = changes::since(
                 backend.as_ref(),
@@ -210,9 +242,7 @@ pub async fn export_area(
             .await?;
             tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "live delta read");
             match delta {
-                Delta::Changes { upto, changes, .. } => {
-                    incremental(ctx, area, cluster, cp, upto, changes, opts).await
-                }
+                Delta::Changes { upto, changes, .. } => LiveRead::Incremental { cp, upto, changes },
                 Delta::Resync(reason) => {
                     tracing::warn!(area = %area.name, ?reason, "checkpoint history gone; resyncing");
                     let cause = ResyncCause {
@@ -223,10 +253,11 @@ pub async fn export_area(
                             reason.label()
                         ),
                     };
-                    let mut r =
-                        full_pass(ctx, area, cluster, Some(cp), PassKind::Resync, opts).await?;
-                    r.resync = Some(cause);
-                    Ok(r)
+                    LiveRead::Full {
+                        cp: Some(cp),
+                        pass: PassKind::Resync,
+                        cause: Some(cause),
+                    }
                 }
             }
         }
@@ -236,11 +267,37 @@ pub async fn export_area(
                 label: why.label(),
                 why: why.to_string(),
             };
-            let mut r = full_pass(ctx, area, cluster, Some(cp), PassKind::NoBase, opts).await?;
-            r.resync = Some(cause);
+            LiveRead::Full {
+                cp: Some(cp),
+                pass: PassKind::NoBase,
+                cause: Some(cause),
+            }
+        }
+        Judged::Missing => LiveRead::Full {
+            cp: None,
+            pass: PassKind::NoBase,
+            cause: None,
+        },
+    })
+}
+
+/// Commits what [`read_live`] found (a full pass reads its snapshot here).
+async fn record_live(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    read: LiveRead,
+    opts: ExportOptions,
+) -> Result<ExportReport, ExportError> {
+    match read {
+        LiveRead::Incremental { cp, upto, changes } => {
+            incremental(ctx, area, cluster, cp, upto, changes, opts).await
+        }
+        LiveRead::Full { cp, pass, cause } => {
+            let mut r = full_pass(ctx, area, cluster, cp, pass, opts).await?;
+            r.resync = cause;
             Ok(r)
         }
-        Judged::Missing => full_pass(ctx, area, cluster, None, PassKind::NoBase, opts).await,
     }
 }
 
@@ -262,7 +319,7 @@ pub async fn incremental(
         changes.iter().filter_map(|(k, v)| Some((k, v.as_deref()?))),
     );
     let prefix_len = area.prefix.len();
-    let live: BTreeMap<Vec<u8>, Option<Value>> = changes
+    let changes: Vec<(Vec<u8>, Option<Value>)> = changes
         .into_iter()
         .map(|(k, v)| (k.0[prefix_len..].to_vec(), v))
         .collect();
@@ -273,6 +330,7 @@ pub async fn incremental(
     let started = std::time::Instant::now();
     let step = ctx
         .git_blocking(move |git| -> Result<Step, ExportError> {
+            let live = hashed(git, changes)?;
             let tip = git.tip()?;
             let desired_tree = key_tree(git, tip, &path, format, false)?;
             let mut base_loc = Locator::default();
@@ -291,7 +349,7 @@ pub async fn incremental(
                 };
                 let s = Sides {
                     base: b.map_or(Base::Absent, Base::Present),
-                    live: value.as_deref().map(|v| git.hash_blob(v)).transpose()?,
+                    live: value.as_ref().map(|v| v.id),
                     desired: d,
                 };
                 sides.push((rel.clone(), s));
@@ -367,8 +425,7 @@ pub async fn full_pass(
             if desired_tree.is_none() && !base_known {
                 return Ok(first_export(git, tip, relative)?);
             }
-            let live: BTreeMap<Vec<u8>, Option<Value>> =
-                relative.map(|(rel, value)| (rel, Some(value))).collect();
+            let live = hashed(git, relative.map(|(rel, value)| (rel, Some(value))))?;
             // A file that maps to no key is reported, not fatal: live changes keep
             // being recorded, and rewriting its directory keeps the file as it is.
             let (desired, unmapped) = read_area_lenient(git, desired_tree, &path)?;
@@ -392,11 +449,7 @@ pub async fn full_pass(
                             None => Base::Unknown,
                             Some(b) => b.get(rel).map_or(Base::Absent, |f| Base::Present(f.id)),
                         },
-                        live: live
-                            .get(rel)
-                            .and_then(|v| v.as_deref())
-                            .map(|v| git.hash_blob(v))
-                            .transpose()?,
+                        live: live.get(rel).and_then(|v| v.as_ref()).map(|v| v.id),
                         desired: desired.get(rel).map(|f| f.id),
                     };
                     Ok((rel.clone(), s))
@@ -438,7 +491,7 @@ fn finish(
     desired_tree: Option<ObjectId>,
     base_tree: Option<ObjectId>,
     sides: Vec<(Vec<u8>, Sides)>,
-    mut live: BTreeMap<Vec<u8>, Option<Value>>,
+    mut live: BTreeMap<Vec<u8>, Option<HashedBlob>>,
 ) -> Result<Step, GitError> {
     let mut outcome = Outcome::default();
     // What the base must become, as blob ids (values are only needed if it is written).
@@ -475,7 +528,12 @@ fn finish(
                 changes: 0,
                 base_tree,
                 outcome,
-                held: Some((held, live)),
+                held: Some((
+                    held,
+                    live.into_iter()
+                        .map(|(rel, v)| (rel, v.map(|v| v.bytes)))
+                        .collect(),
+                )),
                 unmapped: Vec::new(),
             });
         }
@@ -483,7 +541,7 @@ fn finish(
     // The base usually equals the new area tree (nothing pending either way): the same
     // edits from the same start give the same tree, so reuse it instead of writing twice.
     let reuse_base = base_tree == desired_tree && base_ids == outcome.git;
-    let base_changes: Option<BTreeMap<Vec<u8>, Option<Value>>> =
+    let base_changes: Option<BTreeMap<Vec<u8>, Option<HashedBlob>>> =
         (!reuse_base && !base_ids.is_empty()).then(|| {
             base_ids
                 .iter()
@@ -496,7 +554,7 @@ fn finish(
                 .collect()
         });
     // Values move from the live read into the commit: no second copy of a large pass.
-    let git_changes: BTreeMap<Vec<u8>, Option<Value>> = outcome
+    let git_changes: BTreeMap<Vec<u8>, Option<HashedBlob>> = outcome
         .git
         .keys()
         .map(|rel| (rel.clone(), live.remove(rel).flatten()))
@@ -553,14 +611,34 @@ fn first_export(
     })
 }
 
+/// Live values with their blob ids, hashed once: the ids decide by the rule, and the
+/// same ids name the blobs when the values are written.
+fn hashed(
+    git: &GitStore,
+    live: impl IntoIterator<Item = (Vec<u8>, Option<Value>)>,
+) -> Result<BTreeMap<Vec<u8>, Option<HashedBlob>>, GitError> {
+    live.into_iter()
+        .map(|(rel, value)| {
+            let blob = match value {
+                Some(bytes) => Some(HashedBlob {
+                    id: git.hash_blob(&bytes)?,
+                    bytes,
+                }),
+                None => None,
+            };
+            Ok((rel, blob))
+        })
+        .collect()
+}
+
 /// The area tree `base` with `changes` applied, written loose or, when large, as one pack.
-pub fn write_changes(
+pub fn write_changes<V: BlobContent>(
     git: &GitStore,
     base: Option<&ObjectId>,
-    changes: BTreeMap<Vec<u8>, Option<Value>>,
+    changes: BTreeMap<Vec<u8>, Option<V>>,
 ) -> Result<Option<ObjectId>, GitError> {
     let big = changes.len() >= PACK_THRESHOLD;
-    let plan: Option<DirPlan<ObjectId, Value>> = match base {
+    let plan: Option<DirPlan<ObjectId, V>> = match base {
         None if changes.values().all(|v| v.is_some()) => {
             let all = changes.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
             let plan = mapper::layout_all(all);
@@ -668,7 +746,7 @@ async fn record(
                 let new_root = git.set_subtree(root, &path, new_area_tree)?;
                 let new_root = match new_root {
                     Some(r) => r,
-                    None => git.write_plan(&Default::default())?,
+                    None => git.write_plan(&gitstore::Plan::default())?,
                 };
                 let parents: Vec<ObjectId> = tip.into_iter().collect();
                 let now = super::now_unix();

@@ -5,7 +5,7 @@
 //! loop and the pusher never race on the branch or the checkpoint refs.
 
 use super::backoff::Backoff;
-use super::gitlock::GitLock;
+use super::gitlock::{GitGuard, GitLock};
 use super::health::HealthCtx;
 use super::integrate::{IntegrateError, Integrator};
 use super::metrics::Metrics;
@@ -329,12 +329,21 @@ async fn session(
     let mut stream = backend.watch(&area.prefix, watch_from.next()).await?;
     let mut last_checkpoint = Instant::now();
     let mut tick = tokio::time::interval(LAG_TICK);
+    // A due batch waiting its turn for the Git lock (group commit): while other areas
+    // commit, this one keeps taking in events, so under load commits grow instead of
+    // queueing up. Dropped before any other path takes the lock: a queued request that
+    // nobody polls would hold a released lock for itself.
+    let mut queued: Option<futures::future::BoxFuture<'_, GitGuard<'_>>> = None;
+    let batch_max = ctx.engine.cfg.sync.batch_max;
     loop {
         let deadline = batch
             .due(ctx.engine.cfg.sync.batch_window)
             .map(tokio::time::Instant::from_std);
+        // A full batch stops taking events until it is committed (`batch_max` bounds a commit).
+        let full = batch.events() >= batch_max;
         tokio::select! {
             _ = shutdown.cancelled() => {
+                drop(queued.take());
                 drain(ctx, name, &backend, &mut stream, &mut batch).await;
                 flush(ctx, area, &cluster, &mut batch).await?;
                 return Ok(Stop::Shutdown);
@@ -347,6 +356,7 @@ async fn session(
                 match now {
                     Grant::Owned(_) => {}
                     Grant::HandOver(_) => {
+                        drop(queued.take());
                         drain(ctx, name, &backend, &mut stream, &mut batch).await;
                         flush(ctx, area, &cluster, &mut batch).await?;
                         return Ok(Stop::Released);
@@ -354,15 +364,19 @@ async fn session(
                     Grant::NotOwned | Grant::Released(_) => return Ok(Stop::Lost),
                 }
             }
-            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
-                flush(ctx, area, &cluster, &mut batch).await?;
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() && queued.is_none() => {
+                queued = Some(Box::pin(ctx.git_lock.lock("commit")));
+            }
+            git = async { match queued.as_mut() { Some(turn) => turn.await, None => std::future::pending().await } }, if queued.is_some() => {
+                queued = None;
+                flush_locked(ctx, area, &cluster, &mut batch, git).await?;
                 last_checkpoint = Instant::now();
             }
             _ = tick.tick() => {
                 let lag = batch.first_at().map_or(0.0, |t| t.elapsed().as_secs_f64());
                 ctx.metrics.lag(name, lag);
             }
-            event = stream.next() => match event {
+            event = stream.next(), if !(full && queued.is_some()) => match event {
                 None => {
                     return Err(AreaError::WatchEnded {
                         backend: backend.kind(),
@@ -370,17 +384,19 @@ async fn session(
                     })
                 }
                 Some(Err(e)) => {
+                    drop(queued.take());
                     flush(ctx, area, &cluster, &mut batch).await?;
                     return Err(e.into());
                 }
                 Some(Ok(WatchEvent::ResyncNeeded(reason))) => {
+                    drop(queued.take());
                     flush(ctx, area, &cluster, &mut batch).await?;
                     return Ok(Stop::Resync(reason));
                 }
                 Some(Ok(WatchEvent::Progress { revision })) => {
                     if batch.is_empty() && revision > batch.upto() {
                         batch.advance(revision);
-                        if last_checkpoint.elapsed() >= IDLE_CHECKPOINT {
+                        if last_checkpoint.elapsed() >= IDLE_CHECKPOINT && queued.is_none() {
                             flush(ctx, area, &cluster, &mut batch).await?;
                             last_checkpoint = Instant::now();
                         }
@@ -392,10 +408,10 @@ async fn session(
                     }
                     batch.add(revision, changes, Instant::now());
                     note_pending(ctx, name, &batch);
-                    let full = batch.events() >= ctx.engine.cfg.sync.batch_max;
-                    if full && batch.may_retry(Instant::now()) {
-                        flush(ctx, area, &cluster, &mut batch).await?;
-                        last_checkpoint = Instant::now();
+                    let full = batch.events() >= batch_max;
+                    if full && queued.is_none() && batch.may_retry(Instant::now()) {
+                        // Full before its window ended: take the next turn for the lock.
+                        queued = Some(Box::pin(ctx.git_lock.lock("commit")));
                     }
                 }
             }
@@ -457,9 +473,24 @@ async fn flush(
     if !batch.has_news() {
         return Ok(());
     }
+    let git = ctx.git_lock.lock("commit").await;
+    flush_locked(ctx, area, cluster, batch, git).await
+}
+
+/// [`flush`] with the Git lock already held (`_git` is released once the commit is on the
+/// branch).
+async fn flush_locked(
+    ctx: &AreaCtx,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    batch: &mut Batch,
+    _git: GitGuard<'_>,
+) -> Result<(), AreaError> {
+    if !batch.has_news() {
+        return Ok(());
+    }
     let name = area.name.0.as_str();
     let started = Instant::now();
-    let _git = ctx.git_lock.lock("commit").await;
     let opts = fence(ctx, area)?;
     let cp = checkpoint::load(&ctx.engine, &area.name)
         .await?

@@ -29,8 +29,13 @@ use tokio_util::sync::CancellationToken;
 /// How long shutdown may take: flush batches, commit, one push.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Merge packs after this many commits, so object lookups stay fast.
+/// Merge packs after this many commits, so object lookups stay fast...
 const REPACK_EVERY: usize = 64;
+/// ...once recording has paused this long: during a burst the merge (seconds at a million
+/// keys) would take CPU from recording and from a backend on the same machine...
+const REPACK_QUIET: Duration = Duration::from_secs(2);
+/// ...or, under load that never pauses, after this many commits anyway.
+const REPACK_AT_MOST: usize = 512;
 
 /// Counts commits and merges packs every `REPACK_EVERY` (large commits each write a pack).
 ///
@@ -40,32 +45,58 @@ const REPACK_EVERY: usize = 64;
 /// one, and leaves packs and loose objects written meanwhile alone).
 pub struct Repacker {
     engine: Arc<Context>,
+    state: Arc<RepackState>,
+}
+
+/// What the commits and the merging task share.
+struct RepackState {
+    /// Commits since the last merge started.
     commits: AtomicUsize,
-    running: Arc<AtomicBool>,
+    /// When the last commit was made.
+    last_commit: std::sync::Mutex<std::time::Instant>,
+    /// A merge is waiting for a pause or running.
+    running: AtomicBool,
 }
 
 impl Repacker {
     pub fn new(engine: Arc<Context>) -> Repacker {
         Repacker {
             engine,
-            commits: AtomicUsize::new(0),
-            running: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(RepackState {
+                commits: AtomicUsize::new(0),
+                last_commit: std::sync::Mutex::new(std::time::Instant::now()),
+                running: AtomicBool::new(false),
+            }),
         }
     }
 
-    /// Count a commit; every `REPACK_EVERY`, start merging packs in the background unless a
-    /// merge is still running (the next commit then tries again).
+    /// Count a commit; every `REPACK_EVERY`, start a background task that merges packs at
+    /// the next pause in recording (see `REPACK_QUIET`), unless one is waiting or running.
     pub fn after_commit(&self) {
-        if self.commits.fetch_add(1, Ordering::Relaxed) + 1 < REPACK_EVERY {
+        let st = &self.state;
+        *st.last_commit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        if st.commits.fetch_add(1, Ordering::Relaxed) + 1 < REPACK_EVERY
+            || st.running.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.commits.store(0, Ordering::Relaxed);
-        let running = self.running.clone();
+        let st = self.state.clone();
         let engine = self.engine.clone();
         tokio::spawn(async move {
+            loop {
+                let idle = st
+                    .last_commit
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .elapsed();
+                if idle >= REPACK_QUIET || st.commits.load(Ordering::Relaxed) >= REPACK_AT_MOST {
+                    break;
+                }
+                tokio::time::sleep(REPACK_QUIET - idle).await;
+            }
+            st.commits.store(0, Ordering::Relaxed);
             let started = std::time::Instant::now();
             match engine
                 .git_blocking(|git| -> Result<_, crate::engine::git::GitError> {
@@ -79,7 +110,7 @@ impl Repacker {
                 }
                 Err(e) => tracing::warn!(error = %e, "repack failed; will try again later"),
             }
-            running.store(false, Ordering::Release);
+            st.running.store(false, Ordering::Release);
         });
     }
 }

@@ -170,7 +170,7 @@ pub async fn record(
             Some(from) if tip_area != branch_tree => {
                 let new_root = match git.set_subtree(root, &path, branch_tree)? {
                     Some(r) => r,
-                    None => git.write_plan(&Default::default())?,
+                    None => git.write_plan(&gitstore::Plan::default())?,
                 };
                 let parents: Vec<ObjectId> = tip.into_iter().collect();
                 let msg = restore_message(&trailers, &from.to_string());

@@ -1,0 +1,135 @@
+//! A million keys written as fast as etcd takes them (8 tasks of 128-key transactions) while
+//! `kvgit serve` records them: afterwards the repository holds every key with its value and
+//! nothing else, checked key by key against etcd. Correctness at the scale the benchmarks
+//! time; nothing here is timed.
+
+use kvgit_tests::bench::{raw_write, value, Layout};
+use kvgit_tests::etcd::{EtcdOptions, EtcdServer};
+use kvgit_tests::kvgit::{Area, Workspace};
+use kvgit_tests::serve::{git_files, Serve, ServeConfig};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The figure: a million keys (set `KVGIT_TEST_KEYS` for a smaller run by hand).
+fn keys() -> usize {
+    std::env::var("KVGIT_TEST_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// Every key under `prefix` and its value, read in pages (one range of 250k keys is more
+/// than the client decodes at once), relative to the prefix.
+async fn etcd_pages(c: &mut etcd_client::Client, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let end = format!("{}0", prefix.trim_end_matches('/'));
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = BTreeMap::new();
+    loop {
+        let opts = etcd_client::GetOptions::new()
+            .with_range(end.as_bytes())
+            .with_limit(10_000);
+        let resp = c.get(from.clone(), Some(opts)).await.expect("etcd range");
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let rel = key.strip_prefix(prefix).expect("under the prefix");
+            out.insert(rel.to_owned(), kv.value().to_vec());
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_million_keys_ingested_at_full_speed_are_all_in_the_repository_key_by_key() {
+    let n = keys();
+    let layout = Layout::STANDARD;
+    // fsync off: the figure is about kvgit keeping up, not about this disk.
+    let etcd = EtcdServer::start_with(EtcdOptions {
+        unsafe_no_fsync: true,
+        ..Default::default()
+    });
+    let ws = Workspace::new(etcd.endpoint(), &[]);
+    let names = layout.areas();
+    let areas: Vec<Area<'_>> = names
+        .iter()
+        .map(|(name, prefix, path)| Area {
+            name,
+            prefix,
+            path,
+            mode: "kv-to-git",
+        })
+        .collect();
+    let serve = Serve::start(&ws, etcd.endpoint(), &ServeConfig::fast(&areas));
+    serve.wait_ready();
+
+    let written = raw_write(etcd.endpoint(), layout, 0..n, "million").await;
+    serve
+        .wait_until_async(
+            Duration::from_secs(600),
+            "every area's checkpoint at its last write",
+            || {
+                let done = names
+                    .iter()
+                    .zip(&written.last_by_area)
+                    .all(|((name, ..), last)| {
+                        serve
+                            .metric(&format!("kvgit_checkpoint_revision{{area=\"{name}\"}}"))
+                            .is_some_and(|r| r >= *last as f64)
+                    });
+                async move { done }
+            },
+        )
+        .await;
+
+    let mut c = etcd.client().await;
+    let mut total = 0;
+    for (name, prefix, path) in &names {
+        let kv = etcd_pages(&mut c, prefix).await;
+        let git = git_files(&ws.repo, "refs/heads/main", path);
+        // The values are the ones written: etcd was not changed by anything else.
+        let expected = (0..n).filter(|&i| layout.area_index(i) == names_index(&names, name));
+        assert_eq!(
+            kv.len(),
+            expected.clone().count(),
+            "etcd holds area {name}'s keys"
+        );
+        for i in expected.step_by(9973) {
+            let rel = layout.key(i)[prefix.len()..].to_owned();
+            assert_eq!(kv.get(&rel), Some(&value(i, "million")), "etcd key {rel}");
+        }
+        let mut wrong = Vec::new();
+        for (rel, v) in &kv {
+            match git.get(rel) {
+                None => wrong.push(format!("{name}: {rel} is not in the repository")),
+                Some(g) if g != v => wrong.push(format!("{name}: {rel} has another value")),
+                Some(_) => {}
+            }
+        }
+        wrong.extend(
+            git.keys()
+                .filter(|rel| !kv.contains_key(*rel))
+                .map(|rel| format!("{name}: {rel} is in the repository but not in etcd")),
+        );
+        assert!(
+            wrong.is_empty(),
+            "{} of {} keys differ, first: {:?}",
+            wrong.len(),
+            kv.len(),
+            &wrong[..wrong.len().min(10)]
+        );
+        total += git.len();
+    }
+    assert_eq!(total, n, "the repository holds every key written");
+}
+
+fn names_index(names: &[(String, String, String)], name: &str) -> usize {
+    names
+        .iter()
+        .position(|(n, ..)| n == name)
+        .expect("a configured area")
+}
