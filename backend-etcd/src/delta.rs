@@ -20,9 +20,12 @@ pub(crate) async fn changes_between(
     if after >= upto {
         return Ok(Some(Vec::new()));
     }
-    let (snap, created) = read_filtered(conn, prefix, Some(upto), Some(after)).await?;
-    let then = count(conn, prefix, after).await?;
-    let now = count(conn, prefix, upto).await?;
+    // Three independent reads at fixed revisions: asked at once.
+    let ((snap, created), then, now) = tokio::try_join!(
+        read_filtered(conn, prefix, Some(upto), Some(after)),
+        count(conn, prefix, after),
+        count(conn, prefix, upto),
+    )?;
     // Keys at `upto` = keys at `after` - deleted + created.
     let deleted = then + created as i64 - now;
     if deleted != 0 {

@@ -282,6 +282,23 @@ impl GitStore {
             .run(&["repack", "-d", "-q", "--geometric=2"])
             .map(drop)
     }
+
+    /// How many pack files the repository has (each large commit adds one until a repack).
+    pub fn pack_count(&self) -> std::io::Result<usize> {
+        let dir = self.git_dir().join("objects/pack");
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut n = 0;
+        for entry in entries {
+            if entry?.path().extension().is_some_and(|x| x == "pack") {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Splits `git push --porcelain` rejections into "the remote moved on" (retry after a fetch)

@@ -175,6 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             allow_mass_delete,
         } => {
             let reports = engine::export::run(&ctx, area.as_deref(), allow_mass_delete).await?;
+            ctx.tidy().await;
             render::export(out, &reports)?;
             // Other areas are recorded; a held one fails the command, naming what to do.
             engine::export::held_back(&reports)?;
@@ -232,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 })
                 .await;
+            ctx.tidy().await;
             printed?;
             applied?;
             Ok(0)

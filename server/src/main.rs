@@ -2,6 +2,7 @@
 //! every error into one line naming the file, key or setting at fault, with a non-zero exit.
 
 mod acl;
+mod alloc;
 mod cli;
 mod config;
 mod engine;
@@ -12,16 +13,6 @@ mod service;
 
 use clap::Parser;
 use std::process::ExitCode;
-
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Memory a full pass or a burst freed goes back to the system within about a second, from
-/// a background thread, instead of staying with the thread that freed it (jemalloc's
-/// default of ten seconds let one area's pass pile on top of the last one's).
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

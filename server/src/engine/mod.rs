@@ -149,6 +149,32 @@ impl Context {
             .cloned()
     }
 
+    /// Housekeeping after a one-shot command that committed: once commits have left more
+    /// than `MAX_PACKS` packs (there is no `serve` merging them here), merge them
+    /// geometrically. A failure is logged, never the command's: everything is recorded.
+    pub async fn tidy(&self) {
+        /// Object lookups go through every pack; past this many, merge.
+        const MAX_PACKS: usize = 32;
+        let merged = self
+            .git_blocking(|git| -> Result<_, GitError> {
+                Ok(match git.pack_count() {
+                    Ok(n) if n > MAX_PACKS => Some(git.repack_geometric().map(|()| n)),
+                    _ => None,
+                })
+            })
+            .await;
+        match merged {
+            Ok(Some(Ok(n))) => tracing::debug!(packs = n, "packs merged"),
+            Ok(None) => {}
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; the next command tries again")
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; the next command tries again")
+            }
+        }
+    }
+
     /// Run blocking Git work off the async threads; the closure's error type is the
     /// caller's (a panicked task becomes its [`GitError::Panicked`]).
     pub async fn git_blocking<T, E, F>(&self, f: F) -> Result<T, E>
