@@ -321,9 +321,14 @@ pub async fn incremental(
         changes.iter().filter_map(|(k, v)| Some((k, v.as_deref()?))),
     );
     let prefix_len = area.prefix.len();
+    // Relative keys, shortened in place.
     let changes: Vec<(Vec<u8>, Option<Value>)> = changes
         .into_iter()
-        .map(|(k, v)| (k.0[prefix_len..].to_vec(), v))
+        .map(|(k, v)| {
+            let mut rel = k.0;
+            rel.drain(..prefix_len);
+            (rel, v)
+        })
         .collect();
     let path = area.path.clone();
     let format = area.format;
