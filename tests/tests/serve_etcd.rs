@@ -1441,8 +1441,9 @@ async fn a_mass_delete_from_git_is_refused_and_reported() {
     wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
 }
 
-/// Many commits large enough to be written as packs, across the service's periodic pack
-/// merges: every commit lands, the tree stays etcd's, and the repository checks clean.
+/// Many commits large enough to be written as packs, across the service's pack merges
+/// (after 64 commits, at the first 2 s pause in recording): every commit lands, the
+/// merge happens at the pause, the tree stays etcd's, and the repository checks clean.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_packed_commits_across_repacks_stay_consistent() {
     const ROUNDS: usize = 70;
@@ -1468,6 +1469,12 @@ async fn many_packed_commits_across_repacks_stay_consistent() {
         serve.wait_until(CONVERGE, &format!("round {round} committed"), || {
             ws.commit_count() > before
         });
+        if round == 65 {
+            // 66 commits, each its own pack, and now a pause: the packs are merged.
+            serve.wait_until(CONVERGE, "packs merged at the pause", || {
+                packs(&ws.repo) < 10
+            });
+        }
     }
     wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
     let per_area = revisions_strictly_increase(&ws.repo, &areas);
@@ -1492,6 +1499,17 @@ async fn many_packed_commits_across_repacks_stay_consistent() {
         area_status(&serve.status(), "events")["last_error"],
         serde_json::Value::Null
     );
+}
+
+/// Pack files in `repo`.
+fn packs(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("objects/pack"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Fetches and pushes run on their own timers and both move the refs that mirror the
