@@ -39,6 +39,21 @@ pub struct Area<'a> {
     pub mode: &'a str,
 }
 
+impl<'a> Area<'a> {
+    /// One area per (name, prefix, path), all in `mode`.
+    pub fn each(names: &'a [(String, String, String)], mode: &'a str) -> Vec<Area<'a>> {
+        names
+            .iter()
+            .map(|(name, prefix, path)| Area {
+                name,
+                prefix,
+                path,
+                mode,
+            })
+            .collect()
+    }
+}
+
 /// What a finished command printed, and how it exited.
 #[derive(Debug)]
 pub struct Run {

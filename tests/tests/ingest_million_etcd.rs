@@ -55,15 +55,7 @@ async fn a_million_keys_ingested_at_full_speed_are_all_in_the_repository_key_by_
     });
     let ws = Workspace::new(etcd.endpoint(), &[]);
     let names = layout.areas();
-    let areas: Vec<Area<'_>> = names
-        .iter()
-        .map(|(name, prefix, path)| Area {
-            name,
-            prefix,
-            path,
-            mode: "kv-to-git",
-        })
-        .collect();
+    let areas = Area::each(&names, "kv-to-git");
     let serve = Serve::start(&ws, etcd.endpoint(), &ServeConfig::fast(&areas));
     serve.wait_ready();
 

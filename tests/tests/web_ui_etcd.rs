@@ -422,15 +422,7 @@ async fn a_hundred_areas_are_listed() {
             )
         })
         .collect();
-    let areas: Vec<Area<'_>> = names
-        .iter()
-        .map(|(name, prefix, path)| Area {
-            name,
-            prefix,
-            path,
-            mode: "both",
-        })
-        .collect();
+    let areas = Area::each(&names, "both");
     for (_, prefix, _) in names.iter().step_by(10) {
         put(&mut c, &format!("{prefix}k"), "v").await;
     }

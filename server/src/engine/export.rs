@@ -13,8 +13,7 @@ use super::ser;
 use super::view::{key_tree, read_area_lenient};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
-use gitstore::ObjectId;
-use gitstore::{BlobContent, GitStore, HashedBlob};
+use gitstore::{BlobContent, GitStore, HashedBlob, ObjectId};
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::mapper::{self, Locator};
 use sync_core::rule::Base;
@@ -321,14 +320,9 @@ pub async fn incremental(
         changes.iter().filter_map(|(k, v)| Some((k, v.as_deref()?))),
     );
     let prefix_len = area.prefix.len();
-    // Relative keys, shortened in place.
     let changes: Vec<(Vec<u8>, Option<Value>)> = changes
         .into_iter()
-        .map(|(k, v)| {
-            let mut rel = k.0;
-            rel.drain(..prefix_len);
-            (rel, v)
-        })
+        .map(|(k, v)| (relative(k, prefix_len), v))
         .collect();
     let path = area.path.clone();
     let format = area.format;
@@ -421,12 +415,10 @@ pub async fn full_pass(
     let base_known = pass == PassKind::Resync;
     let step = ctx
         .git_blocking(move |git| -> Result<Step, ExportError> {
-            // Relative keys, shortened in place: no second copy of a large area's keys.
-            let relative = snap.entries.into_iter().map(move |e| {
-                let mut rel = e.key.0;
-                rel.drain(..prefix_len);
-                (rel, e.value)
-            });
+            let relative = snap
+                .entries
+                .into_iter()
+                .map(move |e| (relative(e.key, prefix_len), e.value));
             let tip = git.tip()?;
             let desired_tree = key_tree(git, tip, &path, format, false)?;
             if desired_tree.is_none() && !base_known {
@@ -618,6 +610,13 @@ fn first_export(
         held: None,
         unmapped: Vec::new(),
     })
+}
+
+/// `key` without the area prefix, shortened in place: no second copy of an area's keys.
+fn relative(key: Key, prefix_len: usize) -> Vec<u8> {
+    let mut rel = key.0;
+    rel.drain(..prefix_len);
+    rel
 }
 
 /// Live values with their blob ids, hashed once: the ids decide by the rule, and the

@@ -150,27 +150,34 @@ impl Context {
     }
 
     /// Housekeeping after a one-shot command that committed: once commits have left more
-    /// than `MAX_PACKS` packs (there is no `serve` merging them here), merge them
-    /// geometrically. A failure is logged, never the command's: everything is recorded.
+    /// than 32 packs (there is no `serve` merging them here), merge them.
     pub async fn tidy(&self) {
         /// Object lookups go through every pack; past this many, merge.
         const MAX_PACKS: usize = 32;
+        self.merge_packs(Some(MAX_PACKS)).await;
+    }
+
+    /// Merges packs geometrically (`git repack -d --geometric=2`, at low priority), when
+    /// there are more than `past` (always, with `None`). A failure is logged, never
+    /// returned: everything is recorded already, and the next try merges what is left.
+    pub async fn merge_packs(&self, past: Option<usize>) {
+        let started = std::time::Instant::now();
         let merged = self
-            .git_blocking(|git| -> Result<_, GitError> {
-                Ok(match git.pack_count() {
-                    Ok(n) if n > MAX_PACKS => Some(git.repack_geometric().map(|()| n)),
-                    _ => None,
+            .git_blocking(move |git| -> Result<_, GitError> {
+                Ok(match (past, git.pack_count()) {
+                    (Some(max), Ok(n)) if n <= max => None,
+                    _ => Some(git.repack_geometric()),
                 })
             })
             .await;
         match merged {
-            Ok(Some(Ok(n))) => tracing::debug!(packs = n, "packs merged"),
+            Ok(Some(Ok(()))) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),
             Ok(None) => {}
             Ok(Some(Err(e))) => {
-                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; the next command tries again")
+                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; will try again later")
             }
             Err(e) => {
-                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; the next command tries again")
+                tracing::warn!(error = %crate::errors::chain(&e), "repack failed; will try again later")
             }
         }
     }

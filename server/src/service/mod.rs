@@ -97,19 +97,7 @@ impl Repacker {
                 tokio::time::sleep(REPACK_QUIET - idle).await;
             }
             st.commits.store(0, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            match engine
-                .git_blocking(|git| -> Result<_, crate::engine::git::GitError> {
-                    Ok(git.repack_geometric())
-                })
-                .await
-            {
-                Ok(Ok(())) => tracing::debug!(elapsed = ?started.elapsed(), "packs merged"),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %crate::errors::chain(&e), "repack failed; will try again later")
-                }
-                Err(e) => tracing::warn!(error = %e, "repack failed; will try again later"),
-            }
+            engine.merge_packs(None).await;
             st.running.store(false, Ordering::Release);
         });
     }
