@@ -1,7 +1,7 @@
 //! Applying a batch of key changes to an existing area tree: only the directories on the
 //! paths of changed keys are listed and rebuilt; everything else is carried by id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::assemble::{assemble, place, Content, Slot};
 use super::component::{
@@ -46,14 +46,15 @@ fn assemble_with<Id, V>(
 }
 
 /// The area tree after applying `changes` (relative key -> Some(value) to put, None to
-/// delete) to the tree `base` (None: empty). None when the area ends up empty.
+/// delete; each key at most once, in any order) to the tree `base` (None: empty). None when
+/// the area ends up empty.
 ///
 /// The result equals `layout_all` of the resulting key set when `base` is canonical;
 /// untouched files and subtrees are `PlanEntry::Existing`, even when renamed.
 pub fn plan_changes<S: TreeSource, V>(
     source: &S,
     base: Option<&S::Id>,
-    changes: BTreeMap<Vec<u8>, Option<V>>,
+    changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
 ) -> Result<Option<DirPlan<S::Id, V>>, PlanError<S::Error>> {
     let mut items: Vec<Change<V>> = changes
         .into_iter()
