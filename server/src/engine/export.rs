@@ -16,7 +16,7 @@ use crate::config::AreaConfig;
 use gitstore::{BlobContent, GitStore, HashedBlob, ObjectId};
 use std::collections::{BTreeMap, BTreeSet};
 use sync_core::mapper::{self, Locator};
-use sync_core::rule::{decide, Action, Base};
+use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
 use sync_core::{ClusterId, Epoch, Key, Revision, Value};
 
@@ -504,16 +504,8 @@ fn finish(
     let mut base_ids: Vec<(Vec<u8>, Option<ObjectId>)> = Vec::new();
     let (mut conflicts, mut pending_apply) = (Vec::new(), 0);
     for (rel, s) in sides {
-        let base = match &s.base {
-            Base::Unknown => Base::Unknown,
-            Base::Absent => Base::Absent,
-            Base::Present(id) => Base::Present(id),
-        };
-        let d = decide(rule, base, s.live.as_ref(), s.desired.as_ref());
-        let git_now = d.git.map(|a| match a {
-            Action::Put(id) => Some(id),
-            Action::Delete => None,
-        });
+        let d = s.decide(rule);
+        let git_now = d.git;
         if d.conflict {
             conflicts.push(rel.clone());
         }
