@@ -339,12 +339,17 @@ pub(crate) fn build<'a>(ops: &'a [WriteOp], keys: &[&'a str]) -> Vec<TxnOp<'a>> 
         .map(|(op, key)| match op {
             WriteOp::Put { value, expect, .. } => match expect {
                 Precondition::Any => KvOp::new("set", key).value(value),
-                Precondition::Absent => KvOp::new("cas", key).value(value).index(0),
+                // No range check in a Consul txn: each key of a run alone.
+                Precondition::Absent | Precondition::AbsentInRun => {
+                    KvOp::new("cas", key).value(value).index(0)
+                }
                 Precondition::ModRevision(r) => KvOp::new("cas", key).value(value).index(r.0),
             },
             WriteOp::Delete { expect, .. } => match expect {
                 Precondition::Any => KvOp::new("delete", key),
-                Precondition::Absent => KvOp::new("check-not-exists", key),
+                Precondition::Absent | Precondition::AbsentInRun => {
+                    KvOp::new("check-not-exists", key)
+                }
                 Precondition::ModRevision(r) => KvOp::new("delete-cas", key).index(r.0),
             },
         })

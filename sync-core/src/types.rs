@@ -161,6 +161,11 @@ pub enum Precondition {
     Any,
     /// The key must not exist.
     Absent,
+    /// The key must not exist, and when the op before it in the same write is `Absent` or
+    /// `AbsentInRun` on a smaller key, no key between the two existed when the write was
+    /// planned. A backend may check such a run of new keys with one range compare ("no key
+    /// in [first, last]"; a key created in between fails the write) or each key alone.
+    AbsentInRun,
     /// The key must exist with exactly this mod revision.
     ModRevision(Revision),
 }

@@ -421,7 +421,7 @@ proptest! {
     #[test]
     fn from_nothing_equals_layout(set in key_set()) {
         let mut store = Store::default();
-        let changes = set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+        let changes: Vec<_> = set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
         let plan = plan_changes(&store, None, changes).unwrap();
         let root = store.write_opt(plan);
         prop_assert_eq!(root, layout(&mut store, &set));

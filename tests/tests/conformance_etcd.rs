@@ -7,7 +7,7 @@ use kvgit_tests::conformance::{self, CompactFn};
 use kvgit_tests::etcd::EtcdServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_core::{KvBackend, Revision};
+use sync_core::{Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_passes_the_conformance_suite() {
@@ -21,6 +21,50 @@ async fn etcd_passes_the_conformance_suite() {
         })
     };
     conformance::run_all(backend, "/kvgit-conformance", Some(compact)).await;
+}
+
+/// etcd checks a run of new keys with one range compare: a key created between two keys
+/// of the run (after kvgit planned it) fails the write, and nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_inside_a_run_of_new_keys_fails_the_write() {
+    let server = EtcdServer::start();
+    let backend = server.backend().await;
+    let new = |k: &str, expect: Precondition| WriteOp::Put {
+        key: Key::from(k),
+        value: b"v".to_vec(),
+        expect,
+    };
+    let between = new("/runs/m", Precondition::Any);
+    assert!(matches!(
+        backend.write(&[between]).await.expect("write"),
+        TxnOutcome::Committed { .. }
+    ));
+    let run = [
+        new("/runs/a", Precondition::Absent),
+        new("/runs/z", Precondition::AbsentInRun),
+    ];
+    assert_eq!(
+        backend.write(&run).await.expect("write"),
+        TxnOutcome::PreconditionFailed
+    );
+    let keys: Vec<Key> = backend
+        .snapshot(b"/runs/", None)
+        .await
+        .expect("snapshot")
+        .entries
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, [Key::from("/runs/m")], "nothing of the run written");
+    // The same keys each checked alone do not look between them.
+    let alone = [
+        new("/runs/a", Precondition::Absent),
+        new("/runs/z", Precondition::Absent),
+    ];
+    assert!(matches!(
+        backend.write(&alone).await.expect("write"),
+        TxnOutcome::Committed { .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

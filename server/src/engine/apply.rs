@@ -67,6 +67,8 @@ struct Decided<'a> {
     kv: Option<Option<ObjectId>>,
     conflict: bool,
     drift: bool,
+    /// Live keys before this one: two new keys with the same count have none between them.
+    live_before: usize,
 }
 
 impl<'a> Decided<'a> {
@@ -83,6 +85,7 @@ impl<'a> Decided<'a> {
             kv,
             conflict: false,
             drift: false,
+            live_before: 0,
         }
     }
 }
@@ -433,13 +436,19 @@ pub async fn plan_area_with(
             let mut agreed: Vec<(&Vec<u8>, Option<ObjectId>)> = Vec::new();
             let mut unagreed_desired: Vec<(Vec<u8>, Option<Value>)> = Vec::new();
             let (mut pending_export, mut first_revision) = (0, snap_revision);
+            let mut live_before = 0;
             let base_files = base.iter().flat_map(|b| b.iter());
             for (rel, l, d, b) in union3(live.iter(), desired.iter(), base_files) {
+                let before = live_before;
+                live_before += usize::from(l.is_some());
                 let (live_id, desired_id) = (l.map(|(id, _)| *id), d.map(|f| f.id));
                 if exact {
                     // No rule, no base: every key that differs from the tree becomes it.
                     if live_id != desired_id {
-                        decided.push(Decided::new(rel, l, d, Some(desired_id)));
+                        decided.push(Decided {
+                            live_before: before,
+                            ..Decided::new(rel, l, d, Some(desired_id))
+                        });
                     }
                     continue;
                 }
@@ -474,6 +483,7 @@ pub async fn plan_area_with(
                     decided.push(Decided {
                         conflict: decision.conflict,
                         drift: decision.drift,
+                        live_before: before,
                         ..Decided::new(rel, l, d, decision.kv)
                     });
                 }
@@ -519,19 +529,16 @@ pub async fn plan_area_with(
             };
             let blobs = git.blob_reader();
             let mut ops = Vec::with_capacity(decided.len());
+            // The previous new key's count of live keys before it: the same count means
+            // nothing between them, so the backend may check both with one range compare.
+            let mut previous_new: Option<usize> = None;
             for k in &decided {
                 let Some(target) = k.kv else { continue };
                 let key = key_of(k.rel);
                 let current = k.live.map(|(_, e)| e);
                 // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
                 // before the first write of any area.
-                let file = || {
-                    format!(
-                        "{}/{}",
-                        area.path,
-                        k.file.map_or("?", |f| f.path.as_str())
-                    )
-                };
+                let file = || format!("{}/{}", area.path, k.file.map_or("?", |f| f.path.as_str()));
                 if target.is_some() {
                     checker
                         .check_key(&key)
@@ -562,15 +569,22 @@ pub async fn plan_area_with(
                     (Some(_), None) => OpKind::Delete,
                 };
                 let (path, pointer) = path_of(k);
+                let expect = match current {
+                    Some(e) => Precondition::ModRevision(e.mod_revision),
+                    None if previous_new == Some(k.live_before) => Precondition::AbsentInRun,
+                    None => Precondition::Absent,
+                };
+                previous_new = current.is_none().then_some(k.live_before);
                 ops.push(PlannedOp {
                     kind,
                     path,
                     pointer,
                     key,
-                    overwrites: k.conflict.then(|| current.map(|e| e.value.clone())).flatten(),
-                    expect: current.map_or(Precondition::Absent, |e| {
-                        Precondition::ModRevision(e.mod_revision)
-                    }),
+                    overwrites: k
+                        .conflict
+                        .then(|| current.map(|e| e.value.clone()))
+                        .flatten(),
+                    expect,
                     value: target,
                 });
             }
@@ -724,24 +738,25 @@ async fn write_and_record(
 ) -> Result<Vec<(writer::Written, Option<ObjectId>)>, ApplyError> {
     let backend = ctx.backend().await?;
     probe_areas(backend.as_ref(), plans).await?;
-    let ops: Vec<PlannedOp> = plans.iter().flat_map(|p| p.ops.iter().cloned()).collect();
+    // Only what the writes need: the ops' paths and replaced values stay with the plans.
+    let ops: Vec<(Key, Option<ObjectId>, Precondition)> = plans
+        .iter()
+        .flat_map(|p| p.ops.iter().map(|op| (op.key.clone(), op.value, op.expect)))
+        .collect();
     let (tx, rx) = writer::channel();
     let limits = backend.write_limits();
     // Values are read from Git on a blocking thread while earlier transactions are written.
     let producer = ctx.git_blocking(move |git| -> Result<(), GitError> {
         let mut chunker = writer::Chunker::new(limits);
         let blobs = git.blob_reader();
-        for op in ops {
-            let w = match op.value {
+        for (key, value, expect) in ops {
+            let w = match value {
                 Some(id) => WriteOp::Put {
-                    key: op.key,
+                    key,
                     value: blobs.read(id)?,
-                    expect: op.expect,
+                    expect,
                 },
-                None => WriteOp::Delete {
-                    key: op.key,
-                    expect: op.expect,
-                },
+                None => WriteOp::Delete { key, expect },
             };
             for chunk in chunker.push(w) {
                 if tx.blocking_send(chunk).is_err() {

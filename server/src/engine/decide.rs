@@ -57,10 +57,14 @@ pub fn union3<'a, A, B, C>(
         c.into_iter().peekable(),
     );
     std::iter::from_fn(move || {
-        let key: &'a Vec<u8> = [a.peek().map(|x| x.0), b.peek().map(|x| x.0), c.peek().map(|x| x.0)]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let key: &'a Vec<u8> = [
+            a.peek().map(|x| x.0),
+            b.peek().map(|x| x.0),
+            c.peek().map(|x| x.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         let x = a.next_if(|(k, _)| *k == key).map(|(_, v)| v);
         let y = b.next_if(|(k, _)| *k == key).map(|(_, v)| v);
         let z = c.next_if(|(k, _)| *k == key).map(|(_, v)| v);

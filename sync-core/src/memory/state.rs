@@ -63,7 +63,7 @@ impl State {
             let entry = self.store.get(key);
             match expect {
                 Precondition::Any => true,
-                Precondition::Absent => entry.is_none(),
+                Precondition::Absent | Precondition::AbsentInRun => entry.is_none(),
                 Precondition::ModRevision(r) => entry.is_some_and(|e| e.modified == *r),
             }
         };

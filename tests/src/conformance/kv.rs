@@ -338,6 +338,44 @@ pub async fn failed_txn_applies_nothing(b: &dyn KvBackend, prefix: &[u8]) {
     );
 }
 
+/// A run of new keys (`Absent` then `AbsentInRun`) is written when none exists, and a run
+/// one of whose keys exists fails as a whole, as `Absent` on each key would.
+pub async fn absent_runs(b: &dyn KvBackend, prefix: &[u8]) {
+    let new = |k: &str, expect: Precondition| WriteOp::Put {
+        key: key(prefix, k),
+        value: k.as_bytes().to_vec(),
+        expect,
+    };
+    let r = commit(
+        b,
+        vec![
+            new("a", Precondition::Absent),
+            new("b", Precondition::AbsentInRun),
+            new("c", Precondition::AbsentInRun),
+        ],
+    )
+    .await;
+    let ops = vec![
+        new("d", Precondition::Absent),
+        new("e", Precondition::AbsentInRun),
+        new("c", Precondition::AbsentInRun),
+    ];
+    assert_eq!(
+        b.write(&ops).await.expect("write"),
+        TxnOutcome::PreconditionFailed,
+        "a run over an existing key fails"
+    );
+    let want: BTreeMap<_, _> = ["a", "b", "c"]
+        .into_iter()
+        .map(|k| (key(prefix, k), (k.as_bytes().to_vec(), r)))
+        .collect();
+    assert_eq!(
+        contents(b, prefix, None).await,
+        want,
+        "only the first run written"
+    );
+}
+
 /// Writes over the limits are refused with TooLarge before anything is written.
 pub async fn over_limits_is_refused(b: &dyn KvBackend, prefix: &[u8]) {
     let limits = b.write_limits();

@@ -44,6 +44,7 @@ pub async fn run_all(backend: Arc<dyn KvBackend>, prefix_root: &str, compact: Op
         failed_txn_applies_nothing(b, &p("atomic")),
     )
     .await;
+    step("absent_runs", absent_runs(b, &p("runs"))).await;
     step(
         "probe_write_changes_nothing",
         probe_write_changes_nothing(b, &p("probe")),
