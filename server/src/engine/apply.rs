@@ -388,8 +388,20 @@ pub async fn plan_area_with(
     let limits = backend.write_limits();
     let cp = checkpoint::load(ctx, &area.name).await?;
     let started = std::time::Instant::now();
+    // The desired side is read from Git while the backend answers the snapshot. Documents
+    // that do not parse or claim one key twice are refused, naming the file, before the
+    // first write (after the snapshot's and the signatures' errors, as before).
+    let (path, format) = (area.path.clone(), area.format);
+    let desired_read = ctx.git_blocking(move |git| -> Result<_, ApplyError> {
+        let t0 = std::time::Instant::now();
+        let tree = key_tree(git, commit, &path, format, true)?;
+        let files = read_area(git, tree, &path)?;
+        tracing::debug!(area_path = %path, elapsed = ?t0.elapsed(), "desired read");
+        Ok((tree, files))
+    });
     // Read after the checkpoint: its revision is the cluster's current one or later.
-    let snap = backend.snapshot(&area.prefix, None).await?;
+    let (desired_read, snap) = tokio::join!(desired_read, backend.snapshot(&area.prefix, None));
+    let snap = snap?;
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), keys = snap.entries.len(), "live read");
     let judged = Judged::judge(cp, &area.name, cluster, snap.revision);
     if let Some(why) = judged.distrust() {
@@ -398,6 +410,7 @@ pub async fn plan_area_with(
     if let (Some(allowed), Some(tip)) = (ctx.cfg.git.allowed_signers.clone(), commit) {
         verify_signed(ctx, &allowed, judged.trusted(), tip, &area.path).await?;
     }
+    let (desired_tree, desired) = desired_read?;
     let snap_revision = snap.revision;
     let plan_cluster = cluster.clone();
     let area_cfg = area.clone();
@@ -408,11 +421,6 @@ pub async fn plan_area_with(
             let area = area_cfg;
             let prefix_len = area.prefix.len();
             let t0 = std::time::Instant::now();
-            // Documents that do not parse or claim one key twice are refused here,
-            // before the first write, naming the file.
-            let desired_tree = key_tree(git, commit, &area.path, area.format, true)?;
-            let desired = read_area(git, desired_tree, &area.path)?;
-            tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "desired read");
             let base = match base_tree {
                 // The base is kvgit's own record: a file in it that maps to no key was
                 // carried over from Git and stands for no key.
