@@ -77,6 +77,7 @@ impl<'a> Decided<'a> {
         live: Option<&'a (ObjectId, KvEntry)>,
         file: Option<&'a AreaFile>,
         kv: Option<Option<ObjectId>>,
+        live_before: usize,
     ) -> Decided<'a> {
         Decided {
             rel,
@@ -85,7 +86,7 @@ impl<'a> Decided<'a> {
             kv,
             conflict: false,
             drift: false,
-            live_before: 0,
+            live_before,
         }
     }
 }
@@ -453,10 +454,7 @@ pub async fn plan_area_with(
                 if exact {
                     // No rule, no base: every key that differs from the tree becomes it.
                     if live_id != desired_id {
-                        decided.push(Decided {
-                            live_before: before,
-                            ..Decided::new(rel, l, d, Some(desired_id))
-                        });
+                        decided.push(Decided::new(rel, l, d, Some(desired_id), before));
                     }
                     continue;
                 }
@@ -491,8 +489,7 @@ pub async fn plan_area_with(
                     decided.push(Decided {
                         conflict: decision.conflict,
                         drift: decision.drift,
-                        live_before: before,
-                        ..Decided::new(rel, l, d, decision.kv)
+                        ..Decided::new(rel, l, d, decision.kv, before)
                     });
                 }
             }

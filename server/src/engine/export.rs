@@ -7,14 +7,14 @@ pub use error::ExportError;
 
 use super::changes::{self, Delta};
 use super::checkpoint::{self, Checkpoint, Judged};
-use super::decide::{base_after, Sides};
+use super::decide::{base_after, union3, Sides};
 use super::message::{commit_message, Trailers};
 use super::ser;
 use super::view::{key_tree, read_area_lenient};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
 use gitstore::{BlobContent, GitStore, HashedBlob, ObjectId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use sync_core::mapper::{self, Locator};
 use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
@@ -436,24 +436,21 @@ pub async fn full_pass(
             } else {
                 None
             };
-            let mut keys: BTreeSet<&Vec<u8>> = live.keys().chain(desired.keys()).collect();
-            if let Some(b) = &base {
-                keys.extend(b.keys());
-            }
-            let sides = keys
-                .into_iter()
-                .map(|rel| -> Result<(Vec<u8>, Sides), GitError> {
+            // One walk over the three sorted sides, as apply plans.
+            let base_files = base.iter().flat_map(|b| b.iter());
+            let sides: Vec<(Vec<u8>, Sides)> = union3(live.iter(), desired.iter(), base_files)
+                .map(|(rel, l, d, b)| {
                     let s = Sides {
                         base: match &base {
                             None => Base::Unknown,
-                            Some(b) => b.get(rel).map_or(Base::Absent, |f| Base::Present(f.id)),
+                            Some(_) => b.map_or(Base::Absent, |f| Base::Present(f.id)),
                         },
-                        live: live.get(rel).and_then(|v| v.as_ref()).map(|v| v.id),
-                        desired: desired.get(rel).map(|f| f.id),
+                        live: l.and_then(|v| v.as_ref()).map(|v| v.id),
+                        desired: d.map(|f| f.id),
                     };
-                    Ok((rel.clone(), s))
+                    (rel.clone(), s)
                 })
-                .collect::<Result<Vec<_>, GitError>>()?;
+                .collect();
             let base_start = if base_known { base_tree } else { None };
             let mut step = finish(git, rule, guard, tip, desired_tree, base_start, sides, live)?;
             step.unmapped = unmapped;
@@ -505,15 +502,14 @@ fn finish(
     let (mut conflicts, mut pending_apply) = (Vec::new(), 0);
     for (rel, s) in sides {
         let d = s.decide(rule);
-        let git_now = d.git;
         if d.conflict {
             conflicts.push(rel.clone());
         }
         pending_apply += usize::from(d.kv.is_some());
-        if let Some(new_base) = base_after(&s.base, s.live, git_now.unwrap_or(s.desired)) {
+        if let Some(new_base) = base_after(&s.base, s.live, d.git.unwrap_or(s.desired)) {
             base_ids.push((rel.clone(), new_base));
         }
-        if let Some(id) = git_now {
+        if let Some(id) = d.git {
             git_ids.push((rel, id));
         }
     }
