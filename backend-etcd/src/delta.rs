@@ -1,13 +1,14 @@
 //! `changes_between` without a watch: one range filtered on `mod_revision` returns every key
-//! written since `after` (and how many were created); two counts then tell whether any was deleted.
+//! written since `after` (and how many were created); two counts then tell whether any was
+//! deleted, and only then two key-only reads at both revisions tell which.
 //!
-//! Why: a watch on etcd < 3.4.25 cannot say reliably when it has caught up (etcd#15220),
-//! so a one-shot export would wait on a guess. Counting is exact and costs three round trips.
+//! Why: a watch on etcd < 3.4.25 cannot say when it has caught up (etcd#15220), so a
+//! one-shot export would wait on a guess. Counting is exact and costs three round trips.
 
 use crate::backend::Conn;
 use crate::errors::{compacted, is_compacted, missing_header, wire_rev};
 use crate::keys::prefix_range;
-use crate::snapshot::{compact_revision, read_filtered};
+use crate::snapshot::{compact_revision, keys_at, read_filtered};
 use etcd_client::GetOptions;
 use sync_core::{BackendError, ChangeKind, KvChange, Revision};
 
@@ -22,25 +23,41 @@ pub(crate) async fn changes_between(
     }
     // Three independent reads at fixed revisions: asked at once.
     let ((snap, created), then, now) = tokio::try_join!(
-        read_filtered(conn, prefix, Some(upto), Some(after)),
+        read_filtered(conn, prefix, Some(upto), Some(after), false),
         count(conn, prefix, after),
         count(conn, prefix, upto),
     )?;
     // Keys at `upto` = keys at `after` - deleted + created.
     let deleted = then + created as i64 - now;
+    let mut out: Vec<KvChange> = snap
+        .entries
+        .into_iter()
+        .map(|e| KvChange {
+            key: e.key,
+            kind: ChangeKind::Put(e.value),
+            revision: e.mod_revision,
+        })
+        .collect();
     if deleted != 0 {
-        return Ok(None);
+        // Deleted = there at `after`, gone at `upto` (a key deleted and created again is
+        // among the writes above with its last value). Both lists come in key order.
+        let (before, after_all) =
+            tokio::try_join!(keys_at(conn, prefix, after), keys_at(conn, prefix, upto))?;
+        let mut present = after_all.iter().peekable();
+        for key in before {
+            while present.next_if(|k| **k < key).is_some() {}
+            if present.peek().is_some_and(|k| **k == key) {
+                continue;
+            }
+            out.push(KvChange {
+                key,
+                kind: ChangeKind::Delete,
+                // When in (after, upto] is not known; only the key's absence at `upto` is.
+                revision: upto,
+            });
+        }
     }
-    Ok(Some(
-        snap.entries
-            .into_iter()
-            .map(|e| KvChange {
-                key: e.key,
-                kind: ChangeKind::Put(e.value),
-                revision: e.mod_revision,
-            })
-            .collect(),
-    ))
+    Ok(Some(out))
 }
 
 /// Keys under `prefix` at revision `at`.

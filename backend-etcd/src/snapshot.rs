@@ -17,17 +17,29 @@ pub(crate) async fn read(
     prefix: &[u8],
     at: Option<Revision>,
 ) -> Result<Snapshot, BackendError> {
-    Ok(read_filtered(conn, prefix, at, None).await?.0)
+    Ok(read_filtered(conn, prefix, at, None, false).await?.0)
+}
+
+/// The keys under `prefix` at revision `at`, without values, in key order.
+pub(crate) async fn keys_at(
+    conn: &Conn,
+    prefix: &[u8],
+    at: Revision,
+) -> Result<Vec<Key>, BackendError> {
+    let (snap, _) = read_filtered(conn, prefix, Some(at), None, true).await?;
+    Ok(snap.entries.into_iter().map(|e| e.key).collect())
 }
 
 /// Like `read`, keeping only keys last written after `modified_after` (etcd filters
 /// server-side, so only the matches travel); also says how many of them were created
 /// after it (etcd's `count_only` ignores revision filters, so this is the way to count).
+/// `keys_only` leaves every value empty.
 pub(crate) async fn read_filtered(
     conn: &Conn,
     prefix: &[u8],
     at: Option<Revision>,
     modified_after: Option<Revision>,
+    keys_only: bool,
 ) -> Result<(Snapshot, usize), BackendError> {
     let mut created = 0;
     let (mut start, end) = prefix_range(prefix);
@@ -42,6 +54,9 @@ pub(crate) async fn read_filtered(
             .with_revision(pinned.unwrap_or(0));
         if let Some(after) = modified_after {
             opts = opts.with_min_mod_revision(wire_rev(after.next())?);
+        }
+        if keys_only {
+            opts = opts.with_keys_only();
         }
         let mut resp = match page(conn, start.clone(), opts).await? {
             Page::Got(resp) => resp,

@@ -19,10 +19,6 @@ use tokio::time::Instant;
 const CHANNEL_CAPACITY: usize = 64;
 /// How often progress is asked for until the first one could be reported.
 const FIRST_PROGRESS_RETRY: Duration = Duration::from_millis(250);
-/// A quiet catch-up (no event for the prefix) is believed done after this; see `progress`.
-const LEGACY_SETTLE: Duration = Duration::from_secs(1);
-/// How long a progress answer waits for events the server may still have queued before it.
-const LEGACY_HOLD: Duration = Duration::from_millis(100);
 
 type Item = Result<WatchEvent, BackendError>;
 
@@ -73,7 +69,7 @@ async fn open_once(
 ) -> Result<WatchStream, BackendError> {
     let ordered = match conn.server_version().await {
         Ok(v) => server_orders_progress(&v),
-        // Unknown version: assume the older, unordered behaviour, which gates progress harder.
+        // Unknown version: assume the older, unordered behaviour, whose answers are not used.
         Err(_) => false,
     };
     let (key, end) = prefix_range(prefix);
@@ -98,28 +94,23 @@ async fn open_once(
     if created.canceled || !created.created {
         return Err(cancel_error(&conn.ctx, &created));
     }
-    let created_rev = rev(created.header.as_ref().map_or(0, |h| h.revision));
-    conn.ctx
-        .call("watch progress", sender.request_progress())
-        .await?;
+    let gate = ProgressGate::new(ordered, from);
+    if gate.asks() {
+        conn.ctx
+            .call("watch progress", sender.request_progress())
+            .await?;
+    }
 
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let task = WatchTask {
         responses,
         sender,
         tx,
-        gate: ProgressGate::new(
-            ordered,
-            from,
-            created_rev,
-            std::time::Instant::now(),
-            LEGACY_SETTLE,
-        ),
+        gate,
         watch_id: created.watch_id,
         interval: conn.progress_interval,
         ctx: conn.ctx.clone(),
         fragments: Vec::new(),
-        held: None,
     };
     tokio::spawn(task.run());
     Ok(futures::stream::unfold(rx, |mut rx| async move {
@@ -174,15 +165,13 @@ struct WatchTask {
     ctx: Ctx,
     /// Events of a fragmented response, until its last fragment arrives.
     fragments: Vec<PbEvent>,
-    /// A progress answer waiting out `LEGACY_HOLD`, and when it may go.
-    held: Option<(Revision, Instant)>,
 }
 
 impl WatchTask {
     async fn run(mut self) {
         let mut ask_at = Instant::now() + FIRST_PROGRESS_RETRY;
+        let asks = self.gate.asks();
         loop {
-            let release_at = self.held.map(|(_, at)| at);
             let flow = tokio::select! {
                 _ = self.tx.closed() => Flow::Stop,
                 msg = self.responses.next() => {
@@ -196,15 +185,12 @@ impl WatchTask {
                     ask_at = self.next_ask();
                     flow
                 }
-                _ = tokio::time::sleep_until(ask_at) => {
+                _ = tokio::time::sleep_until(ask_at), if asks => {
                     ask_at = self.next_ask();
                     match self.sender.request_progress().await {
                         Ok(()) => Flow::Continue,
                         Err(e) => self.fail(self.ctx.map("watch progress", e)).await,
                     }
-                }
-                _ = tokio::time::sleep_until(release_at.unwrap_or(ask_at)), if release_at.is_some() => {
-                    self.release_held().await
                 }
             };
             if let Flow::Stop = flow {
@@ -257,43 +243,24 @@ impl WatchTask {
                 .on_progress(header_rev, resp.watch_id == self.watch_id)
                 .await;
         }
-        self.on_events(header_rev, events).await
+        self.on_events(events).await
     }
 
     async fn on_progress(&mut self, p: Revision, server_notify: bool) -> Flow {
-        let Some(p) = self
-            .gate
-            .on_progress(p, server_notify, std::time::Instant::now())
-        else {
+        let Some(p) = self.gate.on_progress(p, server_notify) else {
             return Flow::Continue;
         };
-        if self.gate.needs_hold(server_notify) {
-            self.held = Some((p, Instant::now() + LEGACY_HOLD));
-            return Flow::Continue;
-        }
-        self.held = None;
-        self.report(p).await
-    }
-
-    async fn release_held(&mut self) -> Flow {
-        match self.held.take() {
-            Some((p, _)) if self.gate.is_new(p) => self.report(p).await,
-            _ => Flow::Continue,
-        }
-    }
-
-    async fn report(&mut self, p: Revision) -> Flow {
         self.gate.reported(p);
         self.send(Ok(WatchEvent::Progress { revision: p })).await
     }
 
-    async fn on_events(&mut self, header_rev: Revision, events: Vec<PbEvent>) -> Flow {
+    async fn on_events(&mut self, events: Vec<PbEvent>) -> Flow {
         let batches = match group_by_revision(events) {
             Ok(b) => b,
             Err(e) => return self.fail(e).await,
         };
         let revs: Vec<Revision> = batches.iter().map(|(r, _)| *r).collect();
-        if let Err(v) = self.gate.on_changes(header_rev, &revs) {
+        if let Err(v) = self.gate.on_changes(&revs) {
             tracing::warn!(
                 change = v.change.0,
                 reported = v.reported.0,
@@ -304,11 +271,6 @@ impl WatchTask {
                 .send(Ok(WatchEvent::ResyncNeeded(ResyncReason::IndexReset)))
                 .await;
             return Flow::Stop;
-        }
-        if let (Some((held, _)), Some(last)) = (self.held, revs.last()) {
-            if *last >= held {
-                self.held = None; // the changes themselves carry that progress
-            }
         }
         for (revision, changes) in batches {
             if let Flow::Stop = self

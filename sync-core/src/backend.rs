@@ -116,9 +116,10 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn snapshot(&self, prefix: &[u8], at: Option<Revision>)
         -> Result<Snapshot, BackendError>;
 
-    /// Changes under `prefix` with revision >= `from`, in revision order. Soon after the
-    /// start, once every change up to the then-current revision has been sent, the stream
-    /// yields `Progress` with that revision, and again whenever it is idle for a while.
+    /// Changes under `prefix` with revision >= `from`, in revision order. Once every change
+    /// up to a revision has been sent, the stream may yield `Progress` with it: soon after
+    /// the start and whenever idle where the backend can tell, never before the changes it
+    /// covers (etcd before 3.4.25 tells only at its own notification interval).
     /// A compacted `from` yields `ResyncNeeded(Compacted)`, never an `Err` nor a silent gap.
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError>;
 

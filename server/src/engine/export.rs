@@ -162,8 +162,12 @@ pub async fn run(
     // Each area's live side is read at once, all areas together (the backend answers them
     // in parallel); the commits follow one by one, in config order. The first area that
     // fails stops the pass, as if the areas ran one after another.
-    let reads =
-        futures::future::join_all(areas.iter().map(|area| read_live(ctx, area, &cluster))).await;
+    let reads = futures::future::join_all(
+        areas
+            .iter()
+            .map(|area| read_live(ctx, area, &cluster, None)),
+    )
+    .await;
     let mut reports = Vec::with_capacity(areas.len());
     for (area, read) in areas.into_iter().zip(reads) {
         let r = match read {
@@ -200,7 +204,22 @@ pub async fn export_area(
     cluster: &ClusterId,
     opts: ExportOptions,
 ) -> Result<ExportReport, ExportError> {
-    let read = read_live(ctx, area, cluster).await?;
+    let read = read_live(ctx, area, cluster, None).await?;
+    record_live(ctx, area, cluster, read, opts).await
+}
+
+/// Like [`export_area`] after the watch itself asked for a resync (its order broke, or the
+/// store's index went back): the checkpoint's revision no longer bounds what may have been
+/// missed, so the whole area is compared with the checkpoint's base by the rule, whatever
+/// the checkpoint says. A checkpoint that is not trusted at all still means no base.
+pub async fn resync_area(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    opts: ExportOptions,
+    cause: ResyncCause,
+) -> Result<ExportReport, ExportError> {
+    let read = read_live(ctx, area, cluster, Some(cause)).await?;
     record_live(ctx, area, cluster, read, opts).await
 }
 
@@ -224,6 +243,7 @@ async fn read_live(
     ctx: &Context,
     area: &AreaConfig,
     cluster: &ClusterId,
+    resync: Option<ResyncCause>,
 ) -> Result<LiveRead, ExportError> {
     let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
@@ -232,6 +252,11 @@ async fn read_live(
     let target = backend.current_revision().await?;
     tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "checkpoint loaded");
     Ok(match Judged::judge(cp, &area.name, cluster, target) {
+        Judged::Trusted(cp) if resync.is_some() => LiveRead::Full {
+            cp: Some(cp),
+            pass: PassKind::Resync,
+            cause: resync,
+        },
         Judged::Trusted(cp) => {
             let delta = changes::since(
                 backend.as_ref(),

@@ -179,6 +179,14 @@ pub async fn run(ctx: AreaCtx, area: AreaConfig, shutdown: CancellationToken) {
             Ok(Stop::Lost) => {
                 tracing::warn!(area = %name, "area lost: uncommitted events are left to its owner");
                 stopped(&ctx, &name);
+                // Fenced while the grant still says ours: the lease's renewal is overdue (an
+                // overloaded backend). Starting again at once would spin, each time with a
+                // catch-up read that loads the backend more; wait for the grant or a backoff.
+                if matches!(*grant.borrow(), Grant::Owned(_))
+                    && !pause(&shutdown, &mut grant, backoff.next_delay()).await
+                {
+                    return;
+                }
             }
             Ok(Stop::Released) => {
                 stopped(&ctx, &name);
@@ -278,7 +286,18 @@ async fn session(
     let report = {
         let _git = ctx.git_lock.lock("catch-up").await;
         let opts = fence(ctx, area)?;
-        export::export_area(&ctx.engine, area, &cluster, opts).await?
+        match counted {
+            // What the watch delivered before it asked may have been incomplete, and the
+            // checkpoint moved with it: compare the whole area, not only what came after.
+            Some(label) => {
+                let cause = export::ResyncCause {
+                    label,
+                    why: format!("the watch asked for a resync ({label})"),
+                };
+                export::resync_area(&ctx.engine, area, &cluster, opts, cause).await?
+            }
+            None => export::export_area(&ctx.engine, area, &cluster, opts).await?,
+        }
     };
     if let Some(cause) = report.resync.as_ref().filter(|c| counted != Some(c.label)) {
         ctx.metrics.resync(name, cause.label);
@@ -344,8 +363,8 @@ async fn session(
         tokio::select! {
             _ = shutdown.cancelled() => {
                 drop(queued.take());
-                drain(ctx, name, &backend, &mut stream, &mut batch).await;
                 flush(ctx, area, &cluster, &mut batch).await?;
+                catch_up(ctx, area, &cluster).await?;
                 return Ok(Stop::Shutdown);
             }
             changed = grant.changed() => {
@@ -357,8 +376,8 @@ async fn session(
                     Grant::Owned(_) => {}
                     Grant::HandOver(_) => {
                         drop(queued.take());
-                        drain(ctx, name, &backend, &mut stream, &mut batch).await;
                         flush(ctx, area, &cluster, &mut batch).await?;
+                        catch_up(ctx, area, &cluster).await?;
                         return Ok(Stop::Released);
                     }
                     Grant::NotOwned | Grant::Released(_) => return Ok(Stop::Lost),
@@ -422,36 +441,20 @@ async fn session(
 /// A held batch is examined again this often (and on `batch_max`), never in a tight loop.
 const HOLD_RECHECK: Duration = Duration::from_secs(5);
 
-/// How long shutdown waits for the watch to deliver writes acknowledged before it.
-const DRAIN_LIMIT: Duration = Duration::from_secs(3);
-
-/// At shutdown: take in every event up to the store's current revision (writes the store
-/// acknowledged before we stopped), so a clean exit leaves nothing for the next start.
-async fn drain(
-    ctx: &AreaCtx,
-    name: &str,
-    backend: &Arc<dyn sync_core::KvBackend>,
-    stream: &mut sync_core::WatchStream,
-    batch: &mut Batch,
-) {
-    let Ok(Ok(target)) = tokio::time::timeout(DRAIN_LIMIT, backend.current_revision()).await else {
-        return;
+/// At shutdown or hand-over, once the batch is committed: commit what the store
+/// acknowledged before we stopped that the watch has not delivered yet, read from the
+/// checkpoint as a one-shot `export` reads it. Exact on every backend, where waiting on the
+/// watch is not: etcd before 3.4.25 cannot say when a watcher has seen everything.
+async fn catch_up(ctx: &AreaCtx, area: &AreaConfig, cluster: &ClusterId) -> Result<(), AreaError> {
+    let report = {
+        let _git = ctx.git_lock.lock("catch-up").await;
+        let opts = fence(ctx, area)?;
+        export::export_area(&ctx.engine, area, cluster, opts).await?
     };
-    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while batch.upto() < target {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(WatchEvent::Changes { revision, changes }))) => {
-                for c in &changes {
-                    ctx.metrics
-                        .event(name, matches!(c.kind, ChangeKind::Delete));
-                }
-                batch.add(revision, changes, Instant::now());
-            }
-            Ok(Some(Ok(WatchEvent::Progress { revision }))) => batch.advance(revision),
-            // Gone, failed or out of time: what is not drained is committed on the next start.
-            _ => return,
-        }
+    if report.held.is_none() {
+        note_commit(ctx, &area.name.0, &report);
     }
+    Ok(())
 }
 
 /// The batch's size and age in `/status` (the lag gauge is refreshed from it).

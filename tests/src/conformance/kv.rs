@@ -3,7 +3,9 @@
 
 use super::support::{commit, contents, key, put, put_change, WatchLog};
 use std::collections::BTreeMap;
-use sync_core::{BackendError, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp};
+use sync_core::{
+    BackendError, ChangeKind, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp,
+};
 
 /// Cluster id is stable and non-empty; the current revision covers the last commit.
 pub async fn identity(b: &dyn KvBackend, prefix: &[u8]) {
@@ -374,6 +376,51 @@ pub async fn absent_runs(b: &dyn KvBackend, prefix: &[u8]) {
         want,
         "only the first run written"
     );
+}
+
+/// `changes_between` after a snapshot answers exactly with each changed key's last state:
+/// a deleted key as a delete, a key deleted and written again as its new value, keys left
+/// alone not at all. This is how an export and a catch-up read what changed, deletes included.
+pub async fn changes_between_is_exact(b: &dyn KvBackend, prefix: &[u8]) {
+    let k = |n: &str| key(prefix, n);
+    let del = |n: &str| WriteOp::Delete {
+        key: k(n),
+        expect: Precondition::Any,
+    };
+    let names = ["a", "b", "c", "e", "same"];
+    commit(b, names.iter().map(|n| put(k(n), *n)).collect()).await;
+    let from = b.snapshot(prefix, None).await.expect("snapshot").revision;
+    commit(b, vec![del("a"), put(k("b"), "b2")]).await;
+    commit(b, vec![del("c")]).await;
+    commit(b, vec![put(k("c"), "c2"), put(k("d"), "d")]).await;
+    commit(b, vec![del("e")]).await;
+    let upto = b.current_revision().await.expect("current revision");
+    let list = b
+        .changes_between(prefix, from, upto)
+        .await
+        .expect("changes_between")
+        .expect("an exact answer after a snapshot, up to the current revision");
+    let got: BTreeMap<Key, Option<Vec<u8>>> = list
+        .into_iter()
+        .map(|c| {
+            let v = match c.kind {
+                ChangeKind::Put(v) => Some(v),
+                ChangeKind::Delete => None,
+            };
+            (c.key, v)
+        })
+        .collect();
+    let want: BTreeMap<Key, Option<Vec<u8>>> = [
+        ("a", None),
+        ("b", Some("b2")),
+        ("c", Some("c2")),
+        ("d", Some("d")),
+        ("e", None),
+    ]
+    .into_iter()
+    .map(|(n, v)| (k(n), v.map(|v| v.as_bytes().to_vec())))
+    .collect();
+    assert_eq!(got, want, "changes between {from} and {upto}");
 }
 
 /// Writes over the limits are refused with TooLarge before anything is written.

@@ -62,6 +62,11 @@ pub async fn run_all(backend: Arc<dyn KvBackend>, prefix_root: &str, compact: Op
     .await;
     step("delete_is_exact", delete_is_exact(b, &p("delete"))).await;
     step(
+        "changes_between_is_exact",
+        changes_between_is_exact(b, &p("between")),
+    )
+    .await;
+    step(
         "watch_from_revision",
         watch_from_revision(b, prefix_root, "watch"),
     )
