@@ -532,7 +532,18 @@ fn a_token_without_write_on_one_area_is_refused_naming_key_and_token() {
             .as_str()
             .is_some_and(|e| e.contains("lacks permission 'key:write'"))
     });
-    let error = area("config")["apply_error"].to_string();
+    // Retried every sync interval, failing the same way each time: the error stays shown
+    // through the retries instead of blinking away while one is planned.
+    let mut error = String::new();
+    // 1.5 s: past at least one retry (the fetch interval is 1 s).
+    for _ in 0..60 {
+        error = area("config")["apply_error"].to_string();
+        assert!(
+            error.contains("lacks permission"),
+            "shown at every read: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
     eprintln!("/status config apply_error: {error}");
     assert!(error.contains("sigil/config/a"), "{error}");
     assert!(error.contains("backend.token_file"), "{error}");

@@ -149,13 +149,10 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
                 plan.epoch = Some(epoch);
                 memory.refused.remove(&name);
                 // The status and the gauge change together: a reader never sees one cleared
-                // and the other still set.
+                // and the other still set. The last apply error stays shown until the write
+                // has succeeded: a retry that fails the same way must not blink it away.
                 ctx.metrics.refused(&name, false);
-                ctx.metrics.unverified(&name, false);
-                ctx.state.update(&name, |s| {
-                    s.refused = None;
-                    s.apply_error = None;
-                });
+                ctx.state.update(&name, |s| s.refused = None);
                 plans.push(plan);
             }
             Err(e @ apply::ApplyError::MassDelete(_)) => {
@@ -195,15 +192,16 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
             // The pass's areas with writes are not recorded as applied: each shows why (a
             // backend refusal names the key and the credential), not only the pass.
             let msg = crate::errors::chain(&e);
-            for plan in plans.iter().filter(|p| !p.ops.is_empty()) {
-                ctx.state
-                    .update(&plan.area.name.0, |s| s.apply_error = Some(msg.clone()));
+            for plan in &plans {
+                let error = (!plan.ops.is_empty()).then(|| msg.clone());
+                settle_apply_error(ctx, &plan.area.name.0, error);
             }
             return Err(e.into());
         }
     };
     for (plan, w) in plans.iter().zip(&written) {
         let name = plan.area.name.0.as_str();
+        settle_apply_error(ctx, name, None);
         if w.raced.is_empty() {
             // The checkpoint as the apply left it (it moves when the base moved).
             if let Some(cp) = checkpoint::load(engine, &plan.area.name).await? {
@@ -247,6 +245,13 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
         });
     }
     Ok(())
+}
+
+/// The area's apply outcome once its writes are done: the tip was verified (it was
+/// planned), so the unverified gauge clears with the error it had set.
+fn settle_apply_error(ctx: &SyncCtx, name: &str, error: Option<String>) {
+    ctx.metrics.unverified(name, false);
+    ctx.state.update(name, |s| s.apply_error = error);
 }
 
 /// A kv-to-git area whose tree at the tip is not its base was edited in Git (a foreign
