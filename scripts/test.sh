@@ -25,8 +25,20 @@ cargo build --locked --workspace --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
-# One closing line over every test binary (cargo's own last line is a doc-test crate's).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+if cargo nextest --version >/dev/null 2>&1; then
+  # Tests run as separate processes, several at once (.config/nextest.toml): most wait on
+  # servers, so the suite takes a fraction of one-binary-at-a-time `cargo test`.
+  cargo nextest run --locked --workspace 2>&1 | tee "$log" || status=$?
+  cargo test --locked --workspace --doc 2>&1 | tee -a "$log" || status=$?
+  # One closing line over every test (nextest's summary, and the doc tests).
+  awk '/Summary \[/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+       /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+       END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+else
+  echo "cargo-nextest not found: running the tests one binary at a time with cargo test (slower; 'cargo install cargo-nextest --locked' to run them in parallel)"
+  cargo test --locked --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+  # One closing line over every test binary (cargo's own last line is a doc-test crate's).
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+       END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+fi
 exit "$status"

@@ -1530,19 +1530,26 @@ async fn fetches_and_pushes_at_once_count_no_errors_on_a_healthy_node() {
     };
     let serve = Serve::start(&ws, etcd.endpoint(), &cfg);
     serve.wait_ready();
-    for i in 0..60 {
+    // Writes go on until both timers have fired often enough to overlap (a loaded machine
+    // runs fewer per second): at least 60 rounds of 40 ms, and 10 fetches and 5 pushes.
+    let overlapped = |serve: &Serve| {
+        serve
+            .metric(r#"kvgit_fetch_total{result="ok"}"#)
+            .is_some_and(|n| n >= 10.0)
+            && serve
+                .metric(r#"kvgit_push_total{result="ok"}"#)
+                .is_some_and(|n| n >= 5.0)
+    };
+    let mut i = 0;
+    while i < 60 || !overlapped(&serve) {
+        assert!(i < 1500, "no 10 fetches and 5 pushes within 60 s");
         put(&mut c, &format!("/t/entries/n{}", i % 7), &format!("v{i}")).await;
         put(&mut c, &format!("/t/events/e{i}"), "x").await;
         tokio::time::sleep(Duration::from_millis(40)).await;
+        i += 1;
     }
     wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
     wait_pushed(&serve, &ws, &remote);
-    let fetched = metric(&serve, r#"kvgit_fetch_total{result="ok"}"#);
-    let pushed = metric(&serve, r#"kvgit_push_total{result="ok"}"#);
-    assert!(
-        fetched >= 10.0 && pushed >= 5.0,
-        "fetches {fetched}, pushes {pushed}"
-    );
     for series in [
         r#"kvgit_fetch_total{result="error"}"#,
         r#"kvgit_push_total{result="error"}"#,
