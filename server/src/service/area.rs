@@ -110,8 +110,9 @@ const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 /// How long to wait before trying again after an error that needs a person to fix.
 const FIX_RETRY: Duration = Duration::from_secs(10);
 
-/// A session that asks for a resync sooner than this after it started counts as a repeat:
-/// the next one waits longer, so a backend that keeps forcing resyncs is not hammered.
+/// A session that ends (a resync, an error, the fence) sooner than this after it started
+/// counts as a repeat: the next one waits longer, so a backend that keeps failing or
+/// forcing resyncs is not hammered; one that lasted longer starts the backoff over.
 const RESYNC_QUIET: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: AreaCtx, area: AreaConfig, shutdown: CancellationToken) {
@@ -174,6 +175,11 @@ pub async fn run(ctx: AreaCtx, area: AreaConfig, shutdown: CancellationToken) {
             Err(AreaError::Fenced(_)) => Ok(Stop::Lost),
             other => other,
         };
+        // A session that ran a while was healthy: the next failure starts the backoff over
+        // instead of waiting as long as the last burst of failures had come to.
+        if session_started.elapsed() >= RESYNC_QUIET {
+            backoff.reset();
+        }
         match outcome {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Lost) => {
