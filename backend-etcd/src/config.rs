@@ -37,7 +37,9 @@ pub struct EtcdConfig {
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
     /// A watch asks etcd for progress after this long without events, so callers can move
-    /// their checkpoint forward while the prefix is quiet. Not a config file setting.
+    /// their checkpoint forward while the prefix is quiet: on etcd >= 3.4.25 / 3.5.8 only,
+    /// as older servers' answers can overtake events (`progress.rs`). Not a config file
+    /// setting.
     #[serde(skip)]
     pub watch_progress_interval: Duration,
 }
