@@ -106,11 +106,7 @@ pub(crate) fn changes(
 ) -> Vec<KvChange> {
     let mut out: Vec<KvChange> = std::mem::take(&mut listing.entries)
         .into_iter()
-        .map(|e| KvChange {
-            key: e.key,
-            kind: ChangeKind::Put(e.value),
-            revision: e.mod_revision,
-        })
+        .map(KvChange::from)
         .collect();
     for suffix in removed(old, &listing.keys) {
         let mut key = Vec::with_capacity(prefix.len() + suffix.len());

@@ -29,15 +29,7 @@ pub(crate) async fn changes_between(
     )?;
     // Keys at `upto` = keys at `after` - deleted + created.
     let deleted = then + created as i64 - now;
-    let mut out: Vec<KvChange> = snap
-        .entries
-        .into_iter()
-        .map(|e| KvChange {
-            key: e.key,
-            kind: ChangeKind::Put(e.value),
-            revision: e.mod_revision,
-        })
-        .collect();
+    let mut out: Vec<KvChange> = snap.entries.into_iter().map(KvChange::from).collect();
     if deleted != 0 {
         // Deleted = there at `after`, gone at `upto` (a key deleted and created again is
         // among the writes above with its last value). Both lists come in key order.

@@ -2,7 +2,7 @@
 //! committed together, with the revision they are complete up to. Pure: the caller says
 //! what time it is, so every rule here is tested without a clock.
 
-use crate::types::{ChangeKind, Key, KvChange, Revision, Value};
+use crate::types::{Key, KvChange, Revision, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -42,11 +42,7 @@ impl Batch {
     /// Takes in the changes of one transaction at `revision`.
     pub fn add(&mut self, revision: Revision, changes: Vec<KvChange>, now: Instant) {
         for c in changes {
-            let value = match c.kind {
-                ChangeKind::Put(v) => Some(v),
-                ChangeKind::Delete => None,
-            };
-            self.changes.push((c.key, value));
+            self.changes.push((c.key, c.kind.into_value()));
             self.events += 1;
             self.first_at.get_or_insert(now);
         }
@@ -144,6 +140,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ChangeKind;
 
     fn put(k: &str, v: &str) -> KvChange {
         KvChange {

@@ -113,12 +113,33 @@ pub enum ChangeKind {
     Delete,
 }
 
+impl ChangeKind {
+    /// The key's value after the change (`None`: deleted).
+    pub fn into_value(self) -> Option<Value> {
+        match self {
+            ChangeKind::Put(v) => Some(v),
+            ChangeKind::Delete => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvChange {
     pub key: Key,
     pub kind: ChangeKind,
     /// The revision at which this change happened.
     pub revision: Revision,
+}
+
+/// A key as read is the put that last wrote it.
+impl From<KvEntry> for KvChange {
+    fn from(e: KvEntry) -> Self {
+        KvChange {
+            key: e.key,
+            kind: ChangeKind::Put(e.value),
+            revision: e.mod_revision,
+        }
+    }
 }
 
 /// Why a watch cannot continue from where it was: the caller must resync by the sync rule.

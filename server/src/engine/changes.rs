@@ -4,9 +4,7 @@
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use sync_core::{
-    BackendError, ChangeKind, Key, KvBackend, ResyncReason, Revision, Value, WatchEvent,
-};
+use sync_core::{BackendError, Key, KvBackend, ResyncReason, Revision, Value, WatchEvent};
 
 /// What happened in an area since a revision.
 pub enum Delta {
@@ -69,11 +67,7 @@ pub async fn since(
     {
         Ok(Some(list)) => {
             for c in list {
-                let v = match c.kind {
-                    ChangeKind::Put(v) => Some(v),
-                    ChangeKind::Delete => None,
-                };
-                changes.insert(c.key, v);
+                changes.insert(c.key, c.kind.into_value());
             }
             return Ok(Delta::Changes {
                 upto: target,
@@ -119,11 +113,7 @@ pub async fn since(
                 changes: batch,
             })) => {
                 for c in batch {
-                    let v = match c.kind {
-                        ChangeKind::Put(v) => Some(v),
-                        ChangeKind::Delete => None,
-                    };
-                    changes.insert(c.key, v);
+                    changes.insert(c.key, c.kind.into_value());
                 }
                 if revision >= target {
                     return Ok(Delta::Changes {

@@ -289,22 +289,13 @@ async fn session(
     let name = area.name.0.as_str();
     let backend = ctx.engine.backend().await?;
     let cluster = backend.cluster_id().await?;
-    let report = {
-        let _git = ctx.git_lock.lock("catch-up").await;
-        let opts = fence(ctx, area)?;
-        match counted {
-            // What the watch delivered before it asked may have been incomplete, and the
-            // checkpoint moved with it: compare the whole area, not only what came after.
-            Some(label) => {
-                let cause = export::ResyncCause {
-                    label,
-                    why: format!("the watch asked for a resync ({label})"),
-                };
-                export::resync_area(&ctx.engine, area, &cluster, opts, cause).await?
-            }
-            None => export::export_area(&ctx.engine, area, &cluster, opts).await?,
-        }
-    };
+    // What the watch delivered before it asked for a resync may have been incomplete, and
+    // the checkpoint moved with it: then the whole area is compared, not only what came after.
+    let resync = counted.map(|label| export::ResyncCause {
+        label,
+        why: format!("the watch asked for a resync ({label})"),
+    });
+    let report = catch_up(ctx, area, &cluster, resync).await?;
     if let Some(cause) = report.resync.as_ref().filter(|c| counted != Some(c.label)) {
         ctx.metrics.resync(name, cause.label);
         ctx.state.update(name, |s| {
@@ -370,7 +361,7 @@ async fn session(
             _ = shutdown.cancelled() => {
                 drop(queued.take());
                 flush(ctx, area, &cluster, &mut batch).await?;
-                catch_up(ctx, area, &cluster).await?;
+                catch_up_at_stop(ctx, area, &cluster).await?;
                 return Ok(Stop::Shutdown);
             }
             changed = grant.changed() => {
@@ -383,7 +374,7 @@ async fn session(
                     Grant::HandOver(_) => {
                         drop(queued.take());
                         flush(ctx, area, &cluster, &mut batch).await?;
-                        catch_up(ctx, area, &cluster).await?;
+                        catch_up_at_stop(ctx, area, &cluster).await?;
                         return Ok(Stop::Released);
                     }
                     Grant::NotOwned | Grant::Released(_) => return Ok(Stop::Lost),
@@ -447,16 +438,32 @@ async fn session(
 /// A held batch is examined again this often (and on `batch_max`), never in a tight loop.
 const HOLD_RECHECK: Duration = Duration::from_secs(5);
 
+/// Commits what changed since the area's checkpoint, read as a one-shot `export` reads it
+/// (under the Git lock and the fence); with `resync`, the whole area against its base.
+async fn catch_up(
+    ctx: &AreaCtx,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    resync: Option<export::ResyncCause>,
+) -> Result<export::ExportReport, AreaError> {
+    let _git = ctx.git_lock.lock("catch-up").await;
+    let opts = fence(ctx, area)?;
+    Ok(match resync {
+        Some(cause) => export::resync_area(&ctx.engine, area, cluster, opts, cause).await?,
+        None => export::export_area(&ctx.engine, area, cluster, opts).await?,
+    })
+}
+
 /// At shutdown or hand-over, once the batch is committed: commit what the store
-/// acknowledged before we stopped that the watch has not delivered yet, read from the
-/// checkpoint as a one-shot `export` reads it. Exact on every backend, where waiting on the
-/// watch is not: etcd before 3.4.25 cannot say when a watcher has seen everything.
-async fn catch_up(ctx: &AreaCtx, area: &AreaConfig, cluster: &ClusterId) -> Result<(), AreaError> {
-    let report = {
-        let _git = ctx.git_lock.lock("catch-up").await;
-        let opts = fence(ctx, area)?;
-        export::export_area(&ctx.engine, area, cluster, opts).await?
-    };
+/// acknowledged before we stopped that the watch has not delivered yet. Exact on every
+/// backend, where waiting on the watch is not: etcd before 3.4.25 cannot say when a
+/// watcher has seen everything.
+async fn catch_up_at_stop(
+    ctx: &AreaCtx,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+) -> Result<(), AreaError> {
+    let report = catch_up(ctx, area, cluster, None).await?;
     if report.held.is_none() {
         note_commit(ctx, &area.name.0, &report);
     }

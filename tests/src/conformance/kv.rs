@@ -3,9 +3,7 @@
 
 use super::support::{commit, contents, key, put, put_change, WatchLog};
 use std::collections::BTreeMap;
-use sync_core::{
-    BackendError, ChangeKind, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp,
-};
+use sync_core::{BackendError, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp};
 
 /// Cluster id is stable and non-empty; the current revision covers the last commit.
 pub async fn identity(b: &dyn KvBackend, prefix: &[u8]) {
@@ -402,13 +400,7 @@ pub async fn changes_between_is_exact(b: &dyn KvBackend, prefix: &[u8]) {
         .expect("an exact answer after a snapshot, up to the current revision");
     let got: BTreeMap<Key, Option<Vec<u8>>> = list
         .into_iter()
-        .map(|c| {
-            let v = match c.kind {
-                ChangeKind::Put(v) => Some(v),
-                ChangeKind::Delete => None,
-            };
-            (c.key, v)
-        })
+        .map(|c| (c.key, c.kind.into_value()))
         .collect();
     let want: BTreeMap<Key, Option<Vec<u8>>> = [
         ("a", None),
