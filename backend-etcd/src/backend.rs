@@ -6,10 +6,11 @@ use crate::errors::{missing_header, rev, Ctx, KIND};
 use crate::{delta, ownership, snapshot, txn, watch};
 use async_trait::async_trait;
 use etcd_client::{Client, KvClient, LeaseClient, MaintenanceClient, WatchClient};
+use futures::{StreamExt, TryStreamExt};
 use std::time::Duration;
 use sync_core::{
     BackendError, Claim, ClusterId, Epoch, Key, KvBackend, Lease, LeaseId, Renewal, Revision,
-    Snapshot, TxnOutcome, WatchStream, WriteLimits, WriteOp,
+    Snapshot, SnapshotPages, TxnOutcome, WatchStream, WriteLimits, WriteOp,
 };
 
 /// etcd refuses a txn of more than 128 ops (`--max-txn-ops`).
@@ -32,7 +33,7 @@ pub const MAX_TXN_BYTES: usize = 1400 * 1024;
 pub const MAX_SINGLE_OP_BYTES: usize = MAX_REQUEST_BYTES - 4 * 1024;
 /// Responses bigger than this are refused by the client; snapshot pages shrink to fit, watch
 /// responses are fragmented by the server.
-const DECODE_LIMIT: usize = 16 * 1024 * 1024;
+pub(crate) const DECODE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The clients and settings every request needs; cheap to clone.
 #[derive(Clone)]
@@ -272,6 +273,22 @@ impl KvBackend for EtcdBackend {
         snapshot::read(&self.conn, prefix, at)
             .await
             .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))
+    }
+
+    async fn snapshot_pages(
+        &self,
+        prefix: &[u8],
+        at: Option<Revision>,
+    ) -> Result<SnapshotPages, BackendError> {
+        let pages = snapshot::pages(&self.conn, prefix, at)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))?;
+        // A later page can be refused too (a revoked permission): named the same way.
+        let conn = self.conn.clone();
+        let prefix = prefix.to_vec();
+        Ok(pages
+            .map_err(move |e| conn.denied(e, || name_prefix(&prefix)))
+            .boxed())
     }
 
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError> {

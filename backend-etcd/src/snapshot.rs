@@ -1,5 +1,5 @@
-//! `snapshot`: every key under a prefix at one revision, read in pages that are all pinned to
-//! the revision of the first (or the requested one), so the result is one consistent cut.
+//! `snapshot` and `snapshot_pages`: every key under a prefix at one revision, read in pages all
+//! pinned to the revision of the first (or the requested one), so they make one consistent cut.
 
 use crate::backend::Conn;
 use crate::errors::{
@@ -7,10 +7,14 @@ use crate::errors::{
 };
 use crate::keys::{key_after, prefix_range};
 use etcd_client::{GetOptions, GetResponse, WatchOptions};
-use sync_core::{BackendError, Key, KvEntry, Revision, Snapshot};
+use futures::StreamExt;
+use sync_core::{BackendError, Key, KvEntry, Revision, Snapshot, SnapshotPages};
 
-/// Keys per page: one unpaged range of a large prefix exceeds the client's decode limit.
+/// Keys of the first page: one unpaged range of a large prefix exceeds the client's decode
+/// limit. Later pages grow while they stay under `PAGE_BYTES` (half that limit).
 pub(crate) const PAGE_KEYS: i64 = 10_000;
+const PAGE_BYTES: usize = crate::backend::DECODE_LIMIT / 2;
+const MAX_PAGE_KEYS: i64 = 100_000;
 
 pub(crate) async fn read(
     conn: &Conn,
@@ -18,6 +22,22 @@ pub(crate) async fn read(
     at: Option<Revision>,
 ) -> Result<Snapshot, BackendError> {
     Ok(read_filtered(conn, prefix, at, None, false).await?.0)
+}
+
+/// `read` one page at a time. The first page is read here, so a refusal or a compacted `at`
+/// is this call's error rather than the stream's; the rest are read as they are asked for.
+pub(crate) async fn pages(
+    conn: &Conn,
+    prefix: &[u8],
+    at: Option<Revision>,
+) -> Result<SnapshotPages, BackendError> {
+    let mut pager = Pager::new(conn, prefix, at, None, false)?;
+    let first = pager.next_page().await?;
+    let rest = futures::stream::try_unfold(pager, |mut pager| async move {
+        let page = pager.next_page().await?;
+        Ok::<_, BackendError>(page.map(|page| (page, pager)))
+    });
+    Ok(futures::stream::iter(first.map(Ok)).chain(rest).boxed())
 }
 
 /// The keys under `prefix` at revision `at`, without values, in key order.
@@ -41,77 +61,156 @@ pub(crate) async fn read_filtered(
     modified_after: Option<Revision>,
     keys_only: bool,
 ) -> Result<(Snapshot, usize), BackendError> {
-    let mut created = 0;
-    let (mut start, end) = prefix_range(prefix);
-    // 0 asks etcd for the current revision; the first page's header then pins the rest.
-    let mut pinned: Option<i64> = at.map(wire_rev).transpose()?;
-    let mut limit = PAGE_KEYS;
-    let mut entries = Vec::new();
-    loop {
-        let mut opts = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(limit)
-            .with_revision(pinned.unwrap_or(0));
-        if let Some(after) = modified_after {
-            opts = opts.with_min_mod_revision(wire_rev(after.next())?);
-        }
-        if keys_only {
-            opts = opts.with_keys_only();
-        }
-        let mut resp = match page(conn, start.clone(), opts).await? {
-            Page::Got(resp) => resp,
-            Page::TooBig if limit > 1 => {
-                // Big values: fewer keys per page until a page fits.
-                limit = (limit / 4).max(1);
-                continue;
-            }
-            Page::TooBig => {
-                return Err(BackendError::Refused {
-                    backend: crate::errors::KIND,
-                    detail: "range: a single key is larger than the client's decode limit".into(),
-                })
-            }
-            Page::Compacted => {
-                let requested = rev(pinned.unwrap_or(0));
-                return Err(compacted(
-                    requested,
-                    compact_revision(conn, prefix, requested).await,
-                ));
-            }
+    let mut pager = Pager::new(conn, prefix, at, modified_after, keys_only)?;
+    let mut snap = Snapshot {
+        revision: at.unwrap_or(Revision(0)),
+        entries: Vec::new(),
+    };
+    while let Some(page) = pager.next_page().await? {
+        snap.revision = page.revision;
+        snap.entries.extend(page.entries);
+    }
+    Ok((snap, pager.created))
+}
+
+/// Where a paged read of a prefix stands. Owns what it needs (a `Conn` clone), so a stream
+/// of pages can outlive the call that started it.
+struct Pager {
+    conn: Conn,
+    /// For the compaction probe, which watches the same prefix.
+    prefix: Vec<u8>,
+    /// `None` once the last page was read.
+    start: Option<Vec<u8>>,
+    end: Vec<u8>,
+    /// Unset until the first page's header: every later page is read at the first's revision.
+    pinned: Option<i64>,
+    limit: i64,
+    min_mod_revision: Option<i64>,
+    modified_after: Option<Revision>,
+    keys_only: bool,
+    /// Keys created after `modified_after`, over the pages read so far.
+    created: usize,
+}
+
+impl Pager {
+    fn new(
+        conn: &Conn,
+        prefix: &[u8],
+        at: Option<Revision>,
+        modified_after: Option<Revision>,
+        keys_only: bool,
+    ) -> Result<Self, BackendError> {
+        let (start, end) = prefix_range(prefix);
+        Ok(Pager {
+            conn: conn.clone(),
+            prefix: prefix.to_vec(),
+            start: Some(start),
+            end,
+            pinned: at.map(wire_rev).transpose()?,
+            limit: PAGE_KEYS,
+            min_mod_revision: modified_after
+                .map(|after| wire_rev(after.next()))
+                .transpose()?,
+            modified_after,
+            keys_only,
+            created: 0,
+        })
+    }
+
+    /// The next page at the pinned revision, `None` after the last. The first call always
+    /// gives a page, empty when the prefix is, so the revision is known either way.
+    async fn next_page(&mut self) -> Result<Option<Snapshot>, BackendError> {
+        let Some(start) = self.start.clone() else {
+            return Ok(None);
         };
-        let header_rev = resp
-            .header()
-            .ok_or_else(|| missing_header("range"))?
-            .revision();
-        let pinned_rev = *pinned.get_or_insert(header_rev);
-        let more = resp.more();
-        let kvs = resp.take_kvs();
-        let next = kvs.last().map(|kv| key_after(kv.key()));
-        entries.reserve(kvs.len());
-        for kv in kvs {
-            if modified_after.is_some_and(|after| rev(kv.create_revision()) > after) {
-                created += 1;
+        loop {
+            // 0 asks etcd for the current revision; the first page's header then pins the rest.
+            let mut opts = GetOptions::new()
+                .with_range(self.end.clone())
+                .with_limit(self.limit)
+                .with_revision(self.pinned.unwrap_or(0));
+            if let Some(min) = self.min_mod_revision {
+                opts = opts.with_min_mod_revision(min);
             }
-            let mod_revision = rev(kv.mod_revision());
-            let (key, value) = kv.into_key_value();
-            entries.push(KvEntry {
-                key: Key(key),
-                value,
-                mod_revision,
-            });
-        }
-        match (more, next) {
-            (true, Some(next)) => start = next,
-            _ => {
-                return Ok((
-                    Snapshot {
-                        revision: rev(pinned_rev),
-                        entries,
-                    },
-                    created,
-                ))
+            if self.keys_only {
+                opts = opts.with_keys_only();
             }
+            let mut resp = match page(&self.conn, start.clone(), opts).await? {
+                Page::Got(resp) => resp,
+                Page::TooBig if self.limit > 1 => {
+                    // Big values: fewer keys per page until a page fits.
+                    self.limit = (self.limit / 4).max(1);
+                    continue;
+                }
+                Page::TooBig => {
+                    return Err(BackendError::Refused {
+                        backend: crate::errors::KIND,
+                        detail: "range: a single key is larger than the client's decode limit"
+                            .into(),
+                    })
+                }
+                Page::Compacted => {
+                    let requested = rev(self.pinned.unwrap_or(0));
+                    return Err(compacted(
+                        requested,
+                        compact_revision(&self.conn, &self.prefix, requested).await,
+                    ));
+                }
+            };
+            let header_rev = resp
+                .header()
+                .ok_or_else(|| missing_header("range"))?
+                .revision();
+            let pinned_rev = *self.pinned.get_or_insert(header_rev);
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            self.start = match (more, kvs.last()) {
+                (true, Some(last)) => Some(key_after(last.key())),
+                _ => None,
+            };
+            if self.start.is_some() {
+                self.grow_limit(&kvs);
+            }
+            let mut entries = Vec::with_capacity(kvs.len());
+            for kv in kvs {
+                if self
+                    .modified_after
+                    .is_some_and(|after| rev(kv.create_revision()) > after)
+                {
+                    self.created += 1;
+                }
+                let mod_revision = rev(kv.mod_revision());
+                let (key, value) = kv.into_key_value();
+                entries.push(KvEntry {
+                    key: Key(key),
+                    value,
+                    mod_revision,
+                });
+            }
+            return Ok(Some(Snapshot {
+                revision: rev(pinned_rev),
+                entries,
+            }));
         }
+    }
+}
+
+impl Pager {
+    /// Larger pages for small keys and values, up to about [`PAGE_BYTES`]: etcd 3.4 walks
+    /// the whole rest of the range's index for every page, so at millions of keys the
+    /// number of pages, not their size, is what a snapshot costs.
+    fn grow_limit(&mut self, kvs: &[etcd_client::KeyValue]) {
+        // A key-value's fields besides key and value take about this much on the wire.
+        const FIELDS: usize = 32;
+        let bytes: usize = kvs
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len() + FIELDS)
+            .sum();
+        let per_key = (bytes / kvs.len().max(1)).max(1);
+        let fits = i64::try_from(PAGE_BYTES / per_key).unwrap_or(MAX_PAGE_KEYS);
+        self.limit = self
+            .limit
+            .max((self.limit * 2).min(fits).min(MAX_PAGE_KEYS));
     }
 }
 

@@ -33,7 +33,7 @@ pub use edit::SetSubtreeError;
 pub use gix::ObjectId;
 pub use history::{HistoryEntry, HistoryError};
 pub use objects::{BlobReader, CommitInfo, HashError, ObjectReadError};
-pub use pack::PackWriteError;
+pub use pack::{BulkWriter, PackWriteError};
 pub use refs::{
     meta_tracking_ref, tracking_ref, RefReadError, RefUpdateError, ResolveError, META_REFS,
 };
@@ -45,7 +45,7 @@ pub use signing::{
 };
 pub use store::{GitStore, OpenError};
 pub use trees::TreeReadError;
-pub use write::{BlobContent, HashedBlob, WritePlanError};
+pub use write::{BlobContent, HashedBlob, StoredBlob, WritePlanError};
 
 /// The plan type gitstore writes: new file contents are owned byte vectors.
 pub type Plan = sync_core::tree::DirPlan<ObjectId, Vec<u8>>;

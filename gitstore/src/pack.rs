@@ -15,9 +15,9 @@ use gix::zlib::stream::deflate::{Compress, FlushCompress};
 use gix::ObjectId;
 
 use crate::packfile::{entry_bytes, PackWriter};
-use crate::write::{write_root, BlobContent, Sink, WritePlanError};
+use crate::write::{write_dir, write_root, BlobContent, Sink, StoredBlob, WritePlanError};
 use crate::GitStore;
-use sync_core::tree::DirPlan;
+use sync_core::tree::{DirPlan, EntryKind, PlanEntry};
 
 /// Fast zlib: the pack is rewritten by the next `git gc` anyway.
 const COMPRESSION: gix::zlib::Compression = gix::zlib::Compression::BEST_SPEED;
@@ -95,6 +95,114 @@ impl GitStore {
         let dir = objects_dir.join("pack");
         write_pack(&dir, &sink.objects)?;
         Ok(root)
+    }
+}
+
+/// Writes one very large tree in bounded memory: blobs as the caller reads them, then the
+/// trees a batch of root entries at a time, into packs of about `pack_bytes` each (what it
+/// holds in memory at most).
+/// Nothing refers to these objects until the caller commits the returned root tree.
+pub struct BulkWriter<'g> {
+    git: &'g GitStore,
+    queued: PackSink<'static>,
+    queued_bytes: usize,
+    pack_bytes: usize,
+    root: DirPlan<ObjectId, StoredBlob>,
+}
+
+impl GitStore {
+    pub fn bulk_writer(&self, pack_bytes: usize) -> BulkWriter<'_> {
+        BulkWriter {
+            git: self,
+            queued: PackSink::default(),
+            queued_bytes: 0,
+            pack_bytes,
+            root: DirPlan::default(),
+        }
+    }
+}
+
+impl BulkWriter<'_> {
+    /// Queues a blob for the next pack and returns its id.
+    pub fn blob(&mut self, bytes: Vec<u8>) -> Result<ObjectId, PackWriteError> {
+        let id =
+            crate::objects::hash(Kind::Blob, &bytes).map_err(|source| WritePlanError::Hash {
+                path: "(value)".into(),
+                source,
+            })?;
+        self.queue(Kind::Blob, id, Cow::Owned(bytes))?;
+        Ok(id)
+    }
+
+    /// Writes every tree below the root entries of `plan` (its files are stored blobs) and
+    /// keeps those entries for the root, which [`BulkWriter::finish`] writes.
+    pub fn add_root_entries(
+        &mut self,
+        plan: DirPlan<ObjectId, StoredBlob>,
+    ) -> Result<(), PackWriteError> {
+        for (name, entry) in plan.entries {
+            let entry = match entry {
+                PlanEntry::Dir(sub) => {
+                    let mut sink = PackSink::default();
+                    let mut dir = vec![name.as_str()];
+                    let Some(id) = write_dir(&sub, &mut sink, &mut dir)? else {
+                        continue;
+                    };
+                    for obj in sink.objects {
+                        self.queue(obj.kind, obj.id, Cow::Owned(obj.data.into_owned()))?;
+                    }
+                    PlanEntry::Existing {
+                        kind: EntryKind::Dir,
+                        id,
+                    }
+                }
+                other => other,
+            };
+            self.root.entries.push((name, entry));
+        }
+        Ok(())
+    }
+
+    /// Writes the root tree and the last pack: the tree id, or `None` when no entry was added.
+    pub fn finish(mut self) -> Result<Option<ObjectId>, PackWriteError> {
+        let root = if self.root.is_empty() {
+            None
+        } else {
+            let root = std::mem::take(&mut self.root);
+            let mut sink = PackSink::default();
+            let id = write_root(&root, &mut sink)?;
+            for obj in sink.objects {
+                self.queue(obj.kind, obj.id, Cow::Owned(obj.data.into_owned()))?;
+            }
+            Some(id)
+        };
+        self.flush()?;
+        Ok(root)
+    }
+
+    fn queue(
+        &mut self,
+        kind: Kind,
+        id: ObjectId,
+        data: Cow<'static, [u8]>,
+    ) -> Result<(), PackWriteError> {
+        self.queued_bytes += data.len();
+        self.queued
+            .put(kind, id, data)
+            .map_err(|source| PackWriteError::Compress { id, source })?;
+        if self.queued_bytes >= self.pack_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PackWriteError> {
+        let mut queued = std::mem::take(&mut self.queued);
+        self.queued_bytes = 0;
+        // Trees first, as in `write_plan_packed`.
+        queued.objects.sort_by_key(|obj| obj.kind != Kind::Tree);
+        let dir = self.git.repo().objects.store_ref().path().join("pack");
+        write_pack(&dir, &queued.objects)
     }
 }
 

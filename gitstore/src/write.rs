@@ -21,6 +21,10 @@ pub trait BlobContent {
     fn known_id(&self) -> Option<ObjectId> {
         None
     }
+    /// The blob is already in the store under this id: referenced, not written again.
+    fn stored_id(&self) -> Option<ObjectId> {
+        None
+    }
 }
 
 impl BlobContent for Vec<u8> {
@@ -42,6 +46,23 @@ impl BlobContent for HashedBlob {
     }
     fn known_id(&self) -> Option<ObjectId> {
         Some(self.id)
+    }
+}
+
+/// A file whose blob was stored already (by [`crate::BulkWriter::blob`]): a plan of
+/// these writes trees only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBlob(pub ObjectId);
+
+impl BlobContent for StoredBlob {
+    fn bytes(&self) -> &[u8] {
+        &[]
+    }
+    fn known_id(&self) -> Option<ObjectId> {
+        Some(self.0)
+    }
+    fn stored_id(&self) -> Option<ObjectId> {
+        Some(self.0)
     }
 }
 
@@ -91,7 +112,7 @@ pub(crate) fn write_root<'p, V: BlobContent>(
 
 /// Writes one directory after its subdirectories; `None` when it ends up empty (empty
 /// directories are pruned: Git cannot check them out).
-fn write_dir<'p, V: BlobContent>(
+pub(crate) fn write_dir<'p, V: BlobContent>(
     plan: &'p DirPlan<ObjectId, V>,
     sink: &mut impl Sink<'p>,
     dir: &mut Vec<&'p str>,
@@ -106,21 +127,24 @@ fn write_dir<'p, V: BlobContent>(
         }
         let (kind, id) = match entry {
             PlanEntry::Existing { kind, id } => (git_kind(*kind), *id),
-            PlanEntry::File(content) => {
-                let bytes = content.bytes();
-                let id = match content.known_id() {
-                    Some(id) => {
-                        debug_assert_eq!(hash(Kind::Blob, bytes).ok(), Some(id), "{name}");
-                        id
-                    }
-                    None => hash(Kind::Blob, bytes).map_err(|source| WritePlanError::Hash {
-                        path: path_of(dir, name),
-                        source,
-                    })?,
-                };
-                put(sink, dir, name, Kind::Blob, id, Cow::Borrowed(bytes))?;
-                (GitKind::Blob, id)
-            }
+            PlanEntry::File(content) => match content.stored_id() {
+                Some(id) => (GitKind::Blob, id),
+                None => {
+                    let bytes = content.bytes();
+                    let id = match content.known_id() {
+                        Some(id) => {
+                            debug_assert_eq!(hash(Kind::Blob, bytes).ok(), Some(id), "{name}");
+                            id
+                        }
+                        None => hash(Kind::Blob, bytes).map_err(|source| WritePlanError::Hash {
+                            path: path_of(dir, name),
+                            source,
+                        })?,
+                    };
+                    put(sink, dir, name, Kind::Blob, id, Cow::Borrowed(bytes))?;
+                    (GitKind::Blob, id)
+                }
+            },
             PlanEntry::Dir(sub) => {
                 dir.push(name);
                 let id = write_dir(sub, sink, dir)?;

@@ -370,3 +370,69 @@ fn values_hashed_by_the_caller_are_written_under_their_ids_without_hashing_again
     assert_eq!(s.write_plan_packed(&hashed).expect("packed"), plain);
     fsck(s.git_dir());
 }
+
+/// The bulk path of a first export: blobs stored as read, trees batch by batch of root
+/// groups, small packs. It must give the very tree one packed write of the whole layout gives.
+#[test]
+fn bulk_writes_in_batches_give_the_tree_of_one_packed_write() {
+    use sync_core::mapper::{layout_all, BulkKeys};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (one_dir, bulk_dir) = (tmp.path().join("one"), tmp.path().join("bulk"));
+    std::fs::create_dir_all(&one_dir).expect("mkdir");
+    std::fs::create_dir_all(&bulk_dir).expect("mkdir");
+    // Keys whose root entries interact: case variants, a key that is also a directory,
+    // a long segment that is chunked, the empty segment; and many plain ones.
+    let mut keys: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"Node/a".to_vec(), b"1".to_vec()),
+        (b"node".to_vec(), b"2".to_vec()),
+        (b"node/b".to_vec(), b"3".to_vec()),
+        (b"a-b".to_vec(), b"4".to_vec()),
+        ([b"x".repeat(400), b"/y".to_vec()].concat(), b"5".to_vec()),
+        ([b"x".repeat(200), b"/z".to_vec()].concat(), b"6".to_vec()),
+        (b"/lead".to_vec(), b"7".to_vec()),
+        (Vec::new(), b"8".to_vec()),
+    ];
+    for i in 0..300 {
+        keys.push((
+            format!("n{}/k{i:04}", i % 13).into_bytes(),
+            format!("value {i}").repeat(20).into_bytes(),
+        ));
+    }
+    keys.sort();
+
+    let one = store(&one_dir);
+    let whole = one
+        .write_plan_packed(&layout_all(keys.clone()))
+        .expect("packed write");
+
+    let bulk_store = store(&bulk_dir);
+    // 4 KiB packs: the values alone fill a dozen.
+    let mut bulk = bulk_store.bulk_writer(4096);
+    let mut ids = BulkKeys::default();
+    for (k, v) in keys.clone() {
+        let id = bulk.blob(v).expect("blob");
+        ids.push(&k, gitstore::StoredBlob(id));
+    }
+    ids.layout_batches(2, |plan| bulk.add_root_entries(plan))
+        .expect("trees");
+    let root = bulk.finish().expect("finish").expect("a root");
+    assert_eq!(root, whole, "the bulk tree differs from the one-shot tree");
+
+    let count = git(bulk_store.git_dir(), &["count-objects", "-v"]);
+    let packs: usize = count
+        .lines()
+        .find_map(|l| l.strip_prefix("packs: "))
+        .and_then(|n| n.parse().ok())
+        .expect("packs line");
+    assert!(packs > 5, "expected many small packs: {count}");
+    let files = bulk_store.files_under(root).expect("walk bulk tree");
+    assert_eq!(files.len(), keys.len(), "every key is a file");
+    let commit = bulk_store
+        .write_commit(root, &[], "bulk", &author(), 1)
+        .expect("commit");
+    git(
+        bulk_store.git_dir(),
+        &["update-ref", "refs/heads/main", &commit.to_string()],
+    );
+    fsck(bulk_store.git_dir());
+}

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// Changes under a prefix, from a revision on. Ends after `ResyncNeeded` or an error.
 pub type WatchStream = BoxStream<'static, Result<WatchEvent, BackendError>>;
 
+/// A snapshot in pages: each item a [`Snapshot`] at the same revision, sorted, every key
+/// after the previous page's last. Never empty: an empty prefix is one empty page.
+pub type SnapshotPages = BoxStream<'static, Result<Snapshot, BackendError>>;
+
 /// Errors of a backend call. An error is never "no keys": callers stop, they do not delete.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -115,6 +119,18 @@ pub trait KvBackend: Send + Sync + 'static {
     /// Every key under `prefix`, all read at one revision (`at`, or the current one), sorted.
     async fn snapshot(&self, prefix: &[u8], at: Option<Revision>)
         -> Result<Snapshot, BackendError>;
+
+    /// `snapshot` as it is read, page by page, for a caller that goes through a large area
+    /// without holding it whole. The first page is read before this returns (its errors
+    /// come here); a later page's error ends the stream. Default: `snapshot` as one page.
+    async fn snapshot_pages(
+        &self,
+        prefix: &[u8],
+        at: Option<Revision>,
+    ) -> Result<SnapshotPages, BackendError> {
+        let snap = self.snapshot(prefix, at).await?;
+        Ok(Box::pin(futures::stream::once(async move { Ok(snap) })))
+    }
 
     /// Changes under `prefix` with revision >= `from`, in revision order. Once every change
     /// up to a revision has been sent, the stream may yield `Progress` with it: soon after

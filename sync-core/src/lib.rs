@@ -12,7 +12,7 @@ pub mod rule;
 pub mod tree;
 pub mod types;
 
-pub use backend::{BackendError, KvBackend, WatchStream};
+pub use backend::{BackendError, KvBackend, SnapshotPages, WatchStream};
 pub use memory::MemoryBackend;
 pub use ownership::{rendezvous_owner, Claim, Epoch, Lease, LeaseId, Renewal};
 pub use types::*;

@@ -8,8 +8,8 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
 use sync_core::mapper::{
-    components, decode_path, decode_paths, layout_all, lookup, plan_changes, Locator, MapError,
-    NameProblem, PlanError,
+    components, decode_path, decode_paths, layout_all, lookup, plan_changes, BulkKeys, Locator,
+    MapError, NameProblem, PlanError,
 };
 use sync_core::tree::{DirPlan, EntryKind, ListedEntry, PlanEntry, TreeSource};
 use sync_core::Key;
@@ -350,6 +350,33 @@ proptest! {
         prop_assert_eq!(found.map(|id| store.content(id).to_vec()), Some(b"v".to_vec()));
         let comps = components(&k);
         prop_assert!(!comps.last().unwrap().continues);
+    }
+
+    #[test]
+    fn batches_of_root_groups_give_the_tree_of_one_layout(
+        (set, batch) in (key_set(), 1usize..4),
+    ) {
+        let mut store = Store::default();
+        let whole = layout(&mut store, &set);
+        let mut bulk = BulkKeys::default();
+        for (k, v) in &set {
+            bulk.push(k, v.clone());
+        }
+        // Each batch's subtrees are written at once; only the root's entries are kept.
+        let mut root = DirPlan::<u64, Vec<u8>>::default();
+        bulk.layout_batches(batch, |plan: DirPlan<u64, Vec<u8>>| {
+            for (name, entry) in plan.entries {
+                let existing = match entry {
+                    PlanEntry::File(v) => PlanEntry::Existing { kind: EntryKind::File, id: store.blob(&v) },
+                    PlanEntry::Dir(sub) => PlanEntry::Existing { kind: EntryKind::Dir, id: store.write(sub) },
+                    e @ PlanEntry::Existing { .. } => e,
+                };
+                root.entries.push((name, existing));
+            }
+            Ok::<(), ()>(())
+        }).unwrap();
+        let batched = (!root.is_empty()).then(|| store.write(root));
+        prop_assert_eq!(batched, whole, "trees differ for {:?}", set.keys().map(|k| Key(k.clone())).collect::<Vec<_>>());
     }
 
     #[test]

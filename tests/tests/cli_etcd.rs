@@ -675,3 +675,125 @@ async fn git_to_kv_drift_is_reverted_or_only_reported() {
     let doc: serde_json::Value = serde_json::from_str(&status).expect("json");
     assert_eq!(doc["areas"][0]["drift"], 1);
 }
+
+/// A first export streams the area: more keys than one etcd page (10k) and than one tree
+/// layout batch (64k), with root entries whose names depend on each other (a key that is
+/// also a directory, two directories differing only in case). Every key must be in the
+/// commit with its value, and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() {
+    use kvgit_tests::bench::{raw_write, Layout};
+    let layout = Layout::Tree {
+        areas: 1,
+        per_dir: 100,
+    };
+    let n = 70_000;
+    let etcd = EtcdServer::start_with(kvgit_tests::etcd::EtcdOptions {
+        unsafe_no_fsync: true,
+        ..Default::default()
+    });
+    raw_write(etcd.endpoint(), layout, 0..n, "first").await;
+    let mut c = etcd.client().await;
+    put(
+        &mut c,
+        "/bench/a0/node-0001",
+        "a key that is also a directory",
+    )
+    .await;
+    put(
+        &mut c,
+        "/bench/a0/Node-0002/upper",
+        "renames node-0002 to node-0002~0",
+    )
+    .await;
+    put(
+        &mut c,
+        "/bench/a0/zz-last",
+        "a root file after every directory",
+    )
+    .await;
+    let area = Area {
+        name: "a0",
+        prefix: "/bench/a0/",
+        path: "a0",
+        mode: "kv-to-git",
+    };
+    let ws = Workspace::new(etcd.endpoint(), &[area]);
+    ws.kvgit(&["export"]).ok();
+
+    let mut live = BTreeMap::new();
+    let mut from = b"/bench/a0/".to_vec();
+    loop {
+        let opts = GetOptions::new()
+            .with_range("/bench/a00")
+            .with_limit(10_000);
+        let resp = c.get(from.clone(), Some(opts)).await.expect("range");
+        for kv in resp.kvs() {
+            live.insert(
+                kv.key()[b"/bench/a0/".len()..].to_vec(),
+                kv.value().to_vec(),
+            );
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => from = [last.key(), b"\0"].concat(),
+            _ => break,
+        }
+    }
+    assert_eq!(live.len(), n + 3, "etcd holds what was written");
+    let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", "a0");
+    let committed: BTreeMap<Vec<u8>, Vec<u8>> = files
+        .into_iter()
+        .map(|(path, v)| {
+            let key = sync_core::mapper::decode_path(&path)
+                .unwrap_or_else(|e| panic!("{path} maps to no key: {e}"));
+            (key, v)
+        })
+        .collect();
+    let missing: Vec<_> = live
+        .keys()
+        .filter(|k| !committed.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = committed
+        .keys()
+        .filter(|k| !live.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "keys differ: missing {missing:?}, extra {extra:?}"
+    );
+    for (k, v) in &live {
+        assert_eq!(
+            committed.get(k),
+            Some(v),
+            "the value of {}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    // The names that depend on their neighbours came out as the mapping says.
+    let paths = git_in(
+        &ws.repo,
+        &["ls-tree", "-r", "--name-only", "refs/heads/main", "a0"],
+    );
+    let paths = String::from_utf8_lossy(&paths);
+    for want in [
+        "a0/node-0001/%self",
+        "a0/Node-0002/upper",
+        "a0/node-0002~0/key-0000200",
+    ] {
+        assert!(
+            paths.lines().any(|p| p == want),
+            "{want} is not in the commit"
+        );
+    }
+    ws.git(&["fsck", "--strict"]);
+    // The checkpoint's base is the same tree: a second export finds nothing to commit.
+    let head = git_in(&ws.repo, &["rev-parse", "refs/heads/main"]);
+    ws.kvgit(&["export"]).ok();
+    assert_eq!(
+        git_in(&ws.repo, &["rev-parse", "refs/heads/main"]),
+        head,
+        "nothing new to commit"
+    );
+}

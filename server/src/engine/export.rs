@@ -13,12 +13,13 @@ use super::ser;
 use super::view::{key_tree, read_area_lenient};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
-use gitstore::{BlobContent, GitStore, HashedBlob, ObjectId};
+use futures::StreamExt;
+use gitstore::{BlobContent, GitStore, HashedBlob, ObjectId, StoredBlob};
 use std::collections::BTreeMap;
-use sync_core::mapper::{self, Locator};
+use sync_core::mapper::{self, BulkKeys, Locator};
 use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
-use sync_core::{ClusterId, Epoch, Key, Revision, Value};
+use sync_core::{ClusterId, Epoch, Key, KvEntry, Revision, Value};
 
 /// Full passes hold an area's keys and values in memory; the service runs one at a time.
 static FULL_PASSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
@@ -425,6 +426,21 @@ pub async fn full_pass(
         .await
         .expect("the full-pass semaphore is never closed");
     let backend = ctx.backend().await?;
+    let base_known = pass == PassKind::Resync;
+    if !base_known {
+        let (path, format) = (area.path.clone(), area.format);
+        let (tip, desired_tree) = ctx
+            .git_blocking(move |git| -> Result<_, ExportError> {
+                let tip = git.tip()?;
+                Ok((tip, key_tree(git, tip, &path, format, false)?))
+            })
+            .await?;
+        if desired_tree.is_none() {
+            let (revision, step) = first_export(ctx, area, backend.as_ref(), tip).await?;
+            crate::alloc::release_freed();
+            return record(ctx, area, cluster, cp, revision, step, pass, opts.epoch).await;
+        }
+    }
     let snap = backend.snapshot(&area.prefix, None).await?;
     warn_near_limit(
         area,
@@ -437,18 +453,20 @@ pub async fn full_pass(
     let format = area.format;
     let rule = area.rule;
     let base_tree = cp.as_ref().and_then(|c| c.base_tree);
-    let base_known = pass == PassKind::Resync;
     let step = ctx
         .git_blocking(move |git| -> Result<Step, ExportError> {
+            let tip = git.tip()?;
+            let desired_tree = key_tree(git, tip, &path, format, false)?;
+            if desired_tree.is_none() && !base_known {
+                // The directory went away since the check above.
+                let mut first = FirstExport::new(git, prefix_len);
+                first.add(snap.entries)?;
+                return Ok(first.finish(tip)?);
+            }
             let relative = snap
                 .entries
                 .into_iter()
                 .map(move |e| (relative(e.key, prefix_len), e.value));
-            let tip = git.tip()?;
-            let desired_tree = key_tree(git, tip, &path, format, false)?;
-            if desired_tree.is_none() && !base_known {
-                return Ok(first_export(git, tip, relative)?);
-            }
             let live = hashed(git, relative.map(|(rel, value)| (rel, Some(value))))?;
             // A file that maps to no key is reported, not fatal: live changes keep
             // being recorded, and rewriting its directory keeps the file as it is.
@@ -621,33 +639,115 @@ fn finish(
     })
 }
 
+/// Pages of a first export on their way from the backend to Git, at most this many queued:
+/// reading the next page overlaps hashing and writing this one.
+const PAGES_IN_FLIGHT: usize = 2;
+/// Keys laid out into trees at once in a first export (whole root groups; see `BulkKeys`).
+const LAYOUT_BATCH: usize = 64 * 1024;
+/// Objects a first export queues before writing them out as one pack.
+const BULK_PACK_BYTES: usize = 64 << 20;
+
 /// The first export of an area into a repository that has no directory for it: by the
-/// rule every live key is committed and the base is the same tree. Straight from the
-/// snapshot to one pack, without the per-key bookkeeping a three-way pass needs (at a
-/// million keys that bookkeeping is most of the memory).
-fn first_export(
-    git: &GitStore,
+/// rule every live key is committed and the base is the same tree. The snapshot streams
+/// page by page into packs: values go out as they are read and only the keys and blob ids
+/// stay in memory, so an area of millions of keys never sits whole in memory.
+async fn first_export(
+    ctx: &Context,
+    area: &AreaConfig,
+    backend: &dyn sync_core::KvBackend,
     tip: Option<ObjectId>,
-    live: impl Iterator<Item = (Vec<u8>, Value)>,
-) -> Result<Step, GitError> {
-    let mut changes = 0;
-    let plan: DirPlan<ObjectId, Value> = mapper::layout_all(live.inspect(|_| changes += 1));
-    let tree = if plan.is_empty() {
-        None
-    } else {
-        Some(git.write_plan_packed(&plan)?)
+) -> Result<(Revision, Step), ExportError> {
+    let mut pages = backend.snapshot_pages(&area.prefix, None).await?;
+    let limits = backend.write_limits();
+    let prefix_len = area.prefix.len();
+    // `None` after the last page: a read that stopped early never becomes a tree.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<KvEntry>>>(PAGES_IN_FLIGHT);
+    let write = ctx.git_blocking(move |git| -> Result<Option<Step>, ExportError> {
+        let mut first = FirstExport::new(git, prefix_len);
+        while let Some(page) = rx.blocking_recv() {
+            match page {
+                Some(entries) => first.add(entries)?,
+                None => return Ok(Some(first.finish(tip)?)),
+            }
+        }
+        // The read failed; its error is the one returned.
+        Ok(None)
+    });
+    let read = async move {
+        let mut revision = None;
+        while let Some(page) = pages.next().await {
+            let page = page?;
+            revision = Some(page.revision);
+            warn_near_limit(
+                area,
+                limits,
+                page.entries.iter().map(|e| (&e.key, &e.value[..])),
+            );
+            // Closed only when the writer failed; its error is the one returned.
+            if tx.send(Some(page.entries)).await.is_err() {
+                return Ok(revision);
+            }
+        }
+        let _ = tx.send(None).await;
+        Ok::<_, ExportError>(revision)
     };
-    Ok(Step {
-        tip,
-        changed: tree.is_some(),
-        new_area_tree: tree,
-        changes,
-        base_tree: tree,
-        conflicts: Vec::new(),
-        pending_apply: 0,
-        held: None,
-        unmapped: Vec::new(),
-    })
+    let (revision, step) = tokio::join!(read, write);
+    match (revision?, step?) {
+        (Some(revision), Some(step)) => Ok((revision, step)),
+        _ => Err(ExportError::Backend(sync_core::BackendError::Refused {
+            backend: backend.kind(),
+            detail: format!(
+                "the snapshot of {} returned no page",
+                Key(area.prefix.clone())
+            ),
+        })),
+    }
+}
+
+/// The Git side of a first export: each value becomes a blob as its page arrives; only the
+/// keys and blob ids are kept until the trees are laid out, a batch of root groups at a time.
+struct FirstExport<'g> {
+    bulk: gitstore::BulkWriter<'g>,
+    keys: BulkKeys<StoredBlob>,
+    prefix_len: usize,
+}
+
+impl<'g> FirstExport<'g> {
+    fn new(git: &'g GitStore, prefix_len: usize) -> Self {
+        FirstExport {
+            bulk: git.bulk_writer(BULK_PACK_BYTES),
+            keys: BulkKeys::default(),
+            prefix_len,
+        }
+    }
+
+    fn add(&mut self, page: Vec<KvEntry>) -> Result<(), GitError> {
+        for entry in page {
+            let id = self.bulk.blob(entry.value)?;
+            self.keys
+                .push(&entry.key.0[self.prefix_len..], StoredBlob(id));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, tip: Option<ObjectId>) -> Result<Step, GitError> {
+        let changes = self.keys.len();
+        let bulk = &mut self.bulk;
+        self.keys
+            .layout_batches(LAYOUT_BATCH, |plan| bulk.add_root_entries(plan))?;
+        let tree = self.bulk.finish()?;
+        Ok(Step {
+            tip,
+            changed: tree.is_some(),
+            new_area_tree: tree,
+            changes,
+            base_tree: tree,
+            conflicts: Vec::new(),
+            pending_apply: 0,
+            held: None,
+            unmapped: Vec::new(),
+        })
+    }
 }
 
 /// `key` without the area prefix, shortened in place: no second copy of an area's keys.

@@ -54,6 +54,17 @@ pub(crate) fn spans(rel: &[u8]) -> Vec<Span> {
     }
 }
 
+/// The first component of a relative key, without splitting the rest.
+pub(crate) fn first_span(rel: &[u8]) -> Span {
+    let end = rel.iter().position(|&b| b == b'/').unwrap_or(rel.len());
+    let chunk = chunk_end(rel, 0, end);
+    Span {
+        start: 0,
+        end: chunk,
+        continues: chunk < end,
+    }
+}
+
 /// Greedy chunking: each chunk is the longest run whose own escaped form fits. Each byte
 /// escapes to at most 3 bytes, so every chunk takes at least 60 bytes and the loop ends.
 fn chunk_segment(key: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
@@ -67,16 +78,7 @@ fn chunk_segment(key: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
     }
     let mut i = start;
     while i < end {
-        let mut j = i;
-        let mut cost = 0;
-        while j < end {
-            let c = escaped_len(key[j], j == i);
-            if cost + c > MAX_ESCAPED {
-                break;
-            }
-            cost += c;
-            j += 1;
-        }
+        let j = chunk_end(key, i, end);
         out.push(Span {
             start: i,
             end: j,
@@ -84,6 +86,20 @@ fn chunk_segment(key: &[u8], start: usize, end: usize, out: &mut Vec<Span>) {
         });
         i = j;
     }
+}
+
+/// Where the chunk starting at `i` ends: the longest run whose escaped form fits.
+fn chunk_end(key: &[u8], i: usize, end: usize) -> usize {
+    let (mut j, mut cost) = (i, 0);
+    while j < end {
+        let c = escaped_len(key[j], j == i);
+        if cost + c > MAX_ESCAPED {
+            break;
+        }
+        cost += c;
+        j += 1;
+    }
+    j
 }
 
 /// Same order as `Component`'s derived `Ord`, on spans.

@@ -2,6 +2,7 @@
 //! and back, checkout-safe on Linux and macOS. The scheme is written down in docs/mapping.md.
 
 mod assemble;
+mod bulk;
 mod component;
 mod decode;
 mod error;
@@ -15,6 +16,7 @@ mod plan;
 #[cfg(test)]
 mod doc_examples;
 
+pub use bulk::BulkKeys;
 pub use component::{components, Component};
 pub use decode::{decode_path, decode_paths, decode_paths_lenient};
 pub use error::{MapError, NameProblem, PlanError};

@@ -2,8 +2,11 @@
 //! compare-and-swap, atomicity, size limits and exact deletes.
 
 use super::support::{commit, contents, key, put, put_change, WatchLog};
+use futures::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
-use sync_core::{BackendError, Key, KvBackend, Precondition, Revision, TxnOutcome, WriteOp};
+use sync_core::{
+    BackendError, Key, KvBackend, KvEntry, Precondition, Revision, Snapshot, TxnOutcome, WriteOp,
+};
 
 /// Cluster id is stable and non-empty; the current revision covers the last commit.
 pub async fn identity(b: &dyn KvBackend, prefix: &[u8]) {
@@ -52,13 +55,51 @@ pub async fn snapshot_pages(b: &dyn KvBackend, prefix: &[u8], n: usize) {
     );
     let got: BTreeMap<_, _> = snap
         .entries
-        .into_iter()
-        .map(|e| (e.key, (e.value, e.mod_revision)))
+        .iter()
+        .map(|e| (e.key.clone(), (e.value.clone(), e.mod_revision)))
         .collect();
     for ((k, want), (gk, have)) in expected.iter().zip(got.iter()) {
         assert_eq!(k, gk, "keys differ");
         assert_eq!(want, have, "value or mod revision of {k} differs");
     }
+
+    let pages = all_pages(b, prefix, None, "snapshot_pages").await;
+    eprintln!("conformance: {n} keys came in {} pages", pages.len());
+    let paged = joined_pages(pages, "snapshot_pages");
+    assert_eq!(
+        paged.revision, snap.revision,
+        "snapshot_pages is at revision {}, the snapshot before it at {} (nothing was written \
+         in between)",
+        paged.revision, snap.revision
+    );
+    if let Some(diff) = first_difference(&paged.entries, &snap.entries) {
+        panic!("snapshot_pages differs from snapshot: {diff}");
+    }
+    let empty = all_pages(
+        b,
+        &key(prefix, "empty/").0,
+        None,
+        "snapshot_pages of a prefix with no keys",
+    )
+    .await;
+    assert_eq!(
+        empty.len(),
+        1,
+        "a prefix with no keys gave {} pages, not one empty page",
+        empty.len()
+    );
+    assert!(
+        empty[0].entries.is_empty(),
+        "a prefix with no keys gave a page of {} entries, the first {}",
+        empty[0].entries.len(),
+        empty[0].entries[0].key
+    );
+    assert!(
+        empty[0].revision >= last,
+        "the empty page's revision {} is below the last write {last}",
+        empty[0].revision
+    );
+    pages_ignore_writes_made_while_reading(b, prefix, n, &snap, &mut expected).await;
 
     // Writes while the snapshot pages through the prefix must not leak into it: every page is
     // read at the first page's revision.
@@ -122,6 +163,162 @@ pub async fn snapshot_pages(b: &dyn KvBackend, prefix: &[u8], n: usize) {
         "a snapshot read while writing differs from the state at its revision {}",
         during.revision
     );
+}
+
+/// Writes made while pages are being read do not show in the later pages: the stream is the
+/// state at its first page's revision. Keeps `expected` the model of the prefix for what follows.
+async fn pages_ignore_writes_made_while_reading(
+    b: &dyn KvBackend,
+    prefix: &[u8],
+    n: usize,
+    before: &Snapshot,
+    expected: &mut BTreeMap<Key, (Vec<u8>, Revision)>,
+) {
+    let what = "snapshot_pages read while writing";
+    let mut stream = b
+        .snapshot_pages(prefix, None)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let first = stream
+        .next()
+        .await
+        .unwrap_or_else(|| panic!("{what}: the stream ended before a first page"))
+        .unwrap_or_else(|e| panic!("{what}: first page: {e}"));
+    // Both far past a backend's first page (etcd: 10k keys), clear of the keys the
+    // writer below deletes.
+    let doomed = key(prefix, format!("k{:07}", n - 100));
+    let new = key(prefix, format!("k{:07}+new", n - 100));
+    let written = commit(
+        b,
+        vec![
+            put(new.clone(), "new"),
+            WriteOp::Delete {
+                key: doomed.clone(),
+                expect: Precondition::Any,
+            },
+        ],
+    )
+    .await;
+    let mut pages = vec![first];
+    while let Some(page) = stream.next().await {
+        pages.push(page.unwrap_or_else(|e| panic!("{what}: page {}: {e}", pages.len())));
+    }
+    let read = joined_pages(pages, what);
+    assert!(
+        read.revision < written,
+        "{what}: pages at revision {}, not before the write at {written} made after the first",
+        read.revision
+    );
+    // Nothing was written between `before` and the first page, so `before` is the state at
+    // their revision, read without paging: a reference the pages cannot share a bug with.
+    assert_eq!(
+        read.revision, before.revision,
+        "{what}: pages at revision {}, the snapshot before them at {}",
+        read.revision, before.revision
+    );
+    let mut references = vec![("the snapshot read before them", before.clone())];
+    if b.keeps_history() {
+        let at = b
+            .snapshot(prefix, Some(read.revision))
+            .await
+            .unwrap_or_else(|e| panic!("snapshot at {}: {e}", read.revision));
+        references.push(("the snapshot at their revision", at));
+    }
+    for (name, want) in references {
+        if let Some(diff) = first_difference(&read.entries, &want.entries) {
+            panic!(
+                "{what} ({new} put, {doomed} deleted after the first page) differ from {name} \
+                 (revision {}): {diff}",
+                want.revision
+            );
+        }
+    }
+    let now = contents(b, prefix, None).await;
+    let state = |k: &Key| match now.contains_key(k) {
+        true => "present",
+        false => "absent",
+    };
+    assert!(
+        now.contains_key(&new) && !now.contains_key(&doomed),
+        "the writes made while reading pages did not land: afterwards {new} is {} and {doomed} \
+         is {}",
+        state(&new),
+        state(&doomed)
+    );
+    expected.remove(&doomed);
+    expected.insert(new, (b"new".to_vec(), written));
+}
+
+/// Every page of `snapshot_pages`, each one checked as it comes.
+async fn all_pages(
+    b: &dyn KvBackend,
+    prefix: &[u8],
+    at: Option<Revision>,
+    what: &str,
+) -> Vec<Snapshot> {
+    let stream = b
+        .snapshot_pages(prefix, at)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    stream
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: a later page: {e}"))
+}
+
+/// The pages as one snapshot, after checking what a page stream promises: at least one page,
+/// one revision for all, keys sorted within a page and every page after the one before.
+fn joined_pages(pages: Vec<Snapshot>, what: &str) -> Snapshot {
+    let Some(revision) = pages.first().map(|p| p.revision) else {
+        panic!("{what}: no page at all (a prefix with no keys is one empty page)");
+    };
+    let mut entries: Vec<KvEntry> = Vec::new();
+    for (i, page) in pages.into_iter().enumerate() {
+        assert_eq!(
+            page.revision, revision,
+            "{what}: page {i} is at revision {}, page 0 at {revision}",
+            page.revision
+        );
+        if let Some(j) = page.entries.windows(2).position(|w| w[0].key >= w[1].key) {
+            panic!(
+                "{what}: page {i} is not sorted: {} comes before {}",
+                page.entries[j].key,
+                page.entries[j + 1].key
+            );
+        }
+        if let (Some(prev), Some(head)) = (entries.last(), page.entries.first()) {
+            assert!(
+                head.key > prev.key,
+                "{what}: page {i} starts at {}, not after the previous page's last key {}",
+                head.key,
+                prev.key
+            );
+        }
+        entries.extend(page.entries);
+    }
+    Snapshot { revision, entries }
+}
+
+/// Where two listings first differ, in words; `None` when they are equal.
+fn first_difference(got: &[KvEntry], want: &[KvEntry]) -> Option<String> {
+    let describe = |e: Option<&KvEntry>| match e {
+        Some(e) => format!(
+            "{} = {:?} ({} bytes) at mod revision {}",
+            e.key,
+            String::from_utf8_lossy(&e.value[..e.value.len().min(40)]),
+            e.value.len(),
+            e.mod_revision
+        ),
+        None => "nothing".to_owned(),
+    };
+    let i = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i))?;
+    Some(format!(
+        "{} entries where {} were expected; entry {i} is {}, expected {}",
+        got.len(),
+        want.len(),
+        describe(got.get(i)),
+        describe(want.get(i))
+    ))
 }
 
 /// A snapshot at an older revision shows that revision's state, not today's.
