@@ -99,24 +99,30 @@ impl GitStore {
 }
 
 /// Writes one very large tree in bounded memory: blobs as the caller reads them, then the
-/// trees a batch of root entries at a time, into packs of about `pack_bytes` each (what it
-/// holds in memory at most).
-/// Nothing refers to these objects until the caller commits the returned root tree.
+/// trees a batch of root entries at a time, all into one pack whose object count is only
+/// known at the end. Objects are queued up to `queue_bytes` (what it holds in memory) and
+/// compressed on all cores. Nothing refers to these objects until the caller commits the
+/// returned root tree; none is readable before [`BulkWriter::finish`].
 pub struct BulkWriter<'g> {
     git: &'g GitStore,
-    queued: PackSink<'static>,
+    /// Every object of the pack so far: a pack holds each object once.
+    seen: gix::hashtable::HashSet,
+    queued: Vec<NewObject<'static>>,
     queued_bytes: usize,
-    pack_bytes: usize,
+    queue_bytes: usize,
+    pack: Option<PackWriter>,
     root: DirPlan<ObjectId, StoredBlob>,
 }
 
 impl GitStore {
-    pub fn bulk_writer(&self, pack_bytes: usize) -> BulkWriter<'_> {
+    pub fn bulk_writer(&self, queue_bytes: usize) -> BulkWriter<'_> {
         BulkWriter {
             git: self,
-            queued: PackSink::default(),
+            seen: Default::default(),
+            queued: Vec::new(),
             queued_bytes: 0,
-            pack_bytes,
+            queue_bytes,
+            pack: None,
             root: DirPlan::default(),
         }
     }
@@ -177,6 +183,11 @@ impl BulkWriter<'_> {
             Some(id)
         };
         self.flush()?;
+        if let Some(pack) = self.pack.take() {
+            let dir = self.pack_dir();
+            let path = pack.publish().map_err(io_error(&dir))?;
+            tracing::debug!(objects = self.seen.len(), pack = %path.display(), "wrote pack");
+        }
         Ok(root)
     }
 
@@ -186,23 +197,33 @@ impl BulkWriter<'_> {
         id: ObjectId,
         data: Cow<'static, [u8]>,
     ) -> Result<(), PackWriteError> {
+        if !self.seen.insert(id) {
+            return Ok(());
+        }
         self.queued_bytes += data.len();
-        self.queued
-            .put(kind, id, data)
-            .map_err(|source| PackWriteError::Compress { id, source })?;
-        if self.queued_bytes >= self.pack_bytes {
+        self.queued.push(NewObject { id, kind, data });
+        if self.queued_bytes >= self.queue_bytes {
             self.flush()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), PackWriteError> {
-        let mut queued = std::mem::take(&mut self.queued);
+        let queued = std::mem::take(&mut self.queued);
         self.queued_bytes = 0;
-        // Trees first, as in `write_plan_packed`.
-        queued.objects.sort_by_key(|obj| obj.kind != Kind::Tree);
-        let dir = self.git.repo().objects.store_ref().path().join("pack");
-        write_pack(&dir, &queued.objects)
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let dir = self.pack_dir();
+        let pack = match &mut self.pack {
+            Some(pack) => pack,
+            empty => empty.insert(PackWriter::create(&dir, None).map_err(io_error(&dir))?),
+        };
+        append(pack, &dir, &queued)
+    }
+
+    fn pack_dir(&self) -> PathBuf {
+        self.git.repo().objects.store_ref().path().join("pack")
     }
 }
 
@@ -214,11 +235,26 @@ fn write_pack(dir: &Path, objects: &[NewObject<'_>]) -> Result<(), PackWriteErro
     let count = u32::try_from(objects.len()).map_err(|_| PackWriteError::TooManyObjects {
         count: objects.len(),
     })?;
-    let io = |source| PackWriteError::Io {
+    let mut pack = PackWriter::create(dir, Some(count)).map_err(io_error(dir))?;
+    append(&mut pack, dir, objects)?;
+    let path = pack.publish().map_err(io_error(dir))?;
+    tracing::debug!(objects = count, pack = %path.display(), "wrote pack");
+    Ok(())
+}
+
+fn io_error(dir: &Path) -> impl Fn(std::io::Error) -> PackWriteError + '_ {
+    move |source| PackWriteError::Io {
         dir: dir.to_owned(),
         source,
-    };
-    let mut pack = PackWriter::create(dir, count).map_err(io)?;
+    }
+}
+
+/// Compresses `objects` on worker threads and appends them, in order, to `pack`.
+fn append(
+    pack: &mut PackWriter,
+    dir: &Path,
+    objects: &[NewObject<'_>],
+) -> Result<(), PackWriteError> {
     let batches: Vec<&[NewObject<'_>]> = objects.chunks(BATCH).collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -245,14 +281,11 @@ fn write_pack(dir: &Path, objects: &[NewObject<'_>]) -> Result<(), PackWriteErro
         drop(tx);
         for batch in gix::parallel::InOrderIter::from(rx.into_iter()) {
             for (id, entry) in batch? {
-                pack.add(id, &entry).map_err(io)?;
+                pack.add(id, &entry).map_err(io_error(dir))?;
             }
         }
         Ok::<_, PackWriteError>(())
-    })?;
-    let path = pack.publish().map_err(io)?;
-    tracing::debug!(objects = count, pack = %path.display(), "wrote pack");
-    Ok(())
+    })
 }
 
 /// Pack entries (id, header + zlib stream) for one batch.

@@ -2,7 +2,7 @@
 //! ids and CRCs already known (nothing is inflated or hashed twice), published index last.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,43 +38,55 @@ pub(crate) fn entry_bytes(kind: gix::objs::Kind, size: u64, compressed: &[u8]) -
 pub(crate) struct PackWriter {
     dir: PathBuf,
     tmp_pack: PathBuf,
-    out: HashingWriter<BufWriter<File>>,
+    out: BufWriter<File>,
+    /// The pack's checksum so far; `None` while the object count is unknown, in which case
+    /// `publish` writes the count into the header and hashes the file once, from disk.
+    hash: Option<gix::hash::Hasher>,
     offset: u64,
     entries: Vec<IndexEntry>,
 }
 
 impl PackWriter {
-    pub(crate) fn create(dir: &Path, count: u32) -> std::io::Result<PackWriter> {
+    /// A pack of exactly `count` objects, or (`None`) of as many as are added: for a writer
+    /// that streams objects it cannot count in advance without holding them.
+    pub(crate) fn create(dir: &Path, count: Option<u32>) -> std::io::Result<PackWriter> {
         let tmp_pack = temp_path(dir, "pack");
         let file = File::options()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&tmp_pack)?;
         let mut writer = PackWriter {
             dir: dir.to_owned(),
             tmp_pack,
-            out: HashingWriter::new(
-                BufWriter::with_capacity(1 << 20, file),
-                gix::hash::Kind::Sha1,
-            ),
+            out: BufWriter::with_capacity(1 << 20, file),
+            hash: count.map(|_| gix::hash::hasher(gix::hash::Kind::Sha1)),
             offset: 0,
-            entries: Vec::with_capacity(count as usize),
+            entries: Vec::with_capacity(count.unwrap_or(0) as usize),
         };
-        let header = data::header::encode(data::Version::V2, count);
-        writer.out.write_all(&header)?;
-        writer.offset = header.len() as u64;
+        let header = data::header::encode(data::Version::V2, count.unwrap_or(0));
+        writer.write(&header)?;
         Ok(writer)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        if let Some(hash) = &mut self.hash {
+            hash.update(bytes);
+        }
+        self.offset += bytes.len() as u64;
+        Ok(())
     }
 
     /// Appends one entry (from [`entry_bytes`]).
     pub(crate) fn add(&mut self, id: ObjectId, entry: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(entry)?;
+        let offset = self.offset;
+        self.write(entry)?;
         self.entries.push(IndexEntry {
             id,
             crc32: crc32fast::hash(entry),
-            offset: self.offset,
+            offset,
         });
-        self.offset += entry.len() as u64;
         Ok(())
     }
 
@@ -82,14 +94,13 @@ impl PackWriter {
     /// moves them into place; returns the pack's path.
     pub(crate) fn publish(mut self) -> std::io::Result<PathBuf> {
         self.out.flush()?;
-        let checksum =
-            std::mem::replace(&mut self.out.hash, gix::hash::hasher(gix::hash::Kind::Sha1))
-                .try_finalize()
-                .map_err(std::io::Error::other)?;
-        let file = &mut self.out.inner;
+        let checksum = match self.hash.take() {
+            Some(hash) => hash.try_finalize().map_err(std::io::Error::other)?,
+            None => self.count_and_hash()?,
+        };
+        let file = self.out.get_mut();
         file.write_all(checksum.as_bytes())?;
-        file.flush()?;
-        file.get_ref().sync_data()?;
+        file.sync_data()?;
 
         let tmp_idx = temp_path(&self.dir, "idx");
         let written = write_index(&tmp_idx, &mut self.entries, checksum);
@@ -107,6 +118,32 @@ impl PackWriter {
             let _ = std::fs::remove_file(&tmp_idx);
         }
         published.map(|()| pack)
+    }
+
+    /// Puts the object count into the header of a pack created without one and returns the
+    /// checksum of the whole file, read back (from the page cache, as it was just written).
+    fn count_and_hash(&mut self) -> std::io::Result<ObjectId> {
+        let count = u32::try_from(self.entries.len())
+            .map_err(|_| std::io::Error::other("more objects than a pack holds"))?;
+        let file = self.out.get_mut();
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&data::header::encode(data::Version::V2, count))?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut hash = gix::hash::hasher(gix::hash::Kind::Sha1);
+        const CHUNK: usize = 1 << 20;
+        let mut buf = vec![0; CHUNK];
+        let mut left = self.offset;
+        while left > 0 {
+            let want = left.min(CHUNK as u64) as usize;
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            hash.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.seek(SeekFrom::End(0))?;
+        hash.try_finalize().map_err(std::io::Error::other)
     }
 }
 

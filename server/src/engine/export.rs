@@ -644,8 +644,8 @@ fn finish(
 const PAGES_IN_FLIGHT: usize = 2;
 /// Keys laid out into trees at once in a first export (whole root groups; see `BulkKeys`).
 const LAYOUT_BATCH: usize = 64 * 1024;
-/// Objects a first export queues before writing them out as one pack.
-const BULK_PACK_BYTES: usize = 64 << 20;
+/// Objects a first export queues before compressing them into its pack.
+const BULK_QUEUE_BYTES: usize = 8 << 20;
 
 /// The first export of an area into a repository that has no directory for it: by the
 /// rule every live key is committed and the base is the same tree. The snapshot streams
@@ -715,7 +715,7 @@ struct FirstExport<'g> {
 impl<'g> FirstExport<'g> {
     fn new(git: &'g GitStore, prefix_len: usize) -> Self {
         FirstExport {
-            bulk: git.bulk_writer(BULK_PACK_BYTES),
+            bulk: git.bulk_writer(BULK_QUEUE_BYTES),
             keys: BulkKeys::default(),
             prefix_len,
         }
