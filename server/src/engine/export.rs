@@ -21,7 +21,8 @@ use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
 use sync_core::{ClusterId, Epoch, Key, KvEntry, Revision, Value};
 
-/// Full passes hold an area's keys and values in memory; the service runs one at a time.
+/// Full passes hold an area's keys and values in memory (a first export its keys and blob
+/// ids); the service runs one at a time.
 static FULL_PASSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// From this many changed files on, a commit's objects go into one pack instead of loose
@@ -649,8 +650,8 @@ const BULK_QUEUE_BYTES: usize = 8 << 20;
 
 /// The first export of an area into a repository that has no directory for it: by the
 /// rule every live key is committed and the base is the same tree. The snapshot streams
-/// page by page into packs: values go out as they are read and only the keys and blob ids
-/// stay in memory, so an area of millions of keys never sits whole in memory.
+/// page by page into one pack: values go out as they are read and only the keys and blob
+/// ids stay, so an area of millions of keys never sits whole in memory.
 async fn first_export(
     ctx: &Context,
     area: &AreaConfig,
