@@ -154,9 +154,7 @@ impl BulkWriter<'_> {
                     let Some(id) = write_dir(&sub, &mut sink, &mut dir)? else {
                         continue;
                     };
-                    for obj in sink.objects {
-                        self.queue(obj.kind, obj.id, Cow::Owned(obj.data.into_owned()))?;
-                    }
+                    self.queue_all(sink)?;
                     PlanEntry::Existing {
                         kind: EntryKind::Dir,
                         id,
@@ -177,9 +175,7 @@ impl BulkWriter<'_> {
             let root = std::mem::take(&mut self.root);
             let mut sink = PackSink::default();
             let id = write_root(&root, &mut sink)?;
-            for obj in sink.objects {
-                self.queue(obj.kind, obj.id, Cow::Owned(obj.data.into_owned()))?;
-            }
+            self.queue_all(sink)?;
             Some(id)
         };
         self.flush()?;
@@ -189,6 +185,14 @@ impl BulkWriter<'_> {
             tracing::debug!(objects = self.seen.len(), pack = %path.display(), "wrote pack");
         }
         Ok(root)
+    }
+
+    /// Queues the trees a plan's walk wrote into `sink` (its files are stored blobs).
+    fn queue_all(&mut self, sink: PackSink<'_>) -> Result<(), PackWriteError> {
+        for obj in sink.objects {
+            self.queue(obj.kind, obj.id, Cow::Owned(obj.data.into_owned()))?;
+        }
+        Ok(())
     }
 
     fn queue(
