@@ -489,3 +489,39 @@ fn log_tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
+
+/// Every key under `prefix` with its value, relative to the prefix, read in pages of 10k
+/// (one range of a large prefix is more than the client decodes at once).
+pub async fn read_prefix(
+    c: &mut etcd_client::Client,
+    prefix: &str,
+) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = std::collections::BTreeMap::new();
+    loop {
+        let opts = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(10_000);
+        let resp = c.get(from.clone(), Some(opts)).await.expect("etcd range");
+        for kv in resp.kvs() {
+            out.insert(kv.key()[prefix.len()..].to_vec(), kv.value().to_vec());
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => from = [last.key(), b"\0"].concat(),
+            _ => return out,
+        }
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (its last byte plus one).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

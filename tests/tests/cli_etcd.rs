@@ -721,24 +721,7 @@ async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() 
     let ws = Workspace::new(etcd.endpoint(), &[area]);
     ws.kvgit(&["export"]).ok();
 
-    let mut live = BTreeMap::new();
-    let mut from = b"/bench/a0/".to_vec();
-    loop {
-        let opts = GetOptions::new()
-            .with_range("/bench/a00")
-            .with_limit(10_000);
-        let resp = c.get(from.clone(), Some(opts)).await.expect("range");
-        for kv in resp.kvs() {
-            live.insert(
-                kv.key()[b"/bench/a0/".len()..].to_vec(),
-                kv.value().to_vec(),
-            );
-        }
-        match resp.kvs().last() {
-            Some(last) if resp.more() => from = [last.key(), b"\0"].concat(),
-            _ => break,
-        }
-    }
+    let live = kvgit_tests::etcd::read_prefix(&mut c, "/bench/a0/").await;
     assert_eq!(live.len(), n + 3, "etcd holds what was written");
     let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", "a0");
     let committed: BTreeMap<Vec<u8>, Vec<u8>> = files
