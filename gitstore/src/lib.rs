@@ -15,6 +15,7 @@ mod history;
 mod objects;
 mod pack;
 mod packfile;
+mod recent;
 mod refs;
 mod remote;
 mod replay;

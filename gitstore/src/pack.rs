@@ -94,6 +94,12 @@ impl GitStore {
         sink.objects.sort_by_key(|obj| obj.kind != Kind::Tree);
         let dir = objects_dir.join("pack");
         write_pack(&dir, &sink.objects)?;
+        self.recent.insert(
+            sink.objects
+                .iter()
+                .filter(|obj| obj.kind == Kind::Tree)
+                .map(|obj| (obj.id, &obj.data[..])),
+        );
         Ok(root)
     }
 }

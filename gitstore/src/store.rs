@@ -23,6 +23,8 @@ pub struct GitStore {
     remote_auth: Option<crate::RemoteAuth>,
     /// Every commit written is signed with this key (None: unsigned commits).
     signing_key: Option<crate::SigningKey>,
+    /// Trees just written into packs, read back by the next commit without a pack rescan.
+    pub(crate) recent: std::sync::Arc<crate::recent::RecentTrees>,
 }
 
 /// Pack indices the object database can hold at once (git keeps far fewer after a repack).
@@ -129,6 +131,7 @@ impl GitStore {
             network_timeout: None,
             remote_auth: None,
             signing_key: None,
+            recent: Default::default(),
         })
     }
 

@@ -52,6 +52,11 @@ pub(crate) fn list(
     buf: &mut Vec<u8>,
 ) -> Result<Vec<Item>, TreeReadError> {
     let data = read_kind(repo, id, Kind::Tree, buf)?;
+    parse(id, data, dir)
+}
+
+/// The entries of the tree `id` whose data is `data`; see [`list`].
+fn parse(id: ObjectId, data: &[u8], dir: &str) -> Result<Vec<Item>, TreeReadError> {
     let mut items = Vec::new();
     for entry in gix::objs::TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
         let entry = entry.map_err(|source| TreeReadError::Decode { tree: id, source })?;
@@ -155,7 +160,10 @@ impl TreeSource for GitStore {
     type Error = TreeReadError;
 
     fn list(&self, id: &ObjectId) -> Result<Vec<ListedEntry<ObjectId>>, TreeReadError> {
-        let items = list(&self.repo(), *id, &format!("<tree {id}>"), &mut Vec::new())?;
+        let items = match self.recent.get(id) {
+            Some(data) => parse(*id, &data, &format!("<tree {id}>"))?,
+            None => list(&self.repo(), *id, &format!("<tree {id}>"), &mut Vec::new())?,
+        };
         Ok(items
             .into_iter()
             .map(|i| ListedEntry {

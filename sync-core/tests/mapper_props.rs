@@ -8,8 +8,8 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
 use sync_core::mapper::{
-    components, decode_path, decode_paths, layout_all, lookup, plan_changes, BulkKeys, Locator,
-    MapError, NameProblem, PlanError,
+    components, decode_path, decode_paths, layout_all, lookup, plan_changes, plan_changes_with,
+    BulkKeys, Locator, MapError, NameProblem, PlanError,
 };
 use sync_core::tree::{DirPlan, EntryKind, ListedEntry, PlanEntry, TreeSource};
 use sync_core::Key;
@@ -424,6 +424,31 @@ proptest! {
             let scratch = layout(&mut store, &set);
             prop_assert_eq!(root, scratch, "trees differ for {:?}", set.keys().map(|k| Key(k.clone())).collect::<Vec<_>>());
             prop_assert_eq!(&store.read_back(root), &set);
+        }
+    }
+
+    #[test]
+    fn planning_after_lookups_lists_no_directory_twice((pool, initial, batches) in history()) {
+        let mut store = Store::default();
+        let set: BTreeMap<Vec<u8>, Vec<u8>> =
+            initial.iter().map(|(&i, &v)| (pool[i].clone(), vec![v])).collect();
+        let root = layout(&mut store, &set);
+        let Some(batch) = batches.into_iter().next() else { return Ok(()) };
+        let changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            batch.into_iter().map(|(i, op)| (pool[i].clone(), op.map(|v| vec![v]))).collect();
+        let alone = plan_changes(&store, root.as_ref(), changes.clone()).unwrap();
+        let lists_alone = store.lists.replace(0);
+        let mut listed = Locator::default();
+        for k in changes.keys() {
+            lookup(&store, root.as_ref(), k, &mut listed).unwrap();
+        }
+        let lists_lookups = store.lists.replace(0);
+        let shared = plan_changes_with(&store, root.as_ref(), changes, &mut listed).unwrap();
+        let lists_after = store.lists.replace(0);
+        prop_assert_eq!(store.write_opt(shared), store.write_opt(alone), "the same tree either way");
+        // Every lookup lists the root first, so at least the root is handed over.
+        if lists_lookups > 0 {
+            prop_assert!(lists_after < lists_alone, "alone {lists_alone} lists, after the lookups {lists_after}");
         }
     }
 

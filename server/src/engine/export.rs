@@ -382,6 +382,9 @@ pub async fn incremental(
                 };
                 sides.push((rel.clone(), s));
             }
+            // The lookups listed the directories the new tree rewrites: when the branch's
+            // tree is the base, planning takes those listings instead of reading them again.
+            let mut listed = if same { base_loc } else { desired_loc };
             Ok(finish(
                 git,
                 rule,
@@ -391,6 +394,7 @@ pub async fn incremental(
                 base_tree,
                 sides,
                 live,
+                &mut listed,
             )?)
         })
         .await?;
@@ -496,7 +500,17 @@ pub async fn full_pass(
                 })
                 .collect();
             let base_start = if base_known { base_tree } else { None };
-            let mut step = finish(git, rule, guard, tip, desired_tree, base_start, sides, live)?;
+            let mut step = finish(
+                git,
+                rule,
+                guard,
+                tip,
+                desired_tree,
+                base_start,
+                sides,
+                live,
+                &mut Locator::default(),
+            )?;
             step.unmapped = unmapped;
             Ok(step)
         })
@@ -537,6 +551,7 @@ fn finish(
     base_tree: Option<ObjectId>,
     sides: Vec<(Vec<u8>, Sides)>,
     live: BTreeMap<Vec<u8>, Option<HashedBlob>>,
+    listed: &mut Locator<ObjectId>,
 ) -> Result<Step, GitError> {
     // `sides` is sorted and unique, so what each side receives comes out sorted too: plain
     // vectors, no per-key map inserts (at ingest rates those were a tenth of serve's CPU).
@@ -620,7 +635,7 @@ fn finish(
     let new_area_tree = if git_changes.is_empty() {
         desired_tree
     } else {
-        write_changes(git, desired_tree.as_ref(), git_changes)?
+        write_changes_with(git, desired_tree.as_ref(), git_changes, listed)?
     };
     let new_base = match base_changes {
         _ if base_ids.is_empty() => base_tree,
@@ -785,6 +800,16 @@ pub fn write_changes<V: BlobContent>(
     base: Option<&ObjectId>,
     changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
 ) -> Result<Option<ObjectId>, GitError> {
+    write_changes_with(git, base, changes, &mut Locator::default())
+}
+
+/// [`write_changes`] reusing the directories of `base` that `listed` already holds.
+fn write_changes_with<V: BlobContent>(
+    git: &GitStore,
+    base: Option<&ObjectId>,
+    changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
+    listed: &mut Locator<ObjectId>,
+) -> Result<Option<ObjectId>, GitError> {
     let changes: Vec<(Vec<u8>, Option<V>)> = changes.into_iter().collect();
     let big = changes.len() >= PACK_THRESHOLD;
     let plan: Option<DirPlan<ObjectId, V>> = match base {
@@ -793,7 +818,7 @@ pub fn write_changes<V: BlobContent>(
             let plan = mapper::layout_all(all);
             (!plan.is_empty()).then_some(plan)
         }
-        _ => mapper::plan_changes(git, base, changes)?,
+        _ => mapper::plan_changes_with(git, base, changes, listed)?,
     };
     let Some(plan) = plan else { return Ok(None) };
     let id = if big {

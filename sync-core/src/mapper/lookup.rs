@@ -13,7 +13,8 @@ use crate::tree::TreeSource;
 /// forgets what it holds.
 pub struct Locator<Id> {
     base: Option<Id>,
-    dirs: HashMap<Vec<u8>, DirListing<Id>>,
+    /// Each listing with the ids of the trees it was read from.
+    dirs: HashMap<Vec<u8>, (Vec<Id>, DirListing<Id>)>,
 }
 
 impl<Id> Default for Locator<Id> {
@@ -84,7 +85,7 @@ pub fn lookup<S: TreeSource>(
     Ok(None)
 }
 
-impl<Id: Clone> Locator<Id> {
+impl<Id: Clone + PartialEq> Locator<Id> {
     fn listing<S: TreeSource<Id = Id>>(
         &mut self,
         source: &S,
@@ -93,13 +94,32 @@ impl<Id: Clone> Locator<Id> {
         dirs: &[Src<Id>],
     ) -> Result<&DirListing<Id>, PlanError<S::Error>> {
         match self.dirs.entry(prefix.to_vec()) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Occupied(e) => Ok(&e.into_mut().1),
             Entry::Vacant(e) => {
-                let mut listing = read_dir(source, dirs, prefix, kind)?;
-                // Only names are needed here; the raw listing is for planning.
-                listing.single = None;
-                Ok(e.insert(listing))
+                let listing = read_dir(source, dirs, prefix, kind)?;
+                let ids = dirs.iter().map(|d| d.id.clone()).collect();
+                Ok(&e.insert((ids, listing)).1)
             }
         }
+    }
+
+    /// Hands over the listing of the directory at `prefix` read from exactly the trees
+    /// `dirs` of `base`, if it was read: planning changes to the tree the lookups were
+    /// made in then lists each directory once, not twice.
+    pub(crate) fn take(
+        &mut self,
+        base: Option<&Id>,
+        prefix: &[u8],
+        dirs: &[Src<Id>],
+    ) -> Option<DirListing<Id>> {
+        if base.is_none() || self.base.as_ref() != base {
+            return None;
+        }
+        let (ids, _) = self.dirs.get(prefix)?;
+        let same = ids.len() == dirs.len() && ids.iter().zip(dirs).all(|(a, d)| *a == d.id);
+        if !same {
+            return None;
+        }
+        self.dirs.remove(prefix).map(|(_, listing)| listing)
     }
 }

@@ -24,4 +24,4 @@ pub use escape::{EMPTY_NAME, MAX_ESCAPED};
 pub use layout::layout_all;
 pub use lookup::{lookup, Locator};
 pub use name::{CONTINUATION_SUFFIX, SELF_NAME};
-pub use plan::plan_changes;
+pub use plan::{plan_changes, plan_changes_with};

@@ -9,6 +9,7 @@ use super::component::{
 };
 use super::error::PlanError;
 use super::listing::{duplicate, read_dir, DirKind, Found, Src};
+use super::lookup::Locator;
 use crate::tree::{DirPlan, ListedEntry, PlanEntry, TreeSource};
 
 struct Change<V> {
@@ -56,6 +57,17 @@ pub fn plan_changes<S: TreeSource, V>(
     base: Option<&S::Id>,
     changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
 ) -> Result<Option<DirPlan<S::Id, V>>, PlanError<S::Error>> {
+    plan_changes_with(source, base, changes, &mut Locator::default())
+}
+
+/// [`plan_changes`] taking the directories `listed` already holds for `base` (from
+/// [`lookup`](super::lookup) calls in the same tree) instead of listing them again.
+pub fn plan_changes_with<S: TreeSource, V>(
+    source: &S,
+    base: Option<&S::Id>,
+    changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
+    listed: &mut Locator<S::Id>,
+) -> Result<Option<DirPlan<S::Id, V>>, PlanError<S::Error>> {
     let mut items: Vec<Change<V>> = changes
         .into_iter()
         .map(|(key, op)| Change {
@@ -72,27 +84,36 @@ pub fn plan_changes<S: TreeSource, V>(
         })
         .into_iter()
         .collect();
-    let planner = Planner { source };
+    let mut planner = Planner {
+        source,
+        base,
+        listed,
+    };
     let root = planner.dir(&roots, DirKind::Root, &mut Vec::new(), &mut items, 0)?;
     Ok(assemble_with(root.slots, root.unmapped))
 }
 
-struct Planner<'s, S> {
+struct Planner<'s, S: TreeSource> {
     source: &'s S,
+    base: Option<&'s S::Id>,
+    listed: &'s mut Locator<S::Id>,
 }
 
 impl<S: TreeSource> Planner<'_, S> {
     /// The directory stored in `dirs` (none if new) at key prefix `prefix`, with `changes`
     /// applied; every change has a component at `depth`.
     fn dir<V>(
-        &self,
+        &mut self,
         dirs: &[Src<S::Id>],
         kind: DirKind,
         prefix: &mut Vec<u8>,
         changes: &mut [Change<V>],
         depth: usize,
     ) -> Result<DirOutcome<S::Id, V>, PlanError<S::Error>> {
-        let listing = read_dir(self.source, dirs, prefix, kind)?;
+        let listing = match self.listed.take(self.base, prefix, dirs) {
+            Some(listing) => listing,
+            None => read_dir(self.source, dirs, prefix, kind)?,
+        };
         let mut children = listing.children;
         let mut slots = Vec::new();
         let mut rest = changes;
@@ -128,7 +149,7 @@ impl<S: TreeSource> Planner<'_, S> {
 
     /// The new slot of component `comp` of the directory at `prefix`.
     fn node<V>(
-        &self,
+        &mut self,
         comp: &Component,
         found: Found<S::Id>,
         own: Option<Option<V>>,
