@@ -6,9 +6,43 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gix::hash::io::Write as HashingWriter;
 use gix::odb::pack::data;
 use gix::ObjectId;
+use sha1::Digest as _;
+
+/// The SHA-1 of a pack's or an index's bytes, their trailing checksum. Plain SHA-1, not the
+/// collision-detecting one that names objects: a checksum guards against corruption, and
+/// the plain one costs a third as much (it hashed every byte of every pack at ingest).
+#[derive(Default)]
+struct Checksum(sha1::Sha1);
+
+impl Checksum {
+    fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finalize(self) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&self.0.finalize())
+    }
+}
+
+/// Writes through to `inner` and checksums what it writes.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Checksum,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Where one object sits in the pack, for the index.
 pub(crate) struct IndexEntry {
@@ -41,7 +75,7 @@ pub(crate) struct PackWriter {
     out: BufWriter<File>,
     /// The pack's checksum so far; `None` while the object count is unknown, in which case
     /// `publish` writes the count into the header and hashes the file once, from disk.
-    hash: Option<gix::hash::Hasher>,
+    hash: Option<Checksum>,
     offset: u64,
     entries: Vec<IndexEntry>,
 }
@@ -60,7 +94,7 @@ impl PackWriter {
             dir: dir.to_owned(),
             tmp_pack,
             out: BufWriter::with_capacity(1 << 20, file),
-            hash: count.map(|_| gix::hash::hasher(gix::hash::Kind::Sha1)),
+            hash: count.map(|_| Checksum::default()),
             offset: 0,
             entries: Vec::with_capacity(count.unwrap_or(0) as usize),
         };
@@ -95,7 +129,7 @@ impl PackWriter {
     pub(crate) fn publish(mut self) -> std::io::Result<PathBuf> {
         self.out.flush()?;
         let checksum = match self.hash.take() {
-            Some(hash) => hash.try_finalize().map_err(std::io::Error::other)?,
+            Some(hash) => hash.finalize(),
             None => self.count_and_hash()?,
         };
         let file = self.out.get_mut();
@@ -129,7 +163,7 @@ impl PackWriter {
         file.seek(SeekFrom::Start(0))?;
         file.write_all(&data::header::encode(data::Version::V2, count))?;
         file.seek(SeekFrom::Start(0))?;
-        let mut hash = gix::hash::hasher(gix::hash::Kind::Sha1);
+        let mut hash = Checksum::default();
         const CHUNK: usize = 1 << 20;
         let mut buf = vec![0; CHUNK];
         let mut left = self.offset;
@@ -143,7 +177,7 @@ impl PackWriter {
             left -= n as u64;
         }
         file.seek(SeekFrom::End(0))?;
-        hash.try_finalize().map_err(std::io::Error::other)
+        Ok(hash.finalize())
     }
 }
 
@@ -163,10 +197,10 @@ fn write_index(
 ) -> std::io::Result<()> {
     entries.sort_unstable_by_key(|e| e.id);
     let file = File::options().write(true).create_new(true).open(path)?;
-    let mut out = HashingWriter::new(
-        BufWriter::with_capacity(1 << 20, file),
-        gix::hash::Kind::Sha1,
-    );
+    let mut out = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hash: Checksum::default(),
+    };
     out.write_all(b"\xfftOc")?;
     out.write_all(&2u32.to_be_bytes())?;
     let mut fanout = [0u32; 256];
@@ -200,7 +234,7 @@ fn write_index(
     }
     out.write_all(pack_checksum.as_bytes())?;
     out.flush()?;
-    let checksum = out.hash.try_finalize().map_err(std::io::Error::other)?;
+    let checksum = out.hash.finalize();
     let mut file = out.inner;
     file.write_all(checksum.as_bytes())?;
     file.flush()?;
