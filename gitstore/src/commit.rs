@@ -78,10 +78,10 @@ impl GitStore {
             });
         }
         let repo = self.repo();
-        if self.recent.get(&tree).is_none() && !has_object(&repo, tree) {
+        if self.recent.get(&tree).is_none() && !repo.has_object(tree) {
             return Err(CommitWriteError::MissingTree { tree });
         }
-        if let Some(&parent) = parents.iter().find(|p| !has_object(&repo, **p)) {
+        if let Some(&parent) = parents.iter().find(|p| !repo.has_object(**p)) {
             return Err(CommitWriteError::MissingParent { parent });
         }
         let signature = |secs| gix::actor::Signature {
@@ -132,10 +132,4 @@ impl GitStore {
             .map_err(|source| CommitWriteError::Write { tree, source })?;
         Ok(id)
     }
-}
-
-/// Whether `id` is in the store, looking at the packs and loose objects already known
-/// first: the store's directory is rescanned only on a miss (a pack written since).
-fn has_object(repo: &gix::Repository, id: ObjectId) -> bool {
-    repo.objects.exists_without_refresh(&id) || repo.has_object(id)
 }
