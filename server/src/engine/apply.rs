@@ -98,6 +98,9 @@ pub struct AreaPlan {
     pub drift: Vec<Key>,
     /// The file (and pointer in a document) of each drift key, in the same order.
     pub drift_paths: Vec<(String, Option<String>)>,
+    /// How many drift keys the ops give Git's value back (self-heal): once written, they
+    /// no longer differ.
+    pub drift_reverted: usize,
     /// Keys only the KV store has a newer value for (they go to Git by export).
     pub pending_export: usize,
     pub live_keys: usize,
@@ -615,6 +618,7 @@ pub async fn plan_area_with(
             };
             Ok(AreaPlan {
                 drift: drifted.iter().map(|k| key_of(k.rel)).collect(),
+                drift_reverted: drifted.iter().filter(|k| k.kv.is_some()).count(),
                 drift_paths: drifted.iter().map(|k| path_of(k)).collect(),
                 exact: exact.then_some(Exact {
                     from: commit,

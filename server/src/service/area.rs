@@ -11,6 +11,7 @@ use super::integrate::{IntegrateError, Integrator};
 use super::metrics::Metrics;
 use super::ownership::{Grant, Ownership};
 use super::state::ServiceState;
+use super::trigger::SyncTrigger;
 use super::Repacker;
 use crate::config::AreaConfig;
 use crate::engine::export::{DeleteGuard, ExportOptions};
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync_core::batch::Batch;
 use sync_core::{BackendError, ChangeKind, ClusterId, ResyncReason, WatchEvent};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Why a watch session ended without an error.
@@ -82,7 +82,7 @@ pub struct AreaCtx {
     pub state: Arc<ServiceState>,
     pub metrics: Arc<Metrics>,
     /// Poked after a catch-up: an area applying Git needs its first apply now.
-    pub trigger: Arc<Notify>,
+    pub trigger: Arc<SyncTrigger>,
     pub repack: Arc<Repacker>,
     pub integrate: Integrator,
     /// For asking the backend, when the session fails, whether it is the one at fault.
@@ -320,7 +320,7 @@ async fn session(
         s.ready = s.ready || !applies_git;
     });
     if applies_git {
-        ctx.trigger.notify_one();
+        ctx.trigger.apply();
     }
     let mut batch = Batch::new(from);
     // A catch-up held back by the mass-delete guard becomes the pending batch: it is

@@ -1,5 +1,5 @@
 //! The HTTP face of `serve` (SPEC "HTTP (serve)"): metrics, liveness, readiness, status,
-//! and `POST /sync` to ask for a fetch now; it only reads shared state and pokes a Notify.
+//! and `POST /sync` to ask for a fetch now; it only reads shared state and sets a request flag.
 //!
 //! The endpoints face the network, and a descriptor spent on an idle socket is one that the
 //! Git subprocesses and etcd connections cannot have. So every connection is bounded: at most
@@ -11,6 +11,7 @@
 
 use super::metrics::{Metrics, WebhookResult};
 use super::state::ServiceState;
+use super::trigger::SyncTrigger;
 use super::webhook::{self, Credentials, Verdict};
 use axum::body::Body;
 use axum::extract::State;
@@ -30,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,9 +72,9 @@ pub struct HttpContext {
     pub state: Arc<ServiceState>,
     /// Encoded by `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Poked by `POST /sync`. A Notify holds at most one permit, so a burst of webhooks
-    /// becomes one fetch, not one per request.
-    pub trigger: Arc<Notify>,
+    /// Asked by `POST /sync`. Requests coalesce, so a burst of webhooks becomes one fetch,
+    /// not one per request.
+    pub trigger: Arc<SyncTrigger>,
     /// When either is set, `POST /sync` needs the bearer token or a valid webhook
     /// signature/token (`service::webhook`): the endpoint makes the service do work, and
     /// webhooks come from outside.
@@ -503,7 +504,7 @@ async fn sync(State(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
     let verdict = webhook::judge(&ctx.credentials, source, &headers, body).await;
     let (result, code, body) = match verdict {
         Verdict::Accepted => {
-            ctx.trigger.notify_one();
+            ctx.trigger.fetch();
             (
                 WebhookResult::Accepted,
                 StatusCode::ACCEPTED,
@@ -561,7 +562,7 @@ mod tests {
         addr: SocketAddr,
         state: Arc<ServiceState>,
         metrics: Arc<Metrics>,
-        trigger: Arc<Notify>,
+        trigger: Arc<SyncTrigger>,
         shutdown: CancellationToken,
         task: JoinHandle<std::io::Result<()>>,
     }
@@ -606,7 +607,7 @@ mod tests {
                 },
             )],
         ));
-        let trigger = Arc::new(Notify::new());
+        let trigger = Arc::new(SyncTrigger::default());
         let metrics = Arc::new(Metrics::new());
         metrics.for_areas(&["a"]);
         let shutdown = CancellationToken::new();
@@ -759,9 +760,7 @@ mod tests {
         )
         .await;
         assert_eq!(r.code, 401);
-        // No permit was stored by the refused requests.
-        let quiet = tokio::time::timeout(Duration::from_millis(50), h.trigger.notified()).await;
-        assert!(quiet.is_err(), "a refused request must not trigger a sync");
+        quiet(&h);
 
         for _ in 0..2 {
             let r = request(
@@ -775,12 +774,9 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON body");
             assert_eq!(body["status"], "sync requested");
         }
-        tokio::time::timeout(Duration::from_secs(1), h.trigger.notified())
-            .await
-            .expect("the trigger fires");
-        // Two requests, one permit: concurrent triggers coalesce into one fetch.
-        let again = tokio::time::timeout(Duration::from_millis(50), h.trigger.notified()).await;
-        assert!(again.is_err(), "two requests must make one sync");
+        triggered(&h).await;
+        // Two requests before the next fetch starts make one fetch.
+        assert!(!h.trigger.take_fetch(), "two requests must make one sync");
 
         let r = request(h.addr, "GET", "/sync", &[]).await;
         assert_eq!(r.code, 405);
@@ -792,9 +788,7 @@ mod tests {
         let h = start(None).await;
         let r = request(h.addr, "POST", "/sync", &[]).await;
         assert_eq!(r.code, 202);
-        tokio::time::timeout(Duration::from_secs(1), h.trigger.notified())
-            .await
-            .expect("the trigger fires");
+        triggered(&h).await;
         stop(h).await;
     }
 
@@ -1109,17 +1103,24 @@ mod tests {
             .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
     }
 
-    /// Asserts a sync was requested (one permit), and consumes it.
+    /// Asserts a fetch was requested, and takes the request as a pass would.
     async fn triggered(h: &Harness) {
-        tokio::time::timeout(Duration::from_secs(1), h.trigger.notified())
+        tokio::time::timeout(Duration::from_secs(1), h.trigger.requested())
             .await
             .expect("the trigger fires");
+        assert!(h.trigger.take_fetch(), "the request is for a fetch");
     }
 
-    /// Asserts no sync was requested.
-    async fn quiet(h: &Harness) {
-        let r = tokio::time::timeout(Duration::from_millis(50), h.trigger.notified()).await;
-        assert!(r.is_err(), "a refused request must not trigger a sync");
+    /// Asserts no sync was requested (the handler sets the request before it answers).
+    fn quiet(h: &Harness) {
+        assert!(
+            !h.trigger.take_fetch(),
+            "a refused request must not trigger a sync"
+        );
+        assert!(
+            !h.trigger.take_apply(),
+            "a refused request must not trigger a sync"
+        );
     }
 
     #[test]
@@ -1203,7 +1204,7 @@ mod tests {
             assert!(r.headers.contains("www-authenticate: bearer"));
             assert!(!r.body.contains(SECRET), "{}", r.body);
         }
-        quiet(&h).await;
+        quiet(&h);
         assert_eq!(webhook_count(&h, "github", "accepted"), 1);
         assert_eq!(webhook_count(&h, "gitea", "accepted"), 2);
         assert_eq!(webhook_count(&h, "github", "rejected"), 6);
@@ -1237,7 +1238,7 @@ mod tests {
             let r = post(h.addr, &[(name, value)], body).await;
             assert_eq!(r.code, 401, "{name}: {value}");
         }
-        quiet(&h).await;
+        quiet(&h);
         assert_eq!(webhook_count(&h, "gitlab", "accepted"), 1);
         assert_eq!(webhook_count(&h, "bearer", "accepted"), 1);
         assert_eq!(webhook_count(&h, "gitlab", "rejected"), 3);
@@ -1267,7 +1268,7 @@ mod tests {
         // The same with a token that is right: size is checked for every sender.
         let r = post_chunked(h.addr, &[("Authorization", "Bearer t0ken")], &big).await;
         assert_eq!(r.code, 413, "{}", r.body);
-        quiet(&h).await;
+        quiet(&h);
 
         // Exactly the limit is fine, chunked or not.
         let edge = vec![b'y'; max];
@@ -1290,7 +1291,7 @@ mod tests {
         // hyper frames by Content-Length on the wire, so a lie there cannot reach the
         // handler over TCP; the handler is called directly with a body that outgrows it.
         let metrics = Arc::new(Metrics::new());
-        let trigger = Arc::new(Notify::new());
+        let trigger = Arc::new(SyncTrigger::default());
         let ctx = Arc::new(HttpContext {
             state: Arc::new(ServiceState::with_areas("core-1", "main", [])),
             metrics: metrics.clone(),
@@ -1311,8 +1312,10 @@ mod tests {
             let r = sync(State(ctx.clone()), headers, Body::from(big.clone())).await;
             assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "{declared:?}");
         }
-        let r = tokio::time::timeout(Duration::from_millis(50), trigger.notified()).await;
-        assert!(r.is_err(), "an oversized body must not trigger a sync");
+        assert!(
+            !trigger.take_fetch(),
+            "an oversized body must not trigger a sync"
+        );
         assert!(metrics
             .encode()
             .contains(r#"kvgit_webhook_total{result="too_large",source="github"} 2"#));

@@ -15,6 +15,7 @@ pub mod state;
 pub mod sync;
 #[cfg(test)]
 mod tests;
+pub mod trigger;
 pub mod ui;
 pub mod webhook;
 
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown may take: flush batches, commit, one push.
@@ -120,7 +120,7 @@ pub async fn run(engine: Context, listener: TcpListener, shutdown: CancellationT
         &cfg.sync.ownership_prefix,
         &area_names,
     ));
-    let trigger = Arc::new(Notify::new());
+    let trigger = Arc::new(trigger::SyncTrigger::default());
     let integrate = integrate::Integrator {
         engine: engine.clone(),
         git_lock: git_lock.clone(),

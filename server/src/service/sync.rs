@@ -9,6 +9,7 @@ use super::integrate::{IntegrateError, Integrator};
 use super::metrics::Metrics;
 use super::ownership::Ownership;
 use super::state::ServiceState;
+use super::trigger::SyncTrigger;
 use crate::engine::apply::{self, plan_area, AreaPlan, OpKind};
 use crate::engine::checkpoint::{CheckpointError, Judged};
 use crate::engine::git::GitError;
@@ -16,7 +17,6 @@ use crate::engine::{checkpoint, export, ConnectError, Context};
 use gitstore::ObjectId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Why a fetch/apply pass failed as a whole (one area's own trouble is reported on the
@@ -46,8 +46,8 @@ pub struct SyncCtx {
     pub ownership: Arc<Ownership>,
     pub state: Arc<ServiceState>,
     pub metrics: Arc<Metrics>,
-    /// `POST /sync` and the fetch timer meet here; concurrent triggers coalesce.
-    pub trigger: Arc<Notify>,
+    /// `POST /sync` and the areas' catch-ups ask for passes here.
+    pub trigger: Arc<SyncTrigger>,
     pub integrate: Integrator,
 }
 
@@ -77,7 +77,7 @@ pub async fn run(ctx: SyncCtx, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(ctx.engine.cfg.sync.fetch_interval) => {}
-            _ = ctx.trigger.notified() => {}
+            _ = ctx.trigger.requested() => {}
         }
     }
 }
@@ -88,6 +88,7 @@ pub async fn run(ctx: SyncCtx, shutdown: CancellationToken) {
 /// still applied (a first apply makes the area ready), and the fetch error is returned
 /// after it, for `/status`.
 pub async fn sync_once(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError> {
+    ctx.trigger.take_fetch();
     let fetched = match ctx.engine.cfg.git.remote {
         Some(_) => ctx.integrate.remote().await.map_err(SyncError::from),
         None => Ok(()),
@@ -113,9 +114,16 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
     if areas.is_empty() {
         return Ok(());
     }
+    // The areas that have caught up by now are this pass's; one that catches up later asks
+    // for the next pass.
+    ctx.trigger.take_apply();
+    let caught_up: Vec<bool> = areas
+        .iter()
+        .map(|a| ctx.state.caught_up(&a.name.0))
+        .collect();
     let tip = apply::target_commit(engine, None).await?;
     let mut plans: Vec<AreaPlan> = Vec::new();
-    for area in &areas {
+    for (area, caught_up) in areas.iter().zip(caught_up) {
         let name = area.name.0.clone();
         // Only the owner applies: it is the one moving the area's checkpoint, under the
         // epoch this check passed.
@@ -134,7 +142,7 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
                 continue;
             }
         };
-        if !ctx.state.caught_up(&name) {
+        if !caught_up {
             continue;
         }
         // A restarted area task (a lost and regained area, a held batch let go) has not
@@ -228,9 +236,24 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
                 tracing::warn!(area = name, key = %op.key, %overwritten, "Git won a conflict; live value overwritten");
             }
         }
-        ctx.metrics.drift(name, plan.drift.len() as u64);
+        // What still differs once the writes are in: a reverted key no longer does (a pass
+        // whose writes raced counts every drift key until the next pass reads them again).
+        let reverted = if w.raced.is_empty() {
+            plan.drift_reverted
+        } else {
+            0
+        };
+        if reverted > 0 {
+            tracing::info!(
+                area = name,
+                keys = reverted,
+                "live drift reverted to Git's values"
+            );
+        }
+        let drift = (plan.drift.len() - reverted) as u64;
+        ctx.metrics.drift(name, drift);
         ctx.state.update(name, |s| {
-            s.drift = plan.drift.len() as u64;
+            s.drift = drift;
             s.applied_once = s.applied_once || w.raced.is_empty();
             s.ready = s.caught_up && s.applied_once;
             // Kept across passes (newest last, bounded): a later apply must not erase the
