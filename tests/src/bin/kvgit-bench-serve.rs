@@ -5,7 +5,7 @@
 //! Run: `cargo build --release -p kvgit -p kvgit-tests && target/release/kvgit-bench-serve`
 //! (`--only NAME[,NAME]` or BENCH_ONLY runs some figures, `--list` names them; sizes by
 //! BENCH_INGEST, BENCH_INGEST_LARGE, BENCH_SCALE_SMALL, BENCH_SCALE_LARGE, BENCH_FLAT_KEYS;
-//! BENCH_RUNS=3; BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits).
+//! BENCH_RUNS=3 (15 at least for the commit figures); BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits).
 
 use kvgit_tests::bench::{
     env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs, write_config,
@@ -15,6 +15,9 @@ use kvgit_tests::etcd::EtcdServer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+/// Runs of a commit figure at least (its runs spread more than the other figures').
+const COMMIT_RUNS: usize = 15;
 
 const FIGURES: &[(&str, &str)] = &[
     (
@@ -152,9 +155,21 @@ impl Bench {
 
     /// Commits in each serve of `sides` in turn (run `r` starts at side `r % len`), side
     /// `s` changing the keys `keys(r)` in its store: the durations of each side.
+    ///
+    /// Measured settled and warm, at least `COMMIT_RUNS` times: a commit takes a few tens of
+    /// milliseconds, and right after a load of millions of keys the kernel is still writing
+    /// back gigabytes (etcd without fsync leaves them dirty), which the first runs timed as
+    /// commit time, unevenly between the sides. So `sync(2)` first, then one commit per side
+    /// that is not timed (it fills what a long-running serve keeps warm: its recent trees,
+    /// the page cache of the trees it reads).
     async fn commits(&self, sides: &[Side<'_>]) -> Vec<Vec<f64>> {
+        // SAFETY: sync(2) takes no arguments and only flushes file systems.
+        unsafe { libc::sync() };
+        for (serve, endpoint, keys) in sides {
+            serve.commit_of(endpoint, &keys(0), "warm-up").await;
+        }
         let mut times = vec![Vec::new(); sides.len()];
-        for r in 0..self.runs {
+        for r in 0..self.runs.max(COMMIT_RUNS) {
             let salt = format!("c{r}");
             for k in 0..sides.len() {
                 let s = (r + k) % sides.len();
@@ -211,8 +226,9 @@ async fn main() {
         window,
     };
     let mut report = Report::new(&format!(
-        "kvgit-bench-serve: values of {VALUE_BYTES} B, batch_window {}, median of {runs}",
-        bench.window
+        "kvgit-bench-serve: values of {VALUE_BYTES} B, batch_window {}, median of {runs} (commits: of {})",
+        bench.window,
+        runs.max(COMMIT_RUNS)
     ));
     println!(
         "kvgit-bench-serve (etcd --unsafe-no-fsync), work dir {}",
