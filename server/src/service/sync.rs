@@ -71,6 +71,10 @@ pub async fn run(ctx: SyncCtx, shutdown: CancellationToken) {
             let msg = crate::errors::chain(&e);
             tracing::warn!(error = %msg, "fetch/apply failed; retrying at the next interval");
             ctx.state.set_sync_error(Some(msg));
+            // A pass that failed before it took the areas' requests (the backend down)
+            // would otherwise start again at once, and again: it waits for the interval
+            // (or for someone asking for a fetch).
+            ctx.trigger.take_apply();
         } else {
             ctx.state.set_sync_error(None);
         }
