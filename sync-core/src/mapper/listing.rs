@@ -119,9 +119,8 @@ pub(crate) fn read_dir<S: TreeSource>(
         if merged.last().is_none_or(|(last, _)| *last != comp) {
             merged.push((comp, Found::default()));
         }
-        let Some((comp, found)) = merged.last_mut() else {
-            unreachable!("the entry's component was just pushed if it was not the last")
-        };
+        let last = merged.len() - 1; // never empty: pushed above when it was
+        let (comp, found) = &mut merged[last];
         match entry_kind {
             EntryKind::Dir => found.dirs.push(src),
             EntryKind::File => {
