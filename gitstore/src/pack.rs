@@ -88,7 +88,7 @@ impl GitStore {
         let repo = self.repo();
         let objects_dir = repo.objects.store_ref().path().to_owned();
         let mut sink = PackSink::default();
-        let root = write_root(plan, &mut sink)?;
+        let root = write_root(plan, self, &mut sink)?;
         // Trees first, then blobs (as git orders packs): reading a tree later then maps
         // pages of trees only, not the blobs around it, which keeps resident memory down.
         sink.objects.sort_by_key(|obj| obj.kind != Kind::Tree);
@@ -157,7 +157,7 @@ impl BulkWriter<'_> {
                 PlanEntry::Dir(sub) => {
                     let mut sink = PackSink::default();
                     let mut dir = vec![name.as_str()];
-                    let Some(id) = write_dir(&sub, &mut sink, &mut dir)? else {
+                    let Some(id) = write_dir(&sub, self.git, &mut sink, &mut dir)? else {
                         continue;
                     };
                     self.queue_all(sink)?;
@@ -180,7 +180,7 @@ impl BulkWriter<'_> {
         } else {
             let root = std::mem::take(&mut self.root);
             let mut sink = PackSink::default();
-            let id = write_root(&root, &mut sink)?;
+            let id = write_root(&root, self.git, &mut sink)?;
             self.queue_all(sink)?;
             Some(id)
         };

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 
 use gix::objs::tree::EntryKind as GitKind;
 use gix::ObjectId;
+pub(crate) use sync_core::tree::canonical_cmp;
 
 /// One entry of a tree about to be encoded.
 pub(crate) struct Entry<'a> {
@@ -13,28 +14,19 @@ pub(crate) struct Entry<'a> {
     pub id: ObjectId,
 }
 
-/// Git's tree order: byte order, where a directory name compares as if it ended in `/`.
-pub(crate) fn canonical_cmp(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> Ordering {
-    let common = a.len().min(b.len());
-    match a[..common].cmp(&b[..common]) {
-        Ordering::Equal => {
-            let tail = |name: &[u8], dir: bool| name.get(common).copied().or(dir.then_some(b'/'));
-            tail(a, a_dir).cmp(&tail(b, b_dir))
-        }
-        other => other,
-    }
+/// Two entries in canonical order.
+pub(crate) fn cmp(a: &Entry<'_>, b: &Entry<'_>) -> Ordering {
+    canonical_cmp(
+        a.name,
+        a.kind == GitKind::Tree,
+        b.name,
+        b.kind == GitKind::Tree,
+    )
 }
 
 /// Sorts entries into canonical order.
 pub(crate) fn sort(entries: &mut [Entry<'_>]) {
-    entries.sort_unstable_by(|a, b| {
-        canonical_cmp(
-            a.name,
-            a.kind == GitKind::Tree,
-            b.name,
-            b.kind == GitKind::Tree,
-        )
-    });
+    entries.sort_unstable_by(cmp);
 }
 
 /// The first name that occurs twice (as file and/or directory), if any. `entries` must be sorted.

@@ -155,6 +155,16 @@ impl GitStore {
     }
 }
 
+impl GitStore {
+    /// The raw data of the tree `id`: from the trees written lately, else from the store.
+    pub(crate) fn tree_data(&self, id: ObjectId) -> Result<Vec<u8>, TreeReadError> {
+        if let Some(data) = self.recent.get(&id) {
+            return Ok(data.to_vec());
+        }
+        Ok(read_kind(&self.repo(), id, Kind::Tree, &mut Vec::new())?.to_vec())
+    }
+}
+
 impl TreeSource for GitStore {
     type Id = ObjectId;
     type Error = TreeReadError;

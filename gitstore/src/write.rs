@@ -11,8 +11,9 @@ use sync_core::tree::{EntryKind, PlanEntry};
 
 use crate::objects::{hash, HashError};
 use crate::treefmt::{self, Entry};
+use crate::trees::TreeReadError;
 use crate::GitStore;
-use sync_core::tree::DirPlan;
+use sync_core::tree::{DirPlan, TreeEdit};
 
 /// The content of a planned file, and its blob id when the caller has hashed it already
 /// (comparing a value with Git needs its id first; it is not hashed twice).
@@ -79,6 +80,13 @@ pub enum WritePlanError {
         #[source]
         source: HashError,
     },
+    #[error("{path}: could not read the tree {base} it edits")]
+    EditBase {
+        path: String,
+        base: ObjectId,
+        #[source]
+        source: TreeReadError,
+    },
     #[error("{path}: could not write {kind} {id}")]
     Write {
         path: String,
@@ -95,12 +103,14 @@ pub(crate) trait Sink<'p> {
 }
 
 /// Walks `plan` and returns its tree id; an empty plan gives the empty tree (also stored).
+/// `store` holds the trees the plan's edits start from.
 pub(crate) fn write_root<'p, V: BlobContent>(
     plan: &'p DirPlan<ObjectId, V>,
+    store: &GitStore,
     sink: &mut impl Sink<'p>,
 ) -> Result<ObjectId, WritePlanError> {
     let mut dir = Vec::new();
-    match write_dir(plan, sink, &mut dir)? {
+    match write_dir(plan, store, sink, &mut dir)? {
         Some(id) => Ok(id),
         None => {
             let id = ObjectId::empty_tree(gix::hash::Kind::Sha1);
@@ -114,6 +124,7 @@ pub(crate) fn write_root<'p, V: BlobContent>(
 /// directories are pruned: Git cannot check them out).
 pub(crate) fn write_dir<'p, V: BlobContent>(
     plan: &'p DirPlan<ObjectId, V>,
+    store: &GitStore,
     sink: &mut impl Sink<'p>,
     dir: &mut Vec<&'p str>,
 ) -> Result<Option<ObjectId>, WritePlanError> {
@@ -147,7 +158,7 @@ pub(crate) fn write_dir<'p, V: BlobContent>(
             },
             PlanEntry::Dir(sub) => {
                 dir.push(name);
-                let id = write_dir(sub, sink, dir)?;
+                let id = write_dir(sub, store, sink, dir)?;
                 dir.pop();
                 match id {
                     Some(id) => (GitKind::Tree, id),
@@ -161,10 +172,31 @@ pub(crate) fn write_dir<'p, V: BlobContent>(
             id,
         });
     }
+    let base;
+    let entries = match &plan.edit {
+        None => {
+            treefmt::sort(&mut entries);
+            entries
+        }
+        Some(edit) => {
+            base = store
+                .tree_data(edit.base)
+                .map_err(|source| WritePlanError::EditBase {
+                    path: path_of(dir, ""),
+                    base: edit.base,
+                    source,
+                })?;
+            let names = plan.entries.iter().map(|(name, _)| name.as_bytes());
+            edited(&base, edit, names, entries).map_err(|source| WritePlanError::EditBase {
+                path: path_of(dir, ""),
+                base: edit.base,
+                source,
+            })?
+        }
+    };
     if entries.is_empty() {
         return Ok(None);
     }
-    treefmt::sort(&mut entries);
     if let Some(name) = treefmt::duplicate(&entries) {
         return Err(WritePlanError::Duplicate {
             path: path_of(dir, &String::from_utf8_lossy(name)),
@@ -178,6 +210,53 @@ pub(crate) fn write_dir<'p, V: BlobContent>(
     })?;
     put(sink, dir, "", Kind::Tree, id, Cow::Owned(data))?;
     Ok(Some(id))
+}
+
+/// The entries of the tree `base` (its raw data) after `edit`: those named `planned` (the
+/// plan's entries) or removed are replaced by `changed` (what the planned ones became; a
+/// directory that ended up empty is not there). One pass over the tree, no name decoded.
+fn edited<'a>(
+    base: &'a [u8],
+    edit: &'a TreeEdit<ObjectId>,
+    planned: impl Iterator<Item = &'a [u8]>,
+    mut changed: Vec<Entry<'a>>,
+) -> Result<Vec<Entry<'a>>, TreeReadError> {
+    let mut gone: Vec<&[u8]> = planned.collect();
+    gone.extend(edit.removed.iter().map(|n| n.as_bytes()));
+    gone.sort_unstable();
+    treefmt::sort(&mut changed);
+    let mut out = Vec::with_capacity(base.len() / 30 + changed.len());
+    let mut changed = changed.into_iter().peekable();
+    for entry in gix::objs::TreeRefIter::from_bytes(base, gix::hash::Kind::Sha1) {
+        let entry = entry.map_err(|source| TreeReadError::Decode {
+            tree: edit.base,
+            source,
+        })?;
+        let name: &[u8] = entry.filename.as_ref();
+        if gone.binary_search(&name).is_ok() {
+            continue;
+        }
+        // Kept as a full rewrite would write it: a regular file or a directory.
+        let kind = match entry.mode.kind() {
+            GitKind::Tree => GitKind::Tree,
+            _ => GitKind::Blob,
+        };
+        let kept = Entry {
+            name,
+            kind,
+            id: entry.oid.to_owned(),
+        };
+        while let Some(c) = changed.next_if(|c| treefmt::cmp(c, &kept).is_lt()) {
+            out.push(c);
+        }
+        out.push(kept);
+    }
+    out.extend(changed);
+    // A tree written by Git is in canonical order already; one that is not is sorted here.
+    if !out.is_sorted_by(|a, b| treefmt::cmp(a, b).is_le()) {
+        treefmt::sort(&mut out);
+    }
+    Ok(out)
 }
 
 fn put<'p>(
@@ -241,6 +320,6 @@ impl GitStore {
         plan: &DirPlan<ObjectId, V>,
     ) -> Result<ObjectId, WritePlanError> {
         let repo = self.repo();
-        write_root(plan, &mut LooseSink { repo: &repo })
+        write_root(plan, self, &mut LooseSink { repo: &repo })
     }
 }

@@ -435,3 +435,47 @@ fn bulk_writes_in_batches_give_the_tree_of_one_packed_write() {
     );
     fsck(bulk_store.git_dir());
 }
+
+#[test]
+fn an_edit_of_a_tree_gives_the_tree_a_whole_plan_gives() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let git = store(tmp.path());
+    let base = git.write_plan(&nested_plan()).expect("write base");
+    // Replace a file, turn a file into a directory (it sorts as `a-b/` now), remove one,
+    // add one that sorts between `a` (a directory, `a/`) and `a.txt`.
+    let whole = {
+        let mut files = nested_files();
+        files.retain(|(p, _)| p != "dup1" && p != "a-b");
+        files.push(("a-b/inner".to_owned(), b"now a dir".to_vec()));
+        files.push(("a/".to_owned() + "x", b"changed".to_vec()));
+        files.retain(|(p, c)| p != "a/x" || c == b"changed");
+        files.push(("a-".to_owned(), b"between".to_vec()));
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_slice()))
+            .collect();
+        plan(&refs)
+    };
+    let expected = git.write_plan(&whole).expect("write whole");
+    let mut a_dir = gitstore::Plan::default();
+    insert(&mut a_dir, "x", PlanEntry::File(b"changed".to_vec()));
+    let mut a_b = gitstore::Plan::default();
+    insert(&mut a_b, "inner", PlanEntry::File(b"now a dir".to_vec()));
+    let edit = gitstore::Plan {
+        entries: vec![
+            ("a".to_owned(), PlanEntry::Dir(a_dir)),
+            ("a-b".to_owned(), PlanEntry::Dir(a_b)),
+            ("a-".to_owned(), PlanEntry::File(b"between".to_vec())),
+        ],
+        edit: Some(sync_core::tree::TreeEdit {
+            base,
+            removed: vec!["dup1".to_owned()],
+        }),
+    };
+    assert_eq!(git.write_plan(&edit).expect("write edit"), expected);
+    assert_eq!(
+        git.write_plan_packed(&edit).expect("write edit packed"),
+        expected
+    );
+    fsck(git.git_dir());
+}

@@ -16,6 +16,18 @@ pub struct ListedEntry<Id> {
     pub id: Id,
 }
 
+/// Git's tree order: byte order, where a directory's name compares as if it ended in `/`.
+pub fn canonical_cmp(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
+    let common = a.len().min(b.len());
+    match a[..common].cmp(&b[..common]) {
+        std::cmp::Ordering::Equal => {
+            let tail = |name: &[u8], dir: bool| name.get(common).copied().or(dir.then_some(b'/'));
+            tail(a, a_dir).cmp(&tail(b, b_dir))
+        }
+        other => other,
+    }
+}
+
 /// Read access to existing trees (gitstore implements it over a bare repository).
 pub trait TreeSource {
     type Id: Clone + Eq + std::fmt::Debug;
@@ -40,18 +52,39 @@ pub enum PlanEntry<Id, V> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirPlan<Id, V> {
     pub entries: Vec<(String, PlanEntry<Id, V>)>,
+    /// `Some`: the directory is an edit of an existing tree, and `entries` only the entries
+    /// that change; see [`TreeEdit`].
+    pub edit: Option<TreeEdit<Id>>,
+}
+
+/// An edit of the existing tree `base`: the directory is `base` with each entry of the
+/// plan put in place of `base`'s entry of the same name (or added), the `removed` names
+/// taken out, and every other entry kept as it is (a regular file or a directory). The
+/// planner makes one only where no other name can change, so a large directory of which
+/// a few entries change is written without naming all the others again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEdit<Id> {
+    pub base: Id,
+    pub removed: Vec<String>,
 }
 
 impl<Id, V> Default for DirPlan<Id, V> {
     fn default() -> Self {
-        DirPlan {
-            entries: Vec::new(),
-        }
+        DirPlan::new(Vec::new())
     }
 }
 
 impl<Id, V> DirPlan<Id, V> {
+    /// A whole directory of these entries.
+    pub fn new(entries: Vec<(String, PlanEntry<Id, V>)>) -> Self {
+        DirPlan {
+            entries,
+            edit: None,
+        }
+    }
+
+    /// A whole directory without entries (an edit always keeps or adds one).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.edit.is_none()
     }
 }

@@ -11,7 +11,7 @@ use sync_core::mapper::{
     components, decode_path, decode_paths, layout_all, lookup, plan_changes, plan_changes_with,
     BulkKeys, Locator, MapError, NameProblem, PlanError,
 };
-use sync_core::tree::{DirPlan, EntryKind, ListedEntry, PlanEntry, TreeSource};
+use sync_core::tree::{canonical_cmp, DirPlan, EntryKind, ListedEntry, PlanEntry, TreeSource};
 use sync_core::Key;
 
 // ---------------------------------------------------------------- in-memory store
@@ -74,6 +74,21 @@ impl Store {
     fn write(&mut self, plan: DirPlan<u64, Vec<u8>>) -> u64 {
         assert!(!plan.is_empty(), "planned directories are never empty");
         let mut entries = Vec::new();
+        if let Some(edit) = &plan.edit {
+            // The base's entries, less those the plan replaces or removes.
+            let gone: HashSet<&str> = plan
+                .entries
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .chain(edit.removed.iter().map(String::as_str))
+                .collect();
+            entries.extend(
+                self.tree(edit.base)
+                    .iter()
+                    .filter(|(name, _, _)| !gone.contains(name.as_str()))
+                    .cloned(),
+            );
+        }
         for (name, entry) in plan.entries {
             let (kind, id) = match entry {
                 PlanEntry::Existing { kind, id } => {
@@ -89,10 +104,15 @@ impl Store {
             };
             entries.push((name, kind, id));
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let before = entries.len();
-        entries.dedup_by(|a, b| a.0 == b.0);
-        assert_eq!(before, entries.len(), "duplicate names in one directory");
+        assert!(!entries.is_empty(), "an edit never empties its directory");
+        let mut names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "duplicate names in one directory");
+        // Git's order (a directory sorts as `name/`), which lookups by name rely on.
+        let dir = |e: &(String, EntryKind, u64)| e.1 == EntryKind::Dir;
+        entries.sort_by(|a, b| canonical_cmp(a.0.as_bytes(), dir(a), b.0.as_bytes(), dir(b)));
         self.put(Obj::Tree(entries))
     }
 
@@ -399,32 +419,71 @@ proptest! {
     }
 }
 
+/// Keys whose segments are mostly names that are their own spelling (so directories of
+/// them are written as edits), with some that are not (`.` first, empty segments).
+fn lone_history() -> impl Strategy<Value = (Vec<Vec<u8>>, BTreeMap<usize, u8>, Vec<Batch>)> {
+    let key = vec(vec(select(b"abg0-_.".to_vec()), 0..3), 1..4).prop_map(|s| s.join(&b'/'));
+    vec(key, 1..14).prop_flat_map(|pool| {
+        let n = pool.len();
+        (
+            Just(pool),
+            btree_map(0..n, any::<u8>(), 0..n),
+            vec(
+                vec((0..n, proptest::option::weighted(0.6, any::<u8>())), 0..5),
+                1..5,
+            ),
+        )
+    })
+}
+
+/// Applies `batches` one plan at a time, checking each tree against a layout from scratch.
+fn check_history(
+    pool: &[Vec<u8>],
+    initial: &BTreeMap<usize, u8>,
+    batches: Vec<Batch>,
+) -> Result<(), TestCaseError> {
+    let mut store = Store::default();
+    let mut set: BTreeMap<Vec<u8>, Vec<u8>> = initial
+        .iter()
+        .map(|(&i, &v)| (pool[i].clone(), vec![v]))
+        .collect();
+    let mut root = layout(&mut store, &set);
+    for batch in batches {
+        let mut changes = BTreeMap::new();
+        for (i, op) in batch {
+            changes.insert(pool[i].clone(), op.map(|v| vec![v]));
+        }
+        for (k, op) in &changes {
+            match op {
+                Some(v) => set.insert(k.clone(), v.clone()),
+                None => set.remove(k),
+            };
+        }
+        let plan = plan_changes(&store, root.as_ref(), changes).unwrap();
+        root = store.write_opt(plan);
+        let scratch = layout(&mut store, &set);
+        prop_assert_eq!(
+            root,
+            scratch,
+            "trees differ for {:?}",
+            set.keys().map(|k| Key(k.clone())).collect::<Vec<_>>()
+        );
+        prop_assert_eq!(&store.read_back(root), &set);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(160))]
 
     #[test]
+    fn edits_of_lone_named_directories_equal_from_scratch((pool, initial, batches) in lone_history()) {
+        check_history(&pool, &initial, batches)?;
+    }
+
+    #[test]
     fn incremental_equals_from_scratch((pool, initial, batches) in history()) {
-        let mut store = Store::default();
-        let mut set: BTreeMap<Vec<u8>, Vec<u8>> =
-            initial.iter().map(|(&i, &v)| (pool[i].clone(), vec![v])).collect();
-        let mut root = layout(&mut store, &set);
-        for batch in batches {
-            let mut changes = BTreeMap::new();
-            for (i, op) in batch {
-                changes.insert(pool[i].clone(), op.map(|v| vec![v]));
-            }
-            for (k, op) in &changes {
-                match op {
-                    Some(v) => set.insert(k.clone(), v.clone()),
-                    None => set.remove(k),
-                };
-            }
-            let plan = plan_changes(&store, root.as_ref(), changes).unwrap();
-            root = store.write_opt(plan);
-            let scratch = layout(&mut store, &set);
-            prop_assert_eq!(root, scratch, "trees differ for {:?}", set.keys().map(|k| Key(k.clone())).collect::<Vec<_>>());
-            prop_assert_eq!(&store.read_back(root), &set);
-        }
+        check_history(&pool, &initial, batches)?;
     }
 
     #[test]
@@ -785,4 +844,106 @@ fn a_failing_source_is_reported_with_the_directory() {
         err.to_string(),
         "cannot list directory `<area root>` of the area tree"
     );
+}
+
+#[test]
+fn a_few_changes_in_a_large_lone_named_directory_are_an_edit_of_its_tree() {
+    let mut store = Store::default();
+    let mut set = BTreeMap::new();
+    for d in 0..40 {
+        for k in 0..5 {
+            set.insert(format!("node-{d:02}/key-{k}").into_bytes(), vec![1]);
+        }
+    }
+    let root = layout(&mut store, &set).unwrap();
+    let changes = changes_of(&[
+        ("node-03/key-1", Some("v")),
+        ("node-07/key-9", Some("new")),
+        ("node-11/key-0", None),
+        ("node-40/key-0", Some("new dir")),
+    ]);
+    for (k, op) in &changes {
+        match op {
+            Some(v) => set.insert(k.clone(), v.clone()),
+            None => set.remove(k),
+        };
+    }
+    let plan = plan_changes(&store, Some(&root), changes).unwrap().unwrap();
+    // Only the changed directories are planned; the other 37 are kept by the edit.
+    assert_eq!(plan.edit.as_ref().map(|e| e.base), Some(root));
+    let names: Vec<&str> = plan.entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["node-03", "node-07", "node-11", "node-40"]);
+    let PlanEntry::Dir(node3) = entry(&plan, "node-03") else {
+        panic!("node-03 is not a directory: {plan:?}")
+    };
+    assert_eq!(node3.entries.len(), 1, "one file of node-03 changes");
+    let root = store.write(plan);
+    assert_eq!(Some(root), layout(&mut store, &set));
+
+    // Emptying a directory removes it from the edit; an upper-case name is no edit.
+    let plan = plan_changes(&store, Some(&root), changes_of(&[("node-40/key-0", None)]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        plan.edit.as_ref().map(|e| e.removed.clone()),
+        Some(vec!["node-40".to_string()])
+    );
+    assert!(plan.entries.is_empty());
+    let plan = plan_changes(
+        &store,
+        Some(&root),
+        changes_of(&[("Node-40/key-0", Some("v"))]),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        plan.edit.is_none(),
+        "a name that could fold onto another is planned whole"
+    );
+}
+
+#[test]
+fn lookups_by_name_find_files_and_directories_in_git_order() {
+    // In Git's order `a-b` and `a.c` sort before the directory `a` (as `a/`), and `a0` after.
+    let mut store = Store::default();
+    let set = set_of(&[
+        ("a/x", "1"),
+        ("a", "2"),
+        ("a-b", "3"),
+        ("a.c", "4"),
+        ("a0", "5"),
+    ]);
+    let root = layout(&mut store, &set).unwrap();
+    let names: Vec<&str> = store
+        .tree(root)
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["a-b", "a.c", "a", "a0"]);
+    let mut locator = Locator::default();
+    for (key, value) in &set {
+        let id = lookup(&store, Some(&root), key, &mut locator).unwrap();
+        assert_eq!(
+            id.map(|id| store.content(id).to_vec()),
+            Some(value.clone()),
+            "{key:?}"
+        );
+    }
+    for absent in ["a-", "b", "a/y", "a0/x", "A"] {
+        let id = lookup(&store, Some(&root), absent.as_bytes(), &mut locator).unwrap();
+        assert_eq!(id, None, "{absent}");
+    }
+    // A change planned on the lookups' listings gives the tree of a layout from scratch.
+    let mut set = set;
+    set.insert(b"a-b".to_vec(), b"new".to_vec());
+    set.remove(&b"a/x".to_vec());
+    let plan = plan_changes_with(
+        &store,
+        Some(&root),
+        changes_of(&[("a-b", Some("new")), ("a/x", None)]),
+        &mut locator,
+    )
+    .unwrap();
+    let root = store.write_opt(plan);
+    assert_eq!(root, layout(&mut store, &set));
 }

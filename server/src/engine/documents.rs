@@ -149,6 +149,7 @@ fn resolve(
     all: &mut BTreeMap<Vec<u8>, Source>,
 ) -> DirPlan<ObjectId, Vec<u8>> {
     DirPlan {
+        edit: plan.edit,
         entries: plan
             .entries
             .into_iter()
@@ -269,14 +270,14 @@ mod tests {
     }
 
     fn dir(name: &str, entries: Vec<Entry>) -> Entry {
-        (name.to_owned(), PlanEntry::Dir(DirPlan { entries }))
+        (name.to_owned(), PlanEntry::Dir(DirPlan::new(entries)))
     }
 
     /// A new repository holding the tree `entries`.
     fn repo(entries: Vec<Entry>) -> (tempfile::TempDir, GitStore, ObjectId) {
         let dir = tempfile::tempdir().expect("tempdir");
         let git = GitStore::open_or_init(dir.path(), "main").expect("init");
-        let tree = git.write_plan(&DirPlan { entries }).expect("write");
+        let tree = git.write_plan(&DirPlan::new(entries)).expect("write");
         (dir, git, tree)
     }
 

@@ -12,7 +12,7 @@ pub(crate) enum Content<Id, V> {
 }
 
 impl<Id, V> Content<Id, V> {
-    fn into_entry(self) -> PlanEntry<Id, V> {
+    pub(crate) fn into_entry(self) -> PlanEntry<Id, V> {
         match self {
             Content::Existing(id) => PlanEntry::Existing {
                 kind: EntryKind::File,
@@ -31,6 +31,20 @@ pub(crate) enum Slot<Id, V> {
     Dir(DirPlan<Id, V>),
     /// An existing directory kept unopened (possibly under a new name).
     Opaque(Id),
+}
+
+impl<Id, V> Slot<Id, V> {
+    /// The entry holding this slot in its directory.
+    pub(crate) fn into_entry(self) -> PlanEntry<Id, V> {
+        match self {
+            Slot::File(content) => content.into_entry(),
+            Slot::Dir(dir) => PlanEntry::Dir(dir),
+            Slot::Opaque(id) => PlanEntry::Existing {
+                kind: EntryKind::Dir,
+                id,
+            },
+        }
+    }
 }
 
 /// The slot of a node from its value and children; None when it holds nothing.
@@ -56,17 +70,7 @@ pub(crate) fn assemble<Id, V>(slots: Vec<(Component, Slot<Id, V>)>) -> DirPlan<I
     let entries = names
         .into_iter()
         .zip(slots)
-        .map(|(name, (_, slot))| {
-            let entry = match slot {
-                Slot::File(content) => content.into_entry(),
-                Slot::Dir(dir) => PlanEntry::Dir(dir),
-                Slot::Opaque(id) => PlanEntry::Existing {
-                    kind: EntryKind::Dir,
-                    id,
-                },
-            };
-            (name, entry)
-        })
+        .map(|(name, (_, slot))| (name, slot.into_entry()))
         .collect();
-    DirPlan { entries }
+    DirPlan::new(entries)
 }

@@ -22,6 +22,17 @@ fn stays(b: u8, first: bool) -> bool {
     is_plain(b) || (b == b'.' && !first)
 }
 
+/// A name that is its component's spelling in any directory: nothing escaped, no tag, no
+/// chunk, and no upper case, so no other component of a directory can fold to it.
+pub(crate) fn is_lone_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ESCAPED
+        && name
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| stays(b, i == 0) && !b.is_ascii_uppercase())
+}
+
 /// Bytes that `b` takes in an escaped name.
 pub(crate) fn escaped_len(b: u8, first: bool) -> usize {
     if stays(b, first) {

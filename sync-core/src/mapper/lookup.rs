@@ -5,7 +5,7 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use super::component::{component_at, extend_dir_prefix, spans};
 use super::error::PlanError;
-use super::listing::{duplicate, read_dir, DirKind, DirListing, Src};
+use super::listing::{duplicate, read_dir, DirKind, DirListing, Found, Src};
 use crate::tree::TreeSource;
 
 /// A cache for `lookup`: every directory listed so far (by key prefix), so many lookups in
@@ -50,14 +50,10 @@ pub fn lookup<S: TreeSource>(
     let spans = spans(rel);
     for (i, &span) in spans.iter().enumerate() {
         let comp = component_at(rel, span);
-        let Some(found) = cache
-            .listing(source, &prefix, kind, &dirs)?
-            .children
-            .get(&comp)
-        else {
+        let Found { file, dirs: below } = cache.listing(source, &prefix, kind, &dirs)?.find(&comp);
+        if file.is_none() && below.is_empty() {
             return Ok(None);
-        };
-        let (file, below) = (found.file.clone(), found.dirs.clone());
+        }
         let node_key_len = prefix.len() + comp.raw.len();
         extend_dir_prefix(&mut prefix, &comp);
         kind = DirKind::of(&comp);
