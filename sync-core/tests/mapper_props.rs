@@ -337,18 +337,23 @@ fn key_set() -> impl Strategy<Value = BTreeMap<Vec<u8>, Vec<u8>>> {
 
 type Batch = Vec<(usize, Option<u8>)>;
 
-fn history() -> impl Strategy<Value = (Vec<Vec<u8>>, BTreeMap<usize, u8>, Vec<Batch>)> {
-    related_keys(6).prop_flat_map(|pool| {
-        let n = pool.len();
-        (
-            Just(pool),
-            btree_map(0..n, any::<u8>(), 0..n),
-            vec(
-                vec((0..n, proptest::option::weighted(0.6, any::<u8>())), 0..5),
-                1..5,
-            ),
-        )
-    })
+type History = (Vec<Vec<u8>>, BTreeMap<usize, u8>, Vec<Batch>);
+
+fn history() -> impl Strategy<Value = History> {
+    related_keys(6).prop_flat_map(history_of)
+}
+
+/// An initial set of keys from `pool` and batches of changes to them.
+fn history_of(pool: Vec<Vec<u8>>) -> impl Strategy<Value = History> {
+    let n = pool.len();
+    (
+        Just(pool),
+        btree_map(0..n, any::<u8>(), 0..n),
+        vec(
+            vec((0..n, proptest::option::weighted(0.6, any::<u8>())), 0..5),
+            1..5,
+        ),
+    )
 }
 
 // ---------------------------------------------------------------- properties
@@ -421,19 +426,9 @@ proptest! {
 
 /// Keys whose segments are mostly names that are their own spelling (so directories of
 /// them are written as edits), with some that are not (`.` first, empty segments).
-fn lone_history() -> impl Strategy<Value = (Vec<Vec<u8>>, BTreeMap<usize, u8>, Vec<Batch>)> {
+fn lone_history() -> impl Strategy<Value = History> {
     let key = vec(vec(select(b"abg0-_.".to_vec()), 0..3), 1..4).prop_map(|s| s.join(&b'/'));
-    vec(key, 1..14).prop_flat_map(|pool| {
-        let n = pool.len();
-        (
-            Just(pool),
-            btree_map(0..n, any::<u8>(), 0..n),
-            vec(
-                vec((0..n, proptest::option::weighted(0.6, any::<u8>())), 0..5),
-                1..5,
-            ),
-        )
-    })
+    vec(key, 1..14).prop_flat_map(history_of)
 }
 
 /// Applies `batches` one plan at a time, checking each tree against a layout from scratch.
