@@ -931,7 +931,7 @@ fn lookups_by_name_find_files_and_directories_in_git_order() {
     // A change planned on the lookups' listings gives the tree of a layout from scratch.
     let mut set = set;
     set.insert(b"a-b".to_vec(), b"new".to_vec());
-    set.remove(&b"a/x".to_vec());
+    set.remove(&b"a/x"[..]);
     let plan = plan_changes_with(
         &store,
         Some(&root),
