@@ -230,7 +230,8 @@ impl<Id: Clone> DirListing<Id> {
         }
     }
 
-    /// Every child of the directory, decoded (once) if it was read by name.
+    /// Takes every child of the directory, decoding them if it was read by name; called
+    /// once, by a plan that rewrites the directory whole (the rest of the listing stays).
     pub(crate) fn decode(&mut self) -> Result<BTreeMap<Component, Found<Id>>, MapError> {
         if let Some(children) = self.children.take() {
             return Ok(children);
