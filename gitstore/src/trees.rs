@@ -156,12 +156,13 @@ impl GitStore {
 }
 
 impl GitStore {
-    /// The raw data of the tree `id`: from the trees written lately, else from the store.
-    pub(crate) fn tree_data(&self, id: ObjectId) -> Result<Vec<u8>, TreeReadError> {
+    /// The raw data of the tree `id`: shared with the trees written lately (no copy of a
+    /// large tree per commit), else read from the store.
+    pub(crate) fn tree_data(&self, id: ObjectId) -> Result<std::sync::Arc<[u8]>, TreeReadError> {
         if let Some(data) = self.recent.get(&id) {
-            return Ok(data.to_vec());
+            return Ok(data);
         }
-        Ok(read_kind(&self.repo(), id, Kind::Tree, &mut Vec::new())?.to_vec())
+        Ok(read_kind(&self.repo(), id, Kind::Tree, &mut Vec::new())?.into())
     }
 }
 

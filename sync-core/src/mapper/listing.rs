@@ -230,6 +230,15 @@ impl<Id: Clone> DirListing<Id> {
         }
     }
 
+    /// The number of entries of the directory's one tree while it is read by name (its
+    /// names are all lone, see `children`); `None` once decoded or if it never was lone.
+    pub(crate) fn lone_entries(&self) -> Option<usize> {
+        match (&self.children, &self.single) {
+            (None, Some(listed)) => Some(listed.len()),
+            _ => None,
+        }
+    }
+
     /// Takes every child of the directory, decoding them if it was read by name; called
     /// once, by a plan that rewrites the directory whole (the rest of the listing stays).
     pub(crate) fn decode(&mut self) -> Result<BTreeMap<Component, Found<Id>>, MapError> {

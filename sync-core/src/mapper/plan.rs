@@ -270,17 +270,13 @@ impl<S: TreeSource> Planner<'_, S> {
 }
 
 /// The tree of `listing` and its number of entries, when the directory can be written as
-/// an edit of it: it is one tree, and every name in it is its component's only spelling
-/// (or `%self`), so changing some entries renames none of the others.
+/// an edit of it: it was read by name (one tree whose every name is its component's only
+/// spelling), so changing some entries renames none of the others.
 fn editable<Id: Clone>(listing: &DirListing<Id>, dirs: &[Src<Id>]) -> Option<(Id, usize)> {
-    let ([dir], Some(listed)) = (dirs, &listing.single) else {
-        return None;
-    };
-    let lone = listing.unmapped.is_empty()
-        && listed
-            .iter()
-            .all(|e| e.name == SELF_NAME || is_lone_name(e.name.as_bytes()));
-    lone.then(|| (dir.id.clone(), listed.len()))
+    match (dirs, listing.lone_entries()) {
+        ([dir], Some(listed)) => Some((dir.id.clone(), listed)),
+        _ => None,
+    }
 }
 
 /// The edit of `base` (holding `len` entries) that the changed components make; each one's
