@@ -138,21 +138,55 @@ impl GitStore {
     /// Every file below `tree` as (path relative to `tree`, blob id), sorted by path.
     pub fn files_under(&self, tree: ObjectId) -> Result<Vec<(String, ObjectId)>, TreeReadError> {
         let repo = self.repo();
-        let mut buf = Vec::new();
         let mut files = Vec::new();
-        let mut pending = vec![(String::new(), tree)];
-        while let Some((dir, id)) = pending.pop() {
-            for item in list(&repo, id, &dir, &mut buf)? {
-                let path = join(&dir, &item.name);
-                match item.kind {
-                    EntryKind::File => files.push((path, item.id)),
-                    EntryKind::Dir => pending.push((path, item.id)),
-                }
-            }
-        }
-        files.sort_unstable();
+        let mut path = String::new();
+        walk_files(&repo, tree, &mut path, &mut Vec::new(), &mut files)?;
+        // A tree in Git's order is walked in path order already (Git compares a directory
+        // as `name/`, as full paths do): then this is one linear check.
+        files.sort();
         Ok(files)
     }
+}
+
+/// Appends every file below tree `id` (whose path is `dir`) to `files`, depth first in the
+/// tree's stored order. `bufs` holds one read buffer per level, reused across siblings.
+fn walk_files(
+    repo: &gix::Repository,
+    id: ObjectId,
+    dir: &mut String,
+    bufs: &mut Vec<Vec<u8>>,
+    files: &mut Vec<(String, ObjectId)>,
+) -> Result<(), TreeReadError> {
+    let mut buf = bufs.pop().unwrap_or_default();
+    let data = read_kind(repo, id, Kind::Tree, &mut buf)?;
+    let dir_len = dir.len();
+    for entry in gix::objs::TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
+        let entry = entry.map_err(|source| TreeReadError::Decode { tree: id, source })?;
+        let Ok(name) = std::str::from_utf8(entry.filename) else {
+            return Err(TreeReadError::NonUtf8 {
+                path: join(dir, &entry.filename.to_string()),
+            });
+        };
+        if dir_len > 0 {
+            dir.push('/');
+        }
+        dir.push_str(name);
+        match entry.mode.kind() {
+            GitKind::Blob | GitKind::BlobExecutable => {
+                files.push((dir.clone(), entry.oid.to_owned()));
+            }
+            GitKind::Tree => walk_files(repo, entry.oid.to_owned(), dir, bufs, files)?,
+            other => {
+                return Err(TreeReadError::Unsupported {
+                    path: dir.clone(),
+                    kind: other,
+                })
+            }
+        }
+        dir.truncate(dir_len);
+    }
+    bufs.push(buf);
+    Ok(())
 }
 
 impl GitStore {

@@ -450,7 +450,8 @@ pub async fn plan_area_with(
             let (mut pending_export, mut first_revision) = (0, snap_revision);
             let mut live_before = 0;
             let base_files = base.iter().flat_map(|b| b.iter());
-            for (rel, l, d, b) in union3(live.iter(), desired.iter(), base_files) {
+            let desired_files = desired.iter().map(|(rel, f)| (rel, f));
+            for (rel, l, d, b) in union3(live.iter(), desired_files, base_files) {
                 let before = live_before;
                 live_before += usize::from(l.is_some());
                 let (live_id, desired_id) = (l.map(|(id, _)| *id), d.map(|f| f.id));
@@ -479,7 +480,9 @@ pub async fn plan_area_with(
                 }
                 let live_after = decision.kv.unwrap_or(live_id);
                 let agreed_now = base_after(&sides.base, live_after, desired_id);
-                if let Some(v) = agreed_now {
+                // Only a trusted base moves by what is agreed; a first apply's base is the
+                // desired tree less what is not (below).
+                if let (Some(v), Some(_)) = (agreed_now, &base) {
                     agreed.push((rel, v));
                 }
                 // A first apply's base is the desired tree less what the sides disagree on.
@@ -497,7 +500,8 @@ pub async fn plan_area_with(
                 }
             }
             let key_of = |rel: &[u8]| {
-                let mut k = area.prefix.clone();
+                let mut k = Vec::with_capacity(prefix_len + rel.len());
+                k.extend_from_slice(&area.prefix);
                 k.extend_from_slice(rel);
                 Key(k)
             };
@@ -521,19 +525,23 @@ pub async fn plan_area_with(
             } else {
                 Vec::new()
             };
+            let in_area = |file: &str| {
+                let mut path = String::with_capacity(area.path.len() + 1 + file.len());
+                path.push_str(&area.path);
+                path.push('/');
+                path.push_str(file);
+                path
+            };
             let path_of = |k: &Decided| -> (String, Option<String>) {
                 let rel = k.rel;
                 if let Some((prefix, doc)) = docs.iter().find(|(p, _)| rel.starts_with(p)) {
-                    return (
-                        format!("{}/{doc}", area.path),
-                        Some(restore::pointer(&rel[prefix.len()..])),
-                    );
+                    return (in_area(doc), Some(restore::pointer(&rel[prefix.len()..])));
                 }
                 let file = match k.file {
                     Some(f) => f.path.as_str(),
                     None => live_paths.get(rel).map_or("?", String::as_str),
                 };
-                (format!("{}/{file}", area.path), None)
+                (in_area(file), None)
             };
             let blobs = git.blob_reader();
             let mut ops = Vec::with_capacity(decided.len());
@@ -781,34 +789,53 @@ async fn write_and_record(
     let (produced, all) = tokio::join!(producer, writer::write_queue(backend, rx));
     let all = all?;
     produced?;
-    let mut per_area = Vec::with_capacity(plans.len());
-    for plan in plans {
-        let raced: Vec<Key> = all
-            .raced
-            .iter()
-            .filter(|k| k.0.starts_with(&plan.area.prefix))
-            .cloned()
-            .collect();
-        let report = writer::Written {
-            ops: plan.ops.len() - raced.len(),
-            txns: all.txns,
-            last_revision: all.last_revision,
-            raced,
-        };
-        let mut restore_commit = None;
-        if report.raced.is_empty() {
-            let recorded = match &plan.exact {
-                Some(exact) => restore::record(ctx, plan, exact).await,
-                None => record_base(ctx, plan).await.map(|()| None),
-            };
-            restore_commit = recorded.map_err(|e| ApplyError::Area {
-                area: plan.area.name.0.clone(),
-                source: Box::new(e),
-            })?;
+    let reports: Vec<writer::Written> = plans
+        .iter()
+        .map(|plan| {
+            let raced: Vec<Key> = all
+                .raced
+                .iter()
+                .filter(|k| k.0.starts_with(&plan.area.prefix))
+                .cloned()
+                .collect();
+            writer::Written {
+                ops: plan.ops.len() - raced.len(),
+                txns: all.txns,
+                last_revision: all.last_revision,
+                raced,
+            }
+        })
+        .collect();
+    // Only an area written in full moves its base (a raced one is decided again).
+    let complete = plans
+        .iter()
+        .zip(&reports)
+        .enumerate()
+        .filter(|(_, (_, r))| r.raced.is_empty());
+    let mut restore_commits = vec![None; plans.len()];
+    if plans.iter().any(|p| p.exact.is_some()) {
+        // A restore commits on the branch: one area after the other.
+        for (i, (plan, _)) in complete {
+            restore_commits[i] = record(ctx, plan).await?;
         }
-        per_area.push((report, restore_commit));
+    } else {
+        // Each area moves its own checkpoint ref: side by side.
+        futures::future::try_join_all(complete.map(|(_, (plan, _))| record(ctx, plan))).await?;
     }
-    Ok(per_area)
+    Ok(reports.into_iter().zip(restore_commits).collect())
+}
+
+/// Record what a fully written area's plan leaves both sides agreeing on: its base, or for
+/// an exact restore the restore (and its commit on the branch, returned).
+async fn record(ctx: &Context, plan: &AreaPlan) -> Result<Option<ObjectId>, ApplyError> {
+    let recorded = match &plan.exact {
+        Some(exact) => restore::record(ctx, plan, exact).await,
+        None => record_base(ctx, plan).await.map(|()| None),
+    };
+    recorded.map_err(|e| ApplyError::Area {
+        area: plan.area.name.0.clone(),
+        source: Box::new(e),
+    })
 }
 
 /// Ask the backend, before the first write, whether the credential may write each area

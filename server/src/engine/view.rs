@@ -20,6 +20,10 @@ pub struct AreaFile {
 /// Relative key -> file, for every file of the area tree.
 pub type AreaFiles = BTreeMap<Vec<u8>, AreaFile>;
 
+/// [`AreaFiles`] as a list sorted by key: what one walk in key order needs, without
+/// building a map of 100k entries to walk it once.
+pub type SortedFiles = Vec<(Vec<u8>, AreaFile)>;
+
 /// Why an area tree could not be read as keys.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadAreaError {
@@ -80,30 +84,31 @@ pub fn area_tree(
     Ok(git.subtree(root, path)?)
 }
 
-/// Every file of an area tree, decoded to its relative key. A path that is not a valid
-/// kvgit path, or two paths naming one key, is an error naming the file(s).
+/// Every file of an area tree, decoded to its relative key, sorted by key (each key once).
+/// A path that is not a valid kvgit path, or two paths naming one key, is an error naming
+/// the file(s).
 pub fn read_area(
     git: &GitStore,
     tree: Option<ObjectId>,
     area_path: &str,
-) -> Result<AreaFiles, ReadAreaError> {
+) -> Result<SortedFiles, ReadAreaError> {
     let Some(tree) = tree else {
-        return Ok(AreaFiles::new());
+        return Ok(SortedFiles::new());
     };
-    let files = git.files_under(tree)?;
+    let mut files = git.files_under(tree)?;
     let decoded = sync_core::mapper::decode_paths(files.iter().map(|(p, _)| p.as_str())).map_err(
         |error| ReadAreaError::InvalidFile {
             area_path: area_path.to_string(),
             error,
         },
     )?;
-    let mut files: Vec<Option<(String, ObjectId)>> = files.into_iter().map(Some).collect();
+    // Each path decodes to a key of its own (two that do not are the error above).
     Ok(decoded
         .into_iter()
-        .filter_map(|(rel, i)| {
-            files[i]
-                .take()
-                .map(|(path, id)| (rel, AreaFile { id, path }))
+        .map(|(rel, i)| {
+            let (path, id) = &mut files[i];
+            let path = std::mem::take(path);
+            (rel, AreaFile { id: *id, path })
         })
         .collect())
 }

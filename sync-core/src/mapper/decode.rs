@@ -2,11 +2,20 @@
 //! paths with detection of two paths that hold the same key.
 
 use super::error::{MapError, NameProblem};
-use super::name::{decode_name, Name};
+use super::escape::is_lone_name;
+use super::name::{decode_name, Name, SELF_NAME};
 use crate::types::Key;
 
 /// The relative key whose value the file at `rel_path` holds.
 pub fn decode_path(rel_path: &str) -> Result<Vec<u8>, MapError> {
+    match lone_key(rel_path) {
+        Some(key) => Ok(key),
+        None => decode_names(rel_path),
+    }
+}
+
+/// [`decode_path`] name by name.
+fn decode_names(rel_path: &str) -> Result<Vec<u8>, MapError> {
     let bad = |name: &str, problem| MapError::BadName {
         path: rel_path.to_string(),
         name: name.to_string(),
@@ -43,6 +52,21 @@ pub fn decode_path(rel_path: &str) -> Result<Vec<u8>, MapError> {
         }
     }
     Ok(key)
+}
+
+/// The key of a path made of lone names only (each its component's own spelling, see
+/// [`is_lone_name`]), with perhaps a last `%self`: the path itself, less that `/%self`.
+/// Most paths are such, and this spares decoding them name by name.
+fn lone_key(rel_path: &str) -> Option<Vec<u8>> {
+    let names = rel_path
+        .strip_suffix(SELF_NAME)
+        .and_then(|dir| dir.strip_suffix('/'))
+        .unwrap_or(rel_path)
+        .as_bytes();
+    names
+        .split(|&b| b == b'/')
+        .all(is_lone_name)
+        .then(|| names.to_vec())
 }
 
 /// Decodes every path and returns `(relative key, index of its path)` sorted by key.
@@ -122,6 +146,19 @@ mod tests {
         assert_eq!(decode_path("a/%empty").as_deref(), Ok(&b"a/"[..]));
         assert_eq!(decode_path("ab%+/cd").as_deref(), Ok(&b"abcd"[..]));
         assert_eq!(decode_path("ab%+/cd%+/e/f").as_deref(), Ok(&b"abcde/f"[..]));
+    }
+
+    proptest::proptest! {
+        /// The shortcut for lone names gives what decoding name by name gives.
+        #[test]
+        fn lone_paths_decode_as_name_by_name(
+            names in proptest::collection::vec("[aZ0._~-]{0,3}|%self|%2e|x%\\+", 1..4)
+        ) {
+            let path = names.join("/");
+            if let Some(key) = lone_key(&path) {
+                proptest::prop_assert_eq!(Ok(key), decode_names(&path), "{}", path);
+            }
+        }
     }
 
     #[test]
