@@ -140,10 +140,20 @@ impl GitStore {
     }
 
     /// A reader for many blobs in a row: one repository handle for all of them instead of
-    /// one per call, which dominates reading 100k small values. No object cache: each blob
-    /// is read once, and caching it costs a copy and an eviction per read.
+    /// one per call, which dominates reading 100k small values. No object cache (each blob
+    /// is read once, and caching it costs a copy and an eviction per read), but a
+    /// delta-base cache: packs git made (a fetch, a repack) store values as chains of
+    /// deltas against similar values, and without it every read inflates its whole chain
+    /// again (an apply of 100k values from such a pack: 1.45 s of CPU without it, 0.96 s
+    /// with it, 0.45 s from kvgit's own packs). Those hold no deltas and never fill it.
     pub fn blob_reader(&self) -> BlobReader {
-        BlobReader { repo: self.repo() }
+        let mut repo = self.repo();
+        repo.objects.set_pack_cache(|| {
+            Box::new(gix::odb::pack::cache::lru::MemoryCappedHashmap::new(
+                DELTA_BASE_CACHE_BYTES,
+            ))
+        });
+        BlobReader { repo }
     }
 
     /// The size of blob `id` without reading its content.
@@ -176,6 +186,10 @@ impl GitStore {
         commit_info(&self.repo(), id, &mut Vec::new())
     }
 }
+
+/// The delta-base cache of one [`BlobReader`]: git's own default for a process (96 MiB)
+/// would be most of kvgit's memory budget.
+const DELTA_BASE_CACHE_BYTES: usize = 32 << 20;
 
 /// Reads many blobs through one repository handle; see [`GitStore::blob_reader`].
 pub struct BlobReader {

@@ -1,6 +1,8 @@
 //! kvgit-bench: the one-shot figures of issue 16, each beside its yardstick in one run on etcd
 //! started with `--unsafe-no-fsync`: full export vs the cron script, incremental export,
-//! apply into an empty cluster and into keys with history vs raw writes into the same state.
+//! apply into an empty cluster and into keys with history vs raw writes into the same state,
+//! and apply from a pack git made (values stored as deltas, as a fetch or a repack leaves
+//! them) vs the same raw writes.
 //!
 //! Run: `cargo build --release -p kvgit -p kvgit-tests && target/release/kvgit-bench`
 //! (BENCH_KEYS=100000, BENCH_RUNS=3; `--only NAME[,NAME]` or BENCH_ONLY runs some figures,
@@ -30,6 +32,10 @@ const FIGURES: &[(&str, &str)] = &[
     (
         "apply-history",
         "apply after the keys were deleted vs raw writes into the same state (target >= 0.95)",
+    ),
+    (
+        "apply-git-packed",
+        "apply from a pack git made (values as deltas) into an empty cluster vs raw writes",
     ),
 ];
 
@@ -103,9 +109,16 @@ impl Bench {
         assert!(status.success(), "copy {from}.git to {to}.git");
     }
 
-    /// Apply of the exported state into a new cluster prepared by `prep`, vs raw writes of
-    /// the same keys and values into another new cluster prepared the same way.
-    async fn apply_vs_raw(&self, report: &mut Report, figure: &str, with_history: bool) {
+    /// Apply of the exported state (the repository `from`) into a new cluster prepared by
+    /// `prep`, vs raw writes of the same keys and values into another new cluster prepared
+    /// the same way.
+    async fn apply_vs_raw(
+        &self,
+        report: &mut Report,
+        figure: &str,
+        from: &str,
+        with_history: bool,
+    ) {
         let (mut kv, mut raw) = (Vec::new(), Vec::new());
         let prep = |endpoint: String| async move {
             if with_history {
@@ -119,7 +132,7 @@ impl Bench {
                 prep(cluster.endpoint().to_string()).await;
                 if side == 0 {
                     let name = format!("{figure}-{r}");
-                    self.copy_repo("base", &name);
+                    self.copy_repo(from, &name);
                     // git-to-kv: every key of the tree is written, whatever the checkpoint says.
                     let cfg = self.config(&name, cluster.endpoint(), "git-to-kv");
                     let m = self.kvgit(&cfg, "apply", &format!("{name}.log"));
@@ -155,8 +168,12 @@ impl Bench {
         } else {
             "a new, empty cluster"
         };
+        let source = match from {
+            "base" => String::new(),
+            _ => " from a pack git made (`git repack -a -d`: values stored as deltas)".into(),
+        };
         report.row(Row {
-            figure: format!("apply of {} keys into {state}", self.n),
+            figure: format!("apply of {} keys{source} into {state}", self.n),
             kvgit: format!("{} ({:.0} keys/s)", secs(k), self.n as f64 / k),
             yardstick: format!(
                 "raw 128-op txns × 8 tasks into {state}: {} ({:.0} keys/s)",
@@ -321,10 +338,29 @@ async fn main() {
     }
 
     if sel.wants("apply-empty") {
-        bench.apply_vs_raw(&mut report, "apply-empty", false).await;
+        bench
+            .apply_vs_raw(&mut report, "apply-empty", "base", false)
+            .await;
     }
     if sel.wants("apply-history") {
-        bench.apply_vs_raw(&mut report, "apply-history", true).await;
+        bench
+            .apply_vs_raw(&mut report, "apply-history", "base", true)
+            .await;
+    }
+    if sel.wants("apply-git-packed") {
+        // What a fetch brings (or a repack leaves): git's packs store values as deltas
+        // against similar ones, in chains, where kvgit's own packs store each one whole.
+        bench.copy_repo("base", "packed");
+        let status = Command::new("git")
+            .arg("--git-dir")
+            .arg(dir.join("packed.git"))
+            .args(["repack", "-a", "-d", "-q"])
+            .status()
+            .expect("git repack");
+        assert!(status.success(), "git repack of packed.git");
+        bench
+            .apply_vs_raw(&mut report, "apply-git-packed", "packed", false)
+            .await;
     }
 
     drop(source);
