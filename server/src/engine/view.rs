@@ -102,7 +102,7 @@ pub fn read_area(
             error,
         },
     )?;
-    // Each path decodes to a key of its own (two that do not are the error above).
+    // Every path is decoded, once each (two paths naming one key were refused above).
     Ok(decoded
         .into_iter()
         .map(|(rel, i)| {
