@@ -157,12 +157,30 @@ impl Http {
         let req = req
             .body(body)
             .map_err(|e| crate::errors::refused(format!("{what}: invalid request {uri}: {e}")))?;
+        // A GET has no body to lose: it can be sent again as it was.
+        let again = (req.method() == Method::GET).then(|| (req.headers().clone(), uri.clone()));
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| self.ctx.transport(what, &chain(&e)))?;
+            let resp = match self.client.request(req).await {
+                // The connection closed before the request went out ("connection was not
+                // ready"): an agent that requires a client certificate ends a TLS 1.3
+                // handshake only after it completed on our side. Sent once more, a GET
+                // gets what the agent has to say (its alert, or its answer).
+                Err(e) if closed_before_use(&e) => match again {
+                    Some((headers, uri)) => {
+                        let mut retry = Request::builder().method(Method::GET).uri(&uri);
+                        if let Some(h) = retry.headers_mut() {
+                            *h = headers;
+                        }
+                        let retry = retry.body(BoxBody::new(Empty::new())).map_err(|e| {
+                            crate::errors::refused(format!("{what}: invalid request {uri}: {e}"))
+                        })?;
+                        self.client.request(retry).await
+                    }
+                    None => Err(e),
+                },
+                other => other,
+            }
+            .map_err(|e| self.ctx.transport(what, &chain(&e)))?;
             let status = resp.status();
             let index = resp
                 .headers()
@@ -220,6 +238,21 @@ fn build_client(cfg: &ConsulConfig, base: &str) -> Result<HttpsClient, ConnectEr
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
         .build(https))
+}
+
+/// Whether a request failed because its connection closed before the request was sent.
+fn closed_before_use(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]
