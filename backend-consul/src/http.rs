@@ -140,44 +140,35 @@ impl Http {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Response, BackendError> {
-        let mut req = Request::builder().method(method).uri(&uri);
-        if let Some(token) = &self.token {
-            // Checked at connect: a token is always a valid header value.
-            if let Ok(v) = HeaderValue::from_str(token) {
-                req = req.header("X-Consul-Token", v);
+        let retryable = method == Method::GET;
+        let request = || {
+            let mut req = Request::builder().method(method.clone()).uri(&uri);
+            if let Some(token) = &self.token {
+                // Checked at connect: a token is always a valid header value.
+                if let Ok(v) = HeaderValue::from_str(token) {
+                    req = req.header("X-Consul-Token", v);
+                }
             }
-        }
-        let body: BoxBody<Bytes, std::convert::Infallible> = match body {
-            Some(b) => {
-                req = req.header(CONTENT_TYPE, "application/json");
-                BoxBody::new(Full::new(b))
-            }
-            None => BoxBody::new(Empty::new()),
+            let body: BoxBody<Bytes, std::convert::Infallible> = match &body {
+                Some(b) => {
+                    req = req.header(CONTENT_TYPE, "application/json");
+                    BoxBody::new(Full::new(b.clone()))
+                }
+                None => BoxBody::new(Empty::new()),
+            };
+            req.body(body)
+                .map_err(|e| crate::errors::refused(format!("{what}: invalid request {uri}: {e}")))
         };
-        let req = req
-            .body(body)
-            .map_err(|e| crate::errors::refused(format!("{what}: invalid request {uri}: {e}")))?;
-        // A GET has no body to lose: it can be sent again as it was.
-        let again = (req.method() == Method::GET).then(|| (req.headers().clone(), uri.clone()));
+        let first = request()?;
         let exchange = async {
-            let resp = match self.client.request(req).await {
+            let resp = match self.client.request(first).await {
                 // The connection closed before the request went out ("connection was not
                 // ready"): an agent that requires a client certificate ends a TLS 1.3
                 // handshake only after it completed on our side. Sent once more, a GET
-                // gets what the agent has to say (its alert, or its answer).
-                Err(e) if closed_before_use(&e) => match again {
-                    Some((headers, uri)) => {
-                        let mut retry = Request::builder().method(Method::GET).uri(&uri);
-                        if let Some(h) = retry.headers_mut() {
-                            *h = headers;
-                        }
-                        let retry = retry.body(BoxBody::new(Empty::new())).map_err(|e| {
-                            crate::errors::refused(format!("{what}: invalid request {uri}: {e}"))
-                        })?;
-                        self.client.request(retry).await
-                    }
-                    None => Err(e),
-                },
+                // (nothing to lose) gets what the agent has to say: its alert, or its answer.
+                Err(e) if retryable && closed_before_use(&e) => {
+                    self.client.request(request()?).await
+                }
                 other => other,
             }
             .map_err(|e| self.ctx.transport(what, &chain(&e)))?;

@@ -59,29 +59,40 @@ pub(crate) fn list(
 fn parse(id: ObjectId, data: &[u8], dir: &str) -> Result<Vec<Item>, TreeReadError> {
     let mut items = Vec::new();
     for entry in gix::objs::TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
-        let entry = entry.map_err(|source| TreeReadError::Decode { tree: id, source })?;
-        let Ok(name) = std::str::from_utf8(entry.filename) else {
-            return Err(TreeReadError::NonUtf8 {
-                path: join(dir, &entry.filename.to_string()),
-            });
-        };
-        let kind = match entry.mode.kind() {
-            GitKind::Blob | GitKind::BlobExecutable => EntryKind::File,
-            GitKind::Tree => EntryKind::Dir,
-            other => {
-                return Err(TreeReadError::Unsupported {
-                    path: join(dir, name),
-                    kind: other,
-                })
-            }
-        };
+        let (name, kind, entry_id) = entry_of(id, entry, dir)?;
         items.push(Item {
             name: name.to_owned(),
             kind,
-            id: entry.oid.to_owned(),
+            id: entry_id,
         });
     }
     Ok(items)
+}
+
+/// One decoded entry of the tree `id` (whose path is `dir`): its name, kind and object,
+/// or why kvgit cannot read it (a name that is not UTF-8, a submodule or a symlink).
+fn entry_of<'a>(
+    id: ObjectId,
+    entry: Result<gix::objs::tree::EntryRef<'a>, gix::Error>,
+    dir: &str,
+) -> Result<(&'a str, EntryKind, ObjectId), TreeReadError> {
+    let entry = entry.map_err(|source| TreeReadError::Decode { tree: id, source })?;
+    let Ok(name) = std::str::from_utf8(entry.filename) else {
+        return Err(TreeReadError::NonUtf8 {
+            path: join(dir, &entry.filename.to_string()),
+        });
+    };
+    let kind = match entry.mode.kind() {
+        GitKind::Blob | GitKind::BlobExecutable => EntryKind::File,
+        GitKind::Tree => EntryKind::Dir,
+        other => {
+            return Err(TreeReadError::Unsupported {
+                path: join(dir, name),
+                kind: other,
+            })
+        }
+    };
+    Ok((name, kind, entry.oid.to_owned()))
 }
 
 /// Splits a '/'-path into its non-empty components.
@@ -161,27 +172,14 @@ fn walk_files(
     let data = read_kind(repo, id, Kind::Tree, &mut buf)?;
     let dir_len = dir.len();
     for entry in gix::objs::TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
-        let entry = entry.map_err(|source| TreeReadError::Decode { tree: id, source })?;
-        let Ok(name) = std::str::from_utf8(entry.filename) else {
-            return Err(TreeReadError::NonUtf8 {
-                path: join(dir, &entry.filename.to_string()),
-            });
-        };
+        let (name, kind, entry_id) = entry_of(id, entry, dir)?;
         if dir_len > 0 {
             dir.push('/');
         }
         dir.push_str(name);
-        match entry.mode.kind() {
-            GitKind::Blob | GitKind::BlobExecutable => {
-                files.push((dir.clone(), entry.oid.to_owned()));
-            }
-            GitKind::Tree => walk_files(repo, entry.oid.to_owned(), dir, bufs, files)?,
-            other => {
-                return Err(TreeReadError::Unsupported {
-                    path: dir.clone(),
-                    kind: other,
-                })
-            }
+        match kind {
+            EntryKind::File => files.push((dir.clone(), entry_id)),
+            EntryKind::Dir => walk_files(repo, entry_id, dir, bufs, files)?,
         }
         dir.truncate(dir_len);
     }
