@@ -3,6 +3,7 @@
 
 pub mod acl;
 mod backend;
+mod catchup;
 mod config;
 mod delta;
 mod errors;
@@ -14,6 +15,7 @@ mod txn;
 mod watch;
 
 pub use backend::{
-    EtcdBackend, MAX_REQUEST_BYTES, MAX_SINGLE_OP_BYTES, MAX_TXN_BYTES, MAX_TXN_OPS,
+    EtcdBackend, CATCH_UP_BY_WATCH_FROM_KEYS, MAX_REQUEST_BYTES, MAX_SINGLE_OP_BYTES,
+    MAX_TXN_BYTES, MAX_TXN_OPS,
 };
 pub use config::{ConnectError, EtcdConfig, Secret};

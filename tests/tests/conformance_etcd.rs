@@ -288,3 +288,109 @@ async fn backlog_put(b: &EtcdBackend, i: usize) -> Revision {
         other => panic!("write: {other:?}"),
     }
 }
+
+/// The state at `upto` of every key `changes_between` reports, by key.
+async fn delta(
+    b: &EtcdBackend,
+    prefix: &str,
+    after: Revision,
+    upto: Revision,
+) -> std::collections::BTreeMap<String, Option<String>> {
+    b.changes_between(prefix.as_bytes(), after, upto)
+        .await
+        .expect("changes_between")
+        .expect("etcd answers exactly")
+        .into_iter()
+        .map(|c| {
+            let value = c
+                .kind
+                .into_value()
+                .map(|v| String::from_utf8_lossy(&v).into_owned());
+            (c.key.to_string(), value)
+        })
+        .collect()
+}
+
+/// An area of many keys catches up by a watch over every key instead of reading the whole
+/// area: it gives the same exact delta (the conformance case), leaves out writes outside the
+/// prefix and after `upto` and a key created and deleted in between, reads instead when
+/// more events travel than the area has keys, and reports a compacted start as `Compacted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_areas_catch_up_by_a_watch_with_the_same_exact_answer() {
+    use std::collections::BTreeMap;
+    // Without fsync: the 66k writes below are setup, not what is tested.
+    let server = EtcdServer::start_with(kvgit_tests::etcd::EtcdOptions {
+        unsafe_no_fsync: true,
+        ..Default::default()
+    });
+    let backend = server.backend().await.catch_up_by_watch_from(0);
+    conformance::changes_between_is_exact(&backend, b"/catchup/exact/").await;
+    assert_eq!(backend.caught_up_by_watch(), 1, "the watch answered");
+
+    let mut c = server.client().await;
+    let area = "/catchup/area/";
+    for k in ["a", "b"] {
+        c.put(format!("{area}{k}"), "1", None).await.expect("put");
+    }
+    let after = backend.current_revision().await.expect("revision");
+    c.put("/catchup/other/x", "1", None).await.expect("put");
+    c.put("/catchup/area2", "1", None).await.expect("put");
+    c.put(format!("{area}tmp"), "1", None).await.expect("put");
+    c.delete(format!("{area}tmp"), None).await.expect("delete");
+    c.put(format!("{area}a"), "2", None).await.expect("put");
+    c.delete(format!("{area}b"), None).await.expect("delete");
+    c.put(format!("{area}c"), "3", None).await.expect("put");
+    let upto = backend.current_revision().await.expect("revision");
+    c.put(format!("{area}a"), "after upto", None)
+        .await
+        .expect("put");
+    c.put(format!("{area}d"), "after upto", None)
+        .await
+        .expect("put");
+    let want = BTreeMap::from([
+        (format!("{area}a"), Some("2".to_owned())),
+        (format!("{area}b"), None),
+        (format!("{area}c"), Some("3".to_owned())),
+    ]);
+    assert_eq!(delta(&backend, area, after, upto).await, want);
+    assert_eq!(backend.caught_up_by_watch(), 2, "the watch answered");
+
+    // 3 keys in the area, more events elsewhere than a watch may take (as many as the area
+    // has keys but at least 1024; 65,536 before the area is counted, which a fast catch-up
+    // pass may come before): the filtered read answers, the same way.
+    let after = backend.current_revision().await.expect("revision");
+    let writers = (0..8).map(|w| {
+        let mut c = c.clone();
+        async move {
+            for t in 0..65 {
+                let ops: Vec<etcd_client::TxnOp> = (0..128)
+                    .map(|i| {
+                        etcd_client::TxnOp::put(format!("/catchup/busy/{w}/{t}/{i}"), "x", None)
+                    })
+                    .collect();
+                c.txn(etcd_client::Txn::new().and_then(ops))
+                    .await
+                    .expect("txn");
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    c.put(format!("{area}a"), "5", None).await.expect("put");
+    let upto = backend.current_revision().await.expect("revision");
+    assert_eq!(
+        delta(&backend, area, after, upto).await,
+        BTreeMap::from([(format!("{area}a"), Some("5".to_owned()))])
+    );
+    assert_eq!(backend.caught_up_by_watch(), 2, "read instead of watching");
+
+    server.compact(upto).await;
+    match backend
+        .changes_between(area.as_bytes(), Revision(after.0 - 2), upto)
+        .await
+    {
+        Err(sync_core::BackendError::Compacted {
+            compact_revision, ..
+        }) => assert_eq!(compact_revision, upto),
+        other => panic!("a compacted start: {other:?}"),
+    }
+}

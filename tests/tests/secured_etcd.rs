@@ -691,3 +691,42 @@ async fn a_refused_area_leaves_the_other_areas_unwritten() {
     let b = all(&mut c, "/sigil/b/").await;
     assert_eq!(b.get("/sigil/b/x").map(String::as_str), Some("x"), "{b:?}");
 }
+
+/// A user who may read only its area's prefix cannot watch every key: an area catches up
+/// by reading it instead, with the same answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_reading_only_its_prefix_still_gets_the_exact_delta() {
+    use sync_core::KvBackend;
+    let mut etcd = EtcdServer::start();
+    etcd.enable_auth("root-password");
+    etcd.add_role("entries-read", &[("read", "/sigil/entries/", true)]);
+    etcd.add_user("reader", PASSWORD, &["entries-read"]);
+    let mut c = etcd.client().await;
+    put(&mut c, "/sigil/entries/a", "1").await;
+    put(&mut c, "/sigil/entries/b", "1").await;
+    let backend = backend_etcd::EtcdBackend::connect(etcd.config_as("reader", PASSWORD))
+        .await
+        .expect("connect as reader")
+        .catch_up_by_watch_from(0);
+    let after = backend.current_revision().await.expect("revision");
+    put(&mut c, "/elsewhere/x", "1").await;
+    put(&mut c, "/sigil/entries/a", "2").await;
+    c.delete("/sigil/entries/b", None).await.expect("delete");
+    let upto = backend.current_revision().await.expect("revision");
+    let got: BTreeMap<String, Option<Vec<u8>>> = backend
+        .changes_between(b"/sigil/entries/", after, upto)
+        .await
+        .expect("changes_between as reader")
+        .expect("an exact answer")
+        .into_iter()
+        .map(|c| (c.key.to_string(), c.kind.into_value()))
+        .collect();
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("/sigil/entries/a".to_owned(), Some(b"2".to_vec())),
+            ("/sigil/entries/b".to_owned(), None),
+        ])
+    );
+    assert_eq!(backend.caught_up_by_watch(), 0, "the wide watch is refused");
+}
