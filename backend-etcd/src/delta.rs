@@ -31,6 +31,10 @@ pub(crate) async fn changes_between(
     let now = match catchup::changes(conn, prefix, after, upto, count(conn, prefix, upto)).await? {
         Caught::Changes(changes) => {
             conn.caught_up_by_watch.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                changes = changes.len(),
+                "caught up by a watch over every key"
+            );
             return Ok(Some(changes));
         }
         Caught::Read { why, keys } => {

@@ -174,10 +174,16 @@ impl Workspace {
 
     /// Run `kvgit -c kvgit.toml ARGS…` and wait for it.
     pub fn kvgit(&self, args: &[&str]) -> Run {
+        self.kvgit_env(args, &[])
+    }
+
+    /// `kvgit` with these environment variables set (e.g. `KVGIT_LOG`).
+    pub fn kvgit_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(kvgit_bin())
             .arg("-c")
             .arg(&self.config)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .output()
             .expect("spawn kvgit");

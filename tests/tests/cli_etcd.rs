@@ -680,6 +680,41 @@ async fn git_to_kv_drift_is_reverted_or_only_reported() {
 /// layout batch (64k), with root entries whose names depend on each other (a key that is
 /// also a directory, two directories differing only in case). Every key must be in the
 /// commit with its value, and nothing else.
+/// The branch's `a0` holds exactly `live`, key by key and byte for byte.
+fn assert_committed_is(ws: &Workspace, live: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", "a0");
+    let committed: BTreeMap<Vec<u8>, Vec<u8>> = files
+        .into_iter()
+        .map(|(path, v)| {
+            let key = sync_core::mapper::decode_path(&path)
+                .unwrap_or_else(|e| panic!("{path} maps to no key: {e}"));
+            (key, v)
+        })
+        .collect();
+    let missing: Vec<_> = live
+        .keys()
+        .filter(|k| !committed.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = committed
+        .keys()
+        .filter(|k| !live.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "keys differ: missing {missing:?}, extra {extra:?}"
+    );
+    for (k, v) in live {
+        assert_eq!(
+            committed.get(k),
+            Some(v),
+            "the value of {}",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() {
     use kvgit_tests::bench::{raw_write, Layout};
@@ -723,37 +758,7 @@ async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() 
 
     let live = kvgit_tests::etcd::read_prefix(&mut c, "/bench/a0/").await;
     assert_eq!(live.len(), n + 3, "etcd holds what was written");
-    let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", "a0");
-    let committed: BTreeMap<Vec<u8>, Vec<u8>> = files
-        .into_iter()
-        .map(|(path, v)| {
-            let key = sync_core::mapper::decode_path(&path)
-                .unwrap_or_else(|e| panic!("{path} maps to no key: {e}"));
-            (key, v)
-        })
-        .collect();
-    let missing: Vec<_> = live
-        .keys()
-        .filter(|k| !committed.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = committed
-        .keys()
-        .filter(|k| !live.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "keys differ: missing {missing:?}, extra {extra:?}"
-    );
-    for (k, v) in &live {
-        assert_eq!(
-            committed.get(k),
-            Some(v),
-            "the value of {}",
-            String::from_utf8_lossy(k)
-        );
-    }
+    assert_committed_is(&ws, &live);
     // The names that depend on their neighbours came out as the mapping says.
     let paths = git_in(
         &ws.repo,
@@ -779,4 +784,26 @@ async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() 
         head,
         "nothing new to commit"
     );
+
+    // An area this large catches up by a watch from its checkpoint: changed, deleted,
+    // created and created-then-deleted keys, writes outside it, all committed exactly.
+    put(&mut c, "/bench/a0/node-0003/key-0000300", "changed").await;
+    c.delete("/bench/a0/node-0004/key-0000400", None)
+        .await
+        .expect("delete");
+    put(&mut c, "/bench/a0/new/key", "new").await;
+    put(&mut c, "/bench/a0/brief", "created, then deleted").await;
+    c.delete("/bench/a0/brief", None).await.expect("delete");
+    put(&mut c, "/elsewhere/key", "not in the area").await;
+    let run = ws
+        .kvgit_env(&["export"], &[("KVGIT_LOG", "warn,backend_etcd=debug")])
+        .ok();
+    assert!(
+        run.stderr.contains("caught up by a watch over every key"),
+        "the watch answered: {}",
+        run.stderr
+    );
+    let live = kvgit_tests::etcd::read_prefix(&mut c, "/bench/a0/").await;
+    assert_eq!(live.len(), n + 3, "one key deleted, one created");
+    assert_committed_is(&ws, &live);
 }
