@@ -676,10 +676,6 @@ async fn git_to_kv_drift_is_reverted_or_only_reported() {
     assert_eq!(doc["areas"][0]["drift"], 1);
 }
 
-/// A first export streams the area: more keys than one etcd page (10k) and than one tree
-/// layout batch (64k), with root entries whose names depend on each other (a key that is
-/// also a directory, two directories differing only in case). Every key must be in the
-/// commit with its value, and nothing else.
 /// The branch's `a0` holds exactly `live`, key by key and byte for byte.
 fn assert_committed_is(ws: &Workspace, live: &BTreeMap<Vec<u8>, Vec<u8>>) {
     let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", "a0");
@@ -715,6 +711,11 @@ fn assert_committed_is(ws: &Workspace, live: &BTreeMap<Vec<u8>, Vec<u8>>) {
     }
 }
 
+/// A first export streams the area: more keys than one etcd page (10k) and than one tree
+/// layout batch (64k), with root entries whose names depend on each other (a key that is
+/// also a directory, two directories differing only in case). Every key must be in the
+/// commit with its value, and nothing else. The next export of this large area catches up
+/// by a watch, and commits exactly what changed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() {
     use kvgit_tests::bench::{raw_write, Layout};
