@@ -7,7 +7,7 @@ use crate::{delta, ownership, snapshot, txn, watch};
 use async_trait::async_trait;
 use etcd_client::{Client, KvClient, LeaseClient, MaintenanceClient, WatchClient};
 use futures::{StreamExt, TryStreamExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use sync_core::{
@@ -36,9 +36,10 @@ pub const MAX_SINGLE_OP_BYTES: usize = MAX_REQUEST_BYTES - 4 * 1024;
 /// Responses bigger than this are refused by the client; snapshot pages shrink to fit, watch
 /// responses are fragmented by the server.
 pub(crate) const DECODE_LIMIT: usize = 16 * 1024 * 1024;
-/// From this many keys under a prefix, `changes_between` watches instead of reading: etcd
-/// reads the whole prefix for a filtered range, ~28 ms for 16k keys here, and a catch-up
-/// watch waits half of etcd's 100 ms catch-up interval on average.
+/// From this many keys under a prefix (times the prefixes asked about at the same time),
+/// `changes_between` watches instead of reading: etcd reads the whole prefix for a filtered
+/// range, ~28 ms for 16k keys here, and a catch-up watch waits half of etcd's 100 ms
+/// catch-up interval on average.
 pub const CATCH_UP_BY_WATCH_FROM_KEYS: usize = 16 * 1024;
 
 /// The clients and settings every request needs; cheap to clone.
@@ -57,6 +58,8 @@ pub(crate) struct Conn {
     pub catch_up_from_keys: usize,
     /// How many `changes_between` a catch-up watch answered (shared by clones).
     pub caught_up_by_watch: Arc<AtomicU64>,
+    /// `changes_between` calls in flight (shared by clones): their reads add up.
+    pub catching_up: Arc<AtomicUsize>,
 }
 
 impl Conn {
@@ -164,6 +167,7 @@ impl EtcdBackend {
             progress_interval: cfg.watch_progress_interval,
             catch_up_from_keys: CATCH_UP_BY_WATCH_FROM_KEYS,
             caught_up_by_watch: Arc::default(),
+            catching_up: Arc::default(),
         };
         let probe = Ctx {
             request_timeout: budget,
@@ -177,9 +181,10 @@ impl EtcdBackend {
         Ok(EtcdBackend { conn, leases })
     }
 
-    /// Areas of at least `keys` keys are caught up by a watch rather than a filtered read
-    /// (default `CATCH_UP_BY_WATCH_FROM_KEYS`); 0 always watches first, as tests do to
-    /// exercise it on small areas.
+    /// Areas of at least `keys` keys (counting every area asked about at the same time) are
+    /// caught up by a watch rather than a filtered read (default
+    /// `CATCH_UP_BY_WATCH_FROM_KEYS`); 0 always watches first, as tests do to exercise it on
+    /// small areas.
     pub fn catch_up_by_watch_from(mut self, keys: usize) -> Self {
         self.conn.catch_up_from_keys = keys;
         self

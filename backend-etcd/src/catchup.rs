@@ -20,6 +20,7 @@ use crate::keys::prefix_range;
 use etcd_client::{EventType, WatchOptions};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use sync_core::{BackendError, ChangeKind, Key, KvChange, Revision};
 
 /// Events a catch-up watch may always take, however small the area.
@@ -31,8 +32,8 @@ const UNCOUNTED_BUDGET: usize = 64 * 1024;
 /// Why a catch-up watch gave up; the caller reads the area instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GaveUp {
-    /// The area has fewer keys than `catch_up_from_keys`: reading it is quicker than the
-    /// wait for etcd's catch-up pass.
+    /// Reading the area (and the others read at the same time) is quicker than the wait
+    /// for etcd's catch-up pass: see `worth_watching`.
     Small,
     /// etcd refused or ended the watch (typically: the credential may not read every key).
     Refused,
@@ -50,6 +51,30 @@ struct Seen {
     revision: Revision,
 }
 
+/// Whether a catch-up watch beats a filtered read: the reads of areas caught up at the same
+/// time (one export's areas) add up on etcd, while their watches share one catch-up pass.
+/// Estimated as this area's keys times the areas in flight, against `from_keys`.
+pub(crate) fn worth_watching(area_keys: i64, areas_in_flight: usize, from_keys: usize) -> bool {
+    let keys = usize::try_from(area_keys).unwrap_or(0);
+    keys.saturating_mul(areas_in_flight.max(1)) >= from_keys
+}
+
+/// Counts a `changes_between` call in flight for as long as it lives.
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    pub fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How a catch-up ended: with the answer, or with why the caller should read the area
 /// instead and, when it was counted by then, how many keys the area has at `upto`.
 pub(crate) enum Caught {
@@ -62,7 +87,7 @@ pub(crate) enum Caught {
 /// `after + 1` is compacted.
 ///
 /// `area_keys` counts the area at `upto` while the watch waits for etcd's catch-up pass: an
-/// area below `conn.catch_up_from_keys` is read instead, unless the watch answered first;
+/// area not `worth_watching` is read instead, unless the watch answered first;
 /// more events (of any key) than the area has keys, or `MIN_BUDGET`, make the read the
 /// cheaper answer.
 pub(crate) async fn changes(
@@ -95,7 +120,8 @@ pub(crate) async fn changes(
             counted = &mut area_keys, if keys.is_none() => {
                 let n = counted?;
                 keys = Some(n);
-                if usize::try_from(n).unwrap_or(0) < conn.catch_up_from_keys {
+                let in_flight = conn.catching_up.load(Ordering::Relaxed);
+                if !worth_watching(n, in_flight, conn.catch_up_from_keys) {
                     return read(GaveUp::Small, keys);
                 }
                 if events > budget(n) {
@@ -175,4 +201,32 @@ fn collect(seen: BTreeMap<Vec<u8>, Seen>) -> Vec<KvChange> {
             revision: s.revision,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn areas_read_together_are_weighed_together() {
+        let from = 16 * 1024;
+        assert!(!worth_watching(10_000, 1, from), "one area of 10k: read");
+        assert!(worth_watching(10_000, 2, from), "two read together: 20k");
+        assert!(worth_watching(20_000, 1, from));
+        assert!(!worth_watching(0, 40, from), "empty areas: nothing to read");
+        assert!(worth_watching(0, 1, 0), "0 always watches first");
+        assert!(worth_watching(i64::MAX, usize::MAX, from), "no overflow");
+        assert!(!worth_watching(-1, 3, 1), "a nonsense count reads");
+    }
+
+    #[test]
+    fn a_call_counts_while_it_lives() {
+        let n = AtomicUsize::new(0);
+        {
+            let _a = InFlight::enter(&n);
+            let _b = InFlight::enter(&n);
+            assert_eq!(n.load(Ordering::Relaxed), 2);
+        }
+        assert_eq!(n.load(Ordering::Relaxed), 0);
+    }
 }

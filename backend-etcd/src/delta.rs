@@ -26,6 +26,7 @@ pub(crate) async fn changes_between(
     if after >= upto {
         return Ok(Some(Vec::new()));
     }
+    let _in_flight = catchup::InFlight::enter(&conn.catching_up);
     // Counting reads etcd's index only, not the values; it runs while a large area's
     // catch-up watch waits for etcd's pass, and tells whether the area is large.
     let now = match catchup::changes(conn, prefix, after, upto, count(conn, prefix, upto)).await? {

@@ -334,7 +334,7 @@ async fn main() {
             yardstick: format!(
                 "same export with nothing changed: {}; etcd's own answers to \"what changed \
                  since the checkpoint\" at once on an open connection: 4 filtered range reads \
-                 {}, 4 catch-up watches over every key (kvgit's way for areas of ≥ 16k keys) {}",
+                 {}, 4 catch-up watches over every key (kvgit's way from 16k keys) {}",
                 secs(median(idle.clone())),
                 secs(median(floor.clone())),
                 secs(median(watched.clone()))
