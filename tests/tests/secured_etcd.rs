@@ -693,7 +693,7 @@ async fn a_refused_area_leaves_the_other_areas_unwritten() {
 }
 
 /// A user who may read only its area's prefix cannot watch every key: an area catches up
-/// by reading it instead, with the same answer.
+/// by reading it instead, with the same answer; granted read on every key, it watches.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_reading_only_its_prefix_still_gets_the_exact_delta() {
     use sync_core::KvBackend;
@@ -729,4 +729,24 @@ async fn a_user_reading_only_its_prefix_still_gets_the_exact_delta() {
         ])
     );
     assert_eq!(backend.caught_up_by_watch(), 0, "the wide watch is refused");
+
+    // As the README says: read on the whole keyspace brings the watch back.
+    etcd.etcdctl(&[
+        "role",
+        "grant-permission",
+        "entries-read",
+        "read",
+        "--from-key",
+        "",
+    ]);
+    let again: BTreeMap<String, Option<Vec<u8>>> = backend
+        .changes_between(b"/sigil/entries/", after, upto)
+        .await
+        .expect("changes_between as reader")
+        .expect("an exact answer")
+        .into_iter()
+        .map(|c| (c.key.to_string(), c.kind.into_value()))
+        .collect();
+    assert_eq!(again, got);
+    assert_eq!(backend.caught_up_by_watch(), 1, "the watch answered");
 }
