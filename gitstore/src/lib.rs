@@ -20,6 +20,7 @@ mod refs;
 mod remote;
 mod replay;
 mod signing;
+mod sizes;
 mod store;
 mod treefmt;
 mod trees;

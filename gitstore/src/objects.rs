@@ -5,7 +5,9 @@ use gix::objs::Kind;
 use gix::prelude::{Find, Header};
 use gix::ObjectId;
 
+use crate::sizes::SizeReader;
 use crate::GitStore;
+use std::cell::RefCell;
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +155,10 @@ impl GitStore {
                 DELTA_BASE_CACHE_BYTES,
             ))
         });
-        BlobReader { repo }
+        BlobReader {
+            repo,
+            sizes: RefCell::new(None),
+        }
     }
 
     /// The size of blob `id` without reading its content.
@@ -194,6 +199,8 @@ const DELTA_BASE_CACHE_BYTES: usize = 32 << 20;
 /// Reads many blobs through one repository handle; see [`GitStore::blob_reader`].
 pub struct BlobReader {
     repo: gix::Repository,
+    /// Opened on the first `size`: readers that only read values never need it.
+    sizes: RefCell<Option<SizeReader>>,
 }
 
 impl BlobReader {
@@ -206,7 +213,15 @@ impl BlobReader {
 
     /// The size of blob `id` from its header, without inflating it.
     pub fn size(&self, id: ObjectId) -> Result<u64, ObjectReadError> {
-        blob_size(&self.repo, id)
+        let mut sizes = self.sizes.borrow_mut();
+        let packed = sizes
+            .get_or_insert_with(|| SizeReader::open(self.repo.objects.store_ref().path()))
+            .kind_and_size(&id);
+        match packed {
+            Some((Kind::Blob, size)) => Ok(size),
+            // Not in a pack opened, or not a blob: gix answers, and names what is wrong.
+            _ => blob_size(&self.repo, id),
+        }
     }
 }
 

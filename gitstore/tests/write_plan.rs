@@ -479,3 +479,70 @@ fn an_edit_of_a_tree_gives_the_tree_a_whole_plan_gives() {
     );
     fsck(git.git_dir());
 }
+
+/// `BlobReader::size` answers from pack headers as git does: whole values, values git stored
+/// as deltas (`git repack` with a deep window), objects left loose, and it refuses a tree
+/// and a missing object by name, as gix's own lookup does.
+#[test]
+fn blob_sizes_match_git_for_whole_deltified_and_loose_values() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    // Values alike enough for git to store most as deltas of one another.
+    let base: String = (0..400)
+        .map(|i| format!("line {i} of a config\n"))
+        .collect();
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let mut v = base.clone().into_bytes();
+            v.truncate(1000 + i * 17);
+            v.extend_from_slice(format!("node {i}\n").as_bytes());
+            (format!("nodes/n{}/config", i), v)
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let tree = s.write_plan_packed(&plan(&refs)).expect("packed");
+    commit(&s, tree, None, "configs", 1);
+    git(
+        s.git_dir(),
+        &["repack", "-a", "-d", "-f", "--window=50", "--depth=50"],
+    );
+    let idx = std::fs::read_dir(s.git_dir().join("objects/pack"))
+        .expect("pack dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "idx"))
+        .expect("one pack after repack -a -d");
+    let verify = git(
+        s.git_dir(),
+        &["verify-pack", "-v", idx.to_str().expect("utf-8 path")],
+    );
+    let deltas = verify
+        .lines()
+        .filter(|l| l.contains(" blob ") && l.split_whitespace().count() > 5)
+        .count();
+    assert!(deltas > 100, "git stored values as deltas: {deltas}");
+    // One more value, left loose.
+    let loose = s
+        .write_plan(&plan(&[("loose", b"a loose value")]))
+        .expect("loose");
+
+    let s = store(tmp.path());
+    let blobs = s.blob_reader();
+    let mut listed = s.files_under(tree).expect("walk");
+    listed.extend(s.files_under(loose).expect("walk"));
+    for (path, id) in &listed {
+        let by_git: u64 = git(s.git_dir(), &["cat-file", "-s", &id.to_string()])
+            .trim()
+            .parse()
+            .expect("size");
+        assert_eq!(blobs.size(*id).expect("size"), by_git, "{path}");
+    }
+    let err = blobs.size(tree).expect_err("a tree is no blob");
+    assert!(err.to_string().contains("expected a blob"), "{err}");
+    let missing = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").expect("hex");
+    let err = blobs.size(missing).expect_err("missing");
+    assert!(err.to_string().contains("not found"), "{err}");
+}

@@ -368,9 +368,7 @@ pub async fn after_catch_up_pass(endpoint: &str, phase: Duration) {
         .header()
         .expect("header")
         .revision();
-    let opts = WatchOptions::new()
-        .with_all_keys()
-        .with_start_revision(now);
+    let opts = WatchOptions::new().with_all_keys().with_start_revision(now);
     let mut stream = client.watch("", Some(opts)).await.expect("watch");
     loop {
         let resp = stream.message().await.expect("watch").expect("watch open");

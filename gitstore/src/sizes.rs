@@ -1,0 +1,157 @@
+//! Blob sizes for planning many values at once, read from pack entry headers: a lookup starts
+//! in the pack that answered last, and a delta chain is walked to its base only once.
+//!
+//! Why: gix's header lookup searches the pack indices in a fixed order and, for a value Git
+//! stored as a delta (a fetched pack, a `git repack`), walks its chain (up to 50 deep) to the
+//! base to learn the object's kind, for every value. An area's values sit in one pack and
+//! the deltas of a pack share their bases. Whatever this path cannot answer plainly (a loose
+//! object, a large delta, a base outside the packs opened, anything odd) is asked of gix,
+//! which stays the authority on errors.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use gix::objs::Kind;
+use gix::odb::pack::data::entry::Header as EntryHeader;
+use gix::odb::pack::data::Entry;
+use gix::odb::pack::Bundle;
+use gix::ObjectId;
+
+/// A delta this long is read by gix, which inflates only its first bytes.
+const MAX_DELTA_READ: u64 = 64 * 1024;
+/// Longer chains than Git ever writes (its default depth is 50) are left to gix.
+const MAX_CHAIN: usize = 10_000;
+
+/// Reads blob sizes of one repository's packs as they were when it was opened.
+pub(crate) struct SizeReader {
+    packs: Vec<Bundle>,
+    /// The pack that answered the last lookup.
+    last: usize,
+    /// The kind at the end of the chain from an entry (pack, data offset) already walked.
+    kinds: HashMap<(usize, u64), Kind>,
+    inflate: gix::zlib::Inflate,
+    delta: Vec<u8>,
+}
+
+impl SizeReader {
+    /// Opens every pack of `objects_dir`; one that cannot be opened is left to gix.
+    pub fn open(objects_dir: &Path) -> SizeReader {
+        let mut packs = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(objects_dir.join("pack")) {
+            for entry in dir.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "idx") {
+                    if let Ok(b) = Bundle::at(&path, gix::hash::Kind::Sha1) {
+                        packs.push(b);
+                    }
+                }
+            }
+        }
+        SizeReader {
+            packs,
+            last: 0,
+            kinds: HashMap::new(),
+            inflate: gix::zlib::Inflate::default(),
+            delta: Vec::new(),
+        }
+    }
+
+    /// The kind and size of packed object `id`, or `None` for gix to answer.
+    pub fn kind_and_size(&mut self, id: &ObjectId) -> Option<(Kind, u64)> {
+        let (pack, offset) = self.find(id)?;
+        let entry = self.packs[pack].pack.entry(offset).ok()?;
+        let size = match entry.header {
+            EntryHeader::OfsDelta { .. } | EntryHeader::RefDelta { .. } => {
+                self.delta_result_size(pack, &entry)?
+            }
+            _ => entry.decompressed_size,
+        };
+        Some((self.kind_at(pack, entry)?, size))
+    }
+
+    fn find(&mut self, id: &ObjectId) -> Option<(usize, u64)> {
+        let (n, last) = (self.packs.len(), self.last);
+        let (p, offset) = (0..n).map(|i| (last + i) % n).find_map(|p| {
+            let index = &self.packs[p].index;
+            Some((p, index.pack_offset_at_index(index.lookup(id)?)))
+        })?;
+        self.last = p;
+        Some((p, offset))
+    }
+
+    /// A delta starts with two sizes: its base's, then the object's it makes.
+    fn delta_result_size(&mut self, pack: usize, entry: &Entry) -> Option<u64> {
+        if entry.decompressed_size > MAX_DELTA_READ {
+            return None;
+        }
+        self.delta
+            .resize(usize::try_from(entry.decompressed_size).ok()?, 0);
+        self.packs[pack]
+            .pack
+            .decompress_entry(entry, &mut self.inflate, &mut self.delta)
+            .ok()?;
+        let (_, rest) = varint(&self.delta)?;
+        Some(varint(rest)?.0)
+    }
+
+    /// The kind at the base of `entry`'s chain; every entry passed on the way learns it.
+    fn kind_at(&mut self, mut pack: usize, mut entry: Entry) -> Option<Kind> {
+        let mut walked = Vec::new();
+        let kind = loop {
+            let here = (pack, entry.data_offset);
+            if let Some(kind) = self.kinds.get(&here) {
+                break *kind;
+            }
+            if walked.len() > MAX_CHAIN {
+                return None;
+            }
+            walked.push(here);
+            entry = match entry.header {
+                EntryHeader::OfsDelta { base_distance } => {
+                    let base = entry.checked_base_pack_offset(base_distance)?;
+                    self.packs[pack].pack.entry(base).ok()?
+                }
+                EntryHeader::RefDelta { base_id } => {
+                    let (p, offset) = self.find(&base_id)?;
+                    pack = p;
+                    self.packs[pack].pack.entry(offset).ok()?
+                }
+                base => break base.as_kind()?,
+            };
+        };
+        for at in walked {
+            self.kinds.insert(at, kind);
+        }
+        Some(kind)
+    }
+}
+
+/// A delta header size: 7 bits a byte, least significant first, high bit set on all but the
+/// last byte. Returns it and the bytes after it.
+fn varint(d: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, byte) in d.iter().enumerate() {
+        let shift = 7 * u32::try_from(i).ok()?;
+        if shift > 63 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, &d[i + 1..]));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::varint;
+
+    #[test]
+    fn delta_header_sizes_decode_least_significant_first() {
+        assert_eq!(varint(&[0x05, 0xff]), Some((5, &[0xff][..])));
+        assert_eq!(varint(&[0x80 | 0x10, 0x01]), Some((0x90, &[][..])));
+        assert_eq!(varint(&[0x80, 0x80]), None, "no last byte");
+        assert_eq!(varint(&[0x80; 11]), None, "longer than 64 bits");
+    }
+}
