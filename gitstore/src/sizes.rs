@@ -94,8 +94,12 @@ impl SizeReader {
         Some(varint(rest)?.0)
     }
 
-    /// The kind at the base of `entry`'s chain; every entry passed on the way learns it.
+    /// The kind at the base of `entry`'s chain; every entry passed on the way learns it
+    /// (a whole object is its own answer and is not kept).
     fn kind_at(&mut self, mut pack: usize, mut entry: Entry) -> Option<Kind> {
+        if let Some(kind) = entry.header.as_kind() {
+            return Some(kind);
+        }
         let mut walked = Vec::new();
         let kind = loop {
             let here = (pack, entry.data_offset);
