@@ -5,10 +5,9 @@
 //! stored as a delta (a fetched pack, a `git repack`), walks its chain (up to 50 deep) to the
 //! base to learn the object's kind, for every value. An area's values sit in one pack and
 //! the deltas of a pack share their bases. Whatever this path cannot answer plainly (a loose
-//! object, a large delta, a base outside the packs opened, anything odd) is asked of gix,
-//! which stays the authority on errors.
+//! object, a base outside the packs opened, anything odd) is asked of gix, which stays the
+//! authority on errors.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use gix::objs::Kind;
@@ -17,8 +16,9 @@ use gix::odb::pack::data::Entry;
 use gix::odb::pack::Bundle;
 use gix::ObjectId;
 
-/// A delta this long is read by gix, which inflates only its first bytes.
-const MAX_DELTA_READ: u64 = 64 * 1024;
+/// Compressed bytes offered to inflate a delta's first 20: a deflate block's code tables
+/// come first and take at most a few hundred.
+const PROBE_IN: u64 = 1024;
 /// Longer chains than Git ever writes (its default depth is 50) are left to gix.
 const MAX_CHAIN: usize = 10_000;
 
@@ -27,10 +27,9 @@ pub(crate) struct SizeReader {
     packs: Vec<Bundle>,
     /// The pack that answered the last lookup.
     last: usize,
-    /// The kind at the end of the chain from an entry (pack, data offset) already walked.
-    kinds: HashMap<(usize, u64), Kind>,
+    /// The kind at the end of the chain from an entry already walked (`memo_key`).
+    kinds: foldhash::HashMap<u64, Kind>,
     inflate: gix::zlib::Inflate,
-    delta: Vec<u8>,
 }
 
 impl SizeReader {
@@ -50,9 +49,8 @@ impl SizeReader {
         SizeReader {
             packs,
             last: 0,
-            kinds: HashMap::new(),
+            kinds: foldhash::HashMap::default(),
             inflate: gix::zlib::Inflate::default(),
-            delta: Vec::new(),
         }
     }
 
@@ -79,18 +77,17 @@ impl SizeReader {
         Some((p, offset))
     }
 
-    /// A delta starts with two sizes: its base's, then the object's it makes.
+    /// A delta starts with two sizes: its base's, then the object's it makes. Only its first
+    /// bytes are inflated, as git does.
     fn delta_result_size(&mut self, pack: usize, entry: &Entry) -> Option<u64> {
-        if entry.decompressed_size > MAX_DELTA_READ {
-            return None;
-        }
-        self.delta
-            .resize(usize::try_from(entry.decompressed_size).ok()?, 0);
-        self.packs[pack]
-            .pack
-            .decompress_entry(entry, &mut self.inflate, &mut self.delta)
-            .ok()?;
-        let (_, rest) = varint(&self.delta)?;
+        let file = &self.packs[pack].pack;
+        let end = (entry.data_offset + PROBE_IN).min(u64::try_from(file.pack_end()).ok()?);
+        let input = file.entry_slice(entry.data_offset..end)?;
+        let mut out = [0u8; 20];
+        let want = usize::try_from(entry.decompressed_size.min(20)).ok()?;
+        self.inflate.reset();
+        let (_, _, written) = self.inflate.prefix(input, &mut out[..want]).ok()?;
+        let (_, rest) = varint(&out[..written])?;
         Some(varint(rest)?.0)
     }
 
@@ -102,7 +99,7 @@ impl SizeReader {
         }
         let mut walked = Vec::new();
         let kind = loop {
-            let here = (pack, entry.data_offset);
+            let here = memo_key(pack, entry.data_offset);
             if let Some(kind) = self.kinds.get(&here) {
                 break *kind;
             }
@@ -128,6 +125,11 @@ impl SizeReader {
         }
         Some(kind)
     }
+}
+
+/// One number for an entry: packs are far fewer than 2^16, and their offsets below 2^48.
+fn memo_key(pack: usize, data_offset: u64) -> u64 {
+    ((pack as u64) << 48) ^ data_offset
 }
 
 /// A delta header size: 7 bits a byte, least significant first, high bit set on all but the
