@@ -713,14 +713,17 @@ async fn a_user_reading_only_its_prefix_still_gets_the_exact_delta() {
     put(&mut c, "/sigil/entries/a", "2").await;
     c.delete("/sigil/entries/b", None).await.expect("delete");
     let upto = backend.current_revision().await.expect("revision");
-    let got: BTreeMap<String, Option<Vec<u8>>> = backend
-        .changes_between(b"/sigil/entries/", after, upto)
-        .await
-        .expect("changes_between as reader")
-        .expect("an exact answer")
-        .into_iter()
-        .map(|c| (c.key.to_string(), c.kind.into_value()))
-        .collect();
+    let delta = || async {
+        backend
+            .changes_between(b"/sigil/entries/", after, upto)
+            .await
+            .expect("changes_between as reader")
+            .expect("an exact answer")
+            .into_iter()
+            .map(|c| (c.key.to_string(), c.kind.into_value()))
+            .collect::<BTreeMap<String, Option<Vec<u8>>>>()
+    };
+    let got = delta().await;
     assert_eq!(
         got,
         BTreeMap::from([
@@ -739,14 +742,6 @@ async fn a_user_reading_only_its_prefix_still_gets_the_exact_delta() {
         "--from-key",
         "",
     ]);
-    let again: BTreeMap<String, Option<Vec<u8>>> = backend
-        .changes_between(b"/sigil/entries/", after, upto)
-        .await
-        .expect("changes_between as reader")
-        .expect("an exact answer")
-        .into_iter()
-        .map(|c| (c.key.to_string(), c.kind.into_value()))
-        .collect();
-    assert_eq!(again, got);
+    assert_eq!(delta().await, got);
     assert_eq!(backend.caught_up_by_watch(), 1, "the watch answered");
 }
