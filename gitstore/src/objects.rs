@@ -215,7 +215,12 @@ impl BlobReader {
     pub fn size(&self, id: ObjectId) -> Result<u64, ObjectReadError> {
         let mut sizes = self.sizes.borrow_mut();
         let packed = sizes
-            .get_or_insert_with(|| SizeReader::open(self.repo.objects.store_ref().path()))
+            .get_or_insert_with(|| {
+                SizeReader::open(
+                    self.repo.objects.store_ref().path(),
+                    self.repo.object_hash(),
+                )
+            })
             .kind_and_size(&id);
         match packed {
             Some((Kind::Blob, size)) => Ok(size),

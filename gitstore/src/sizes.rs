@@ -21,6 +21,9 @@ use gix::ObjectId;
 const PROBE_IN: u64 = 1024;
 /// Longer chains than Git ever writes (its default depth is 50) are left to gix.
 const MAX_CHAIN: usize = 10_000;
+/// `memo_key` keeps a pack's number in the top 16 bits and its offsets in the 48 below.
+const MAX_PACKS: usize = 1 << 16;
+const MAX_OFFSET: u64 = 1 << 48;
 
 /// Reads blob sizes of one repository's packs as they were when it was opened.
 pub(crate) struct SizeReader {
@@ -34,17 +37,21 @@ pub(crate) struct SizeReader {
 
 impl SizeReader {
     /// Opens every pack of `objects_dir`; one that cannot be opened is left to gix.
-    pub fn open(objects_dir: &Path) -> SizeReader {
+    pub fn open(objects_dir: &Path, hash: gix::hash::Kind) -> SizeReader {
         let mut packs = Vec::new();
         if let Ok(dir) = std::fs::read_dir(objects_dir.join("pack")) {
             for entry in dir.flatten() {
                 let path = entry.path();
                 if path.extension().is_some_and(|e| e == "idx") {
-                    if let Ok(b) = Bundle::at(&path, gix::hash::Kind::Sha1) {
+                    if let Ok(b) = Bundle::at(&path, hash) {
                         packs.push(b);
                     }
                 }
             }
+        }
+        if packs.len() > MAX_PACKS {
+            // `memo_key` could not tell them apart: gix answers.
+            packs.clear();
         }
         SizeReader {
             packs,
@@ -99,6 +106,9 @@ impl SizeReader {
         }
         let mut walked = Vec::new();
         let kind = loop {
+            if entry.data_offset >= MAX_OFFSET {
+                return None;
+            }
             let here = memo_key(pack, entry.data_offset);
             if let Some(kind) = self.kinds.get(&here) {
                 break *kind;
@@ -127,9 +137,9 @@ impl SizeReader {
     }
 }
 
-/// One number for an entry: packs are far fewer than 2^16, and their offsets below 2^48.
+/// One number for an entry (below `MAX_PACKS` packs, offsets below `MAX_OFFSET`).
 fn memo_key(pack: usize, data_offset: u64) -> u64 {
-    ((pack as u64) << 48) ^ data_offset
+    ((pack as u64) << 48) | data_offset
 }
 
 /// A delta header size: 7 bits a byte, least significant first, high bit set on all but the
