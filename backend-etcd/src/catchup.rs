@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sync_core::{BackendError, ChangeKind, Key, KvChange, Revision};
 
 /// Events a catch-up watch may always take, however small the area.
-pub(crate) const MIN_BUDGET: usize = 1024;
+const MIN_BUDGET: usize = 1024;
 /// Events it may take before the area is counted: counting a large area walks etcd's whole
 /// index of it (~100 ms for 4 areas of 250k keys here), which the watch does not wait for.
 const UNCOUNTED_BUDGET: usize = 64 * 1024;
@@ -104,13 +104,31 @@ pub(crate) async fn changes(
     let mut client = conn.watch.clone();
     let timeout = conn.ctx.request_timeout;
     let read = |why, keys| Ok(Caught::Read { why, keys });
-    let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, client.watch(key, Some(opts))).await
-    else {
-        return read(GaveUp::Refused, None);
+    let budget = |keys: i64| usize::try_from(keys).unwrap_or(0).max(MIN_BUDGET);
+    let too_small = |keys: i64| {
+        let in_flight = conn.catching_up.load(Ordering::Relaxed);
+        !worth_watching(keys, in_flight, conn.catch_up_from_keys)
     };
     tokio::pin!(area_keys);
     let mut keys: Option<i64> = None;
-    let budget = |keys: i64| usize::try_from(keys).unwrap_or(0).max(MIN_BUDGET);
+    // The count is asked while the watch opens: a small area is read without waiting on it.
+    let open = tokio::time::timeout(timeout, client.watch(key, Some(opts)));
+    tokio::pin!(open);
+    let mut stream = loop {
+        tokio::select! {
+            counted = &mut area_keys, if keys.is_none() => {
+                let n = counted?;
+                keys = Some(n);
+                if too_small(n) {
+                    return read(GaveUp::Small, keys);
+                }
+            }
+            opened = &mut open => match opened {
+                Ok(Ok(stream)) => break stream,
+                _ => return read(GaveUp::Refused, keys),
+            },
+        }
+    };
     let mut seen: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
     let mut events = 0usize;
     let deadline = tokio::time::sleep(timeout);
@@ -120,8 +138,7 @@ pub(crate) async fn changes(
             counted = &mut area_keys, if keys.is_none() => {
                 let n = counted?;
                 keys = Some(n);
-                let in_flight = conn.catching_up.load(Ordering::Relaxed);
-                if !worth_watching(n, in_flight, conn.catch_up_from_keys) {
+                if too_small(n) {
                     return read(GaveUp::Small, keys);
                 }
                 if events > budget(n) {
