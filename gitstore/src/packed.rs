@@ -1,12 +1,13 @@
-//! Blob sizes for planning many values at once, read from pack entry headers: a lookup starts
-//! in the pack that answered last, and a delta chain is walked to its base only once.
+//! Many blobs at once, straight from pack entries: their sizes from entry headers (a delta
+//! chain walked to its base only once) and the content of values stored whole.
 //!
-//! Why: gix's header lookup searches the pack indices in a fixed order and, for a value Git
-//! stored as a delta (a fetched pack, a `git repack`), walks its chain (up to 50 deep) to the
-//! base to learn the object's kind, for every value. An area's values sit in one pack and
-//! the deltas of a pack share their bases. Whatever this path cannot answer plainly (a loose
-//! object, a base outside the packs opened, anything odd) is asked of gix, which stays the
-//! authority on errors.
+//! Why: gix's lookup searches the pack indices in a fixed order and, for a header of a value
+//! Git stored as a delta (a fetched pack, a `git repack`), walks its chain (up to 50 deep) to
+//! the base to learn the object's kind, for every value. An area's values sit in one pack,
+//! so a lookup here starts in the pack that answered last, and the deltas of a pack share
+//! their bases. Whatever this path cannot answer plainly (a loose object, a delta's content,
+//! a base outside the packs opened, anything odd) is asked of gix, which stays the authority
+//! on errors.
 
 use std::path::Path;
 
@@ -25,8 +26,8 @@ const MAX_CHAIN: usize = 10_000;
 const MAX_PACKS: usize = 1 << 16;
 const MAX_OFFSET: u64 = 1 << 48;
 
-/// Reads blob sizes of one repository's packs as they were when it was opened.
-pub(crate) struct SizeReader {
+/// Reads the packs of one repository as they were when it was opened.
+pub(crate) struct PackedReader {
     packs: Vec<Bundle>,
     /// The pack that answered the last lookup.
     last: usize,
@@ -35,9 +36,9 @@ pub(crate) struct SizeReader {
     inflate: gix::zlib::Inflate,
 }
 
-impl SizeReader {
+impl PackedReader {
     /// Opens every pack of `objects_dir`; one that cannot be opened is left to gix.
-    pub fn open(objects_dir: &Path, hash: gix::hash::Kind) -> SizeReader {
+    pub fn open(objects_dir: &Path, hash: gix::hash::Kind) -> PackedReader {
         let mut packs = Vec::new();
         if let Ok(dir) = std::fs::read_dir(objects_dir.join("pack")) {
             for entry in dir.flatten() {
@@ -53,7 +54,7 @@ impl SizeReader {
             // `memo_key` could not tell them apart: gix answers.
             packs.clear();
         }
-        SizeReader {
+        PackedReader {
             packs,
             last: 0,
             kinds: foldhash::HashMap::default(),
@@ -72,6 +73,29 @@ impl SizeReader {
             _ => entry.decompressed_size,
         };
         Some((self.kind_at(pack, entry)?, size))
+    }
+
+    /// Inflates packed object `id` into `buf` when its pack stores it whole and it is of
+    /// `kind`, or returns `None` for gix to read (a delta through gix's base cache).
+    pub fn read_whole(&mut self, id: &ObjectId, kind: Kind, buf: &mut Vec<u8>) -> Option<()> {
+        let (pack, offset) = self.find(id)?;
+        let file = &self.packs[pack].pack;
+        let entry = file.entry(offset).ok()?;
+        if entry.header.as_kind()? != kind {
+            return None;
+        }
+        // The size comes from the pack: a corrupt one must not allocate more than deflate
+        // can give from the bytes left in the pack (at most 1032 to 1); gix names the error.
+        let left = u64::try_from(file.pack_end())
+            .ok()?
+            .checked_sub(entry.data_offset)?;
+        if entry.decompressed_size > left.saturating_mul(1032) {
+            return None;
+        }
+        buf.clear();
+        buf.resize(usize::try_from(entry.decompressed_size).ok()?, 0);
+        file.decompress_entry(&entry, &mut self.inflate, buf).ok()?;
+        Some(())
     }
 
     fn find(&mut self, id: &ObjectId) -> Option<(usize, u64)> {
