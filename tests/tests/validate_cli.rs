@@ -281,6 +281,22 @@ async fn apply_refuses_a_bad_schema_or_a_missing_one_before_the_first_write() {
         before,
         "nothing written"
     );
+    // The content is checked while the backend connects: with no backend to reach, the
+    // call still names the bad value, not the endpoint.
+    let good = std::fs::read_to_string(&ws.config).expect("config");
+    let nowhere = good.replace(etcd.endpoint(), "http://127.0.0.1:9");
+    assert_ne!(nowhere, good, "the endpoint is in the config");
+    std::fs::write(&ws.config, nowhere).expect("config");
+    for verb in ["plan", "apply"] {
+        let out = ws.kvgit(&[verb]);
+        assert_eq!(out.code, 1, "{verb}");
+        assert!(
+            out.stderr.contains("entries/port: at /port: ") && !out.stderr.contains("127.0.0.1:9"),
+            "{verb}: {}",
+            out.stderr
+        );
+    }
+    std::fs::write(&ws.config, good).expect("config");
     ws.person_commits(&[("entries/port", Some(b"8080"))], "good port");
     ws.kvgit(&["apply"]).ok();
     assert_eq!(

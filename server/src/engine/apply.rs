@@ -321,20 +321,38 @@ pub async fn plan_all_with(
         .cfg
         .select_areas(only)
         .map_err(ApplyError::UnknownArea)?;
-    let commit = target_commit(ctx, rev).await?;
-    // Documents and schemas are checked offline first, as `kvgit validate` does: a bad
-    // schema or document stops the call before the backend is asked anything.
+    // Documents and schemas are checked offline, as `kvgit validate` does, while the
+    // backend connects and names its cluster: a bad schema or document stops the call with
+    // its own error whatever the backend answers, and without waiting for it.
     let selected: Vec<AreaConfig> = areas.iter().map(|a| (*a).clone()).collect();
-    let problems = ctx
-        .git_blocking(move |git| -> Result<_, ApplyError> {
-            Ok(super::validate::content_problems(git, commit, &selected)?)
-        })
-        .await?;
-    if !problems.is_empty() {
-        return Err(ApplyError::Invalid(problems));
-    }
-    let backend = ctx.backend().await?;
-    let cluster = backend.cluster_id().await.map_err(ApplyError::ClusterId)?;
+    let checked = async {
+        let commit = target_commit(ctx, rev).await?;
+        let problems = ctx
+            .git_blocking(move |git| -> Result<_, ApplyError> {
+                Ok(super::validate::content_problems(git, commit, &selected)?)
+            })
+            .await?;
+        match problems.is_empty() {
+            true => Ok(commit),
+            false => Err(ApplyError::Invalid(problems)),
+        }
+    };
+    let connected = async {
+        let backend = ctx.backend().await?;
+        backend.cluster_id().await.map_err(ApplyError::ClusterId)
+    };
+    tokio::pin!(checked, connected);
+    let mut named = None;
+    let commit = loop {
+        tokio::select! {
+            commit = &mut checked => break commit?,
+            cluster = &mut connected, if named.is_none() => named = Some(cluster),
+        }
+    };
+    let cluster = match named {
+        Some(cluster) => cluster?,
+        None => connected.await?,
+    };
     // Areas are independent: their Git reads run side by side on blocking threads.
     let plans = futures::future::try_join_all(areas.into_iter().map(|area| {
         let cluster = &cluster;
@@ -444,7 +462,7 @@ pub async fn plan_area_with(
                 .collect::<Result<_, GitError>>()?;
             // One walk over the three sorted sides decides every key; lookups per key were
             // most of the planning time at 100k keys.
-            let mut decided: Vec<Decided> = Vec::new();
+            let mut decided: Vec<Decided> = Vec::with_capacity(live.len() + desired.len());
             let mut agreed: Vec<(&Vec<u8>, Option<ObjectId>)> = Vec::new();
             let mut unagreed_desired: Vec<(Vec<u8>, Option<Value>)> = Vec::new();
             let (mut pending_export, mut first_revision) = (0, snap_revision);
