@@ -210,7 +210,7 @@ impl BlobReader {
     pub fn read(&self, id: ObjectId) -> Result<Vec<u8>, ObjectReadError> {
         let mut buf = Vec::new();
         if self
-            .with_packed(|p| p.read_whole(&id, Kind::Blob, &mut buf))
+            .with_packed(|p| p.read(&id, Kind::Blob, &mut buf))
             .is_some()
         {
             return Ok(buf);

@@ -554,6 +554,21 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     }
     read_back(&s, tree);
     assert_eq!(blobs.read(listed[300].1).expect("loose"), b"a loose value");
+    // Deltas naming their base by id (REF_DELTA), as older git and some servers write them.
+    git(
+        s.git_dir(),
+        &[
+            "-c",
+            "repack.useDeltaBaseOffset=false",
+            "repack",
+            "-a",
+            "-d",
+            "-f",
+            "--window=50",
+            "--depth=50",
+        ],
+    );
+    read_back(&store(tmp.path()), tree);
     let err = blobs.size(tree).expect_err("a tree is no blob");
     assert!(err.to_string().contains("expected a blob"), "{err}");
     let err = blobs.read(tree).expect_err("a tree is no blob");
