@@ -1,12 +1,12 @@
 //! Many blobs at once, straight from pack entries: their sizes from entry headers (a delta
-//! chain walked to its base only once) and the content of values stored whole.
+//! chain walked to its base only once) and their contents, deltas resolved here.
 //!
-//! Why: gix's lookup searches the pack indices in a fixed order and, for a header of a value
-//! Git stored as a delta (a fetched pack, a `git repack`), walks its chain (up to 50 deep) to
-//! the base to learn the object's kind, for every value. An area's values sit in one pack,
-//! so a lookup here starts in the pack that answered last, and the deltas of a pack share
-//! their bases. Whatever this path cannot answer plainly (a loose object, a delta's content,
-//! a base outside the packs opened, anything odd) is asked of gix, which stays the authority
+//! Why: gix's lookup searches the pack indices in a fixed order and, for a value Git stored
+//! as a delta (a fetched pack, a `git repack`), walks its chain (up to 50 deep) to the base
+//! for a header, and resolves it through a general cache for its content. An area's values
+//! sit in one pack, so a lookup here starts in the pack that answered last, and the deltas
+//! of a pack share their bases. Whatever this path cannot answer plainly (a loose object, a
+//! base outside the packs opened, anything odd) is asked of gix, which stays the authority
 //! on errors.
 
 use std::path::Path;
@@ -143,7 +143,12 @@ impl PackedReader {
                 return None;
             }
             self.target.clear();
-            apply_delta(out, instructions, &mut self.target)?;
+            apply_delta(
+                out,
+                instructions,
+                usize::try_from(size).ok()?,
+                &mut self.target,
+            )?;
             if u64::try_from(self.target.len()).ok()? != size {
                 return None;
             }
@@ -238,27 +243,33 @@ fn inflate_entry(
     Some(())
 }
 
-/// Appends to `out` what git's delta `instructions` (after its two sizes) make of `base`:
-/// a byte with the high bit set copies a range of the base (offset in up to 4 bytes, size
-/// in up to 3, each byte present when its flag bit is set; size 0 means 64 KiB); any other
-/// byte but 0 inserts that many bytes that follow it.
-fn apply_delta(base: &[u8], mut instructions: &[u8], out: &mut Vec<u8>) -> Option<()> {
+/// Appends to `out` what git's delta `instructions` (after its two sizes) make of `base`,
+/// refusing to make more than the `size` the delta announced (a corrupt delta could
+/// otherwise copy 64 KiB for every 8 bytes of it): a byte with the high bit set copies a
+/// range of the base (offset in up to 4 bytes, size in up to 3, each byte present when its
+/// flag bit is set; size 0 means 64 KiB); any other byte but 0 inserts that many bytes
+/// that follow it.
+fn apply_delta(base: &[u8], mut instructions: &[u8], size: usize, out: &mut Vec<u8>) -> Option<()> {
     while let Some((&op, rest)) = instructions.split_first() {
         instructions = rest;
-        if op & 0x80 != 0 {
+        let piece = if op & 0x80 != 0 {
             let offset = little_endian(&mut instructions, op, 4)?;
-            let size = match little_endian(&mut instructions, op >> 4, 3)? {
+            let len = match little_endian(&mut instructions, op >> 4, 3)? {
                 0 => 0x10000,
                 n => n,
             };
-            out.extend_from_slice(base.get(offset..offset.checked_add(size)?)?);
+            base.get(offset..offset.checked_add(len)?)?
         } else if op != 0 {
             let (literal, rest) = instructions.split_at_checked(usize::from(op))?;
-            out.extend_from_slice(literal);
             instructions = rest;
+            literal
         } else {
             return None;
+        };
+        if out.len() + piece.len() > size {
+            return None;
         }
+        out.extend_from_slice(piece);
     }
     Some(())
 }
@@ -342,7 +353,30 @@ fn varint(d: &[u8]) -> Option<(u64, &[u8])> {
 
 #[cfg(test)]
 mod tests {
-    use super::varint;
+    use super::{apply_delta, varint};
+
+    #[test]
+    fn deltas_copy_and_insert_and_refuse_what_is_corrupt() {
+        let base = b"0123456789";
+        let apply = |ins: &[u8], size: usize| {
+            let mut out = Vec::new();
+            apply_delta(base, ins, size, &mut out).map(|()| out)
+        };
+        // Copy 4 bytes from offset 2, insert "ab", copy 2 from 0 (offset byte absent).
+        let ins = [0x80 | 0x01 | 0x10, 2, 4, 2, b'a', b'b', 0x80 | 0x10, 2];
+        assert_eq!(apply(&ins, 8).as_deref(), Some(&b"2345ab01"[..]));
+        assert_eq!(apply(&ins, 7), None, "more than the delta announced");
+        assert_eq!(
+            apply(&[0x80 | 0x01 | 0x10, 8, 4], 4),
+            None,
+            "past the base's end"
+        );
+        assert_eq!(apply(&[0], 1), None, "op 0 is reserved");
+        assert_eq!(apply(&[3, b'a'], 3), None, "an insert cut short");
+        assert_eq!(apply(&[0x80 | 0x01], 1), None, "a copy cut short");
+        // Size 0 stands for 64 KiB: past this base.
+        assert_eq!(apply(&[0x80], 0x10000), None);
+    }
 
     #[test]
     fn delta_header_sizes_decode_least_significant_first() {
