@@ -332,9 +332,10 @@ pub async fn plan_all_with(
                 Ok(super::validate::content_problems(git, commit, &selected)?)
             })
             .await?;
-        match problems.is_empty() {
-            true => Ok(commit),
-            false => Err(ApplyError::Invalid(problems)),
+        if problems.is_empty() {
+            Ok(commit)
+        } else {
+            Err(ApplyError::Invalid(problems))
         }
     };
     let connected = async {
