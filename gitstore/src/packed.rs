@@ -113,26 +113,18 @@ impl PackedReader {
                 out.extend_from_slice(kept);
                 break kind;
             }
-            let base = match entry.header {
-                EntryHeader::OfsDelta { base_distance } => {
-                    let at = entry.checked_base_pack_offset(base_distance)?;
-                    (pack, at)
+            if let Some(kind) = entry.header.as_kind() {
+                inflate_entry(&self.packs[pack].pack, &entry, &mut self.inflate, out)?;
+                // A base is kept for the next delta on it; a value read whole is not
+                // (kvgit's own packs hold nothing else).
+                if !chain.is_empty() {
+                    self.resolved.keep(here, kind, out);
                 }
-                EntryHeader::RefDelta { base_id } => self.find(&base_id)?,
-                whole => {
-                    let kind = whole.as_kind()?;
-                    inflate_entry(&self.packs[pack].pack, &entry, &mut self.inflate, out)?;
-                    // A base is kept for the next delta on it; a value read whole is not
-                    // (kvgit's own packs hold nothing else).
-                    if !chain.is_empty() {
-                        self.resolved.keep(here, kind, out);
-                    }
-                    break kind;
-                }
-            };
+                break kind;
+            }
+            let base = self.base_of(pack, &entry)?;
             chain.push((pack, entry));
-            pack = base.0;
-            entry = self.packs[pack].pack.entry(base.1).ok()?;
+            (pack, entry) = base;
         };
         for (pack, entry) in chain.into_iter().rev() {
             let file = &self.packs[pack].pack;
@@ -169,6 +161,19 @@ impl PackedReader {
         Some((p, offset))
     }
 
+    /// The entry delta `entry` (in `pack`) is made from: at an offset back in the same pack,
+    /// or named by id. `None` for a whole object, or a base not in the packs opened.
+    fn base_of(&mut self, pack: usize, entry: &Entry) -> Option<(usize, Entry)> {
+        let (pack, offset) = match entry.header {
+            EntryHeader::OfsDelta { base_distance } => {
+                (pack, entry.checked_base_pack_offset(base_distance)?)
+            }
+            EntryHeader::RefDelta { base_id } => self.find(&base_id)?,
+            _ => return None,
+        };
+        Some((pack, self.packs[pack].pack.entry(offset).ok()?))
+    }
+
     /// A delta starts with two sizes: its base's, then the object's it makes. Only its first
     /// bytes are inflated, as git does.
     fn delta_result_size(&mut self, pack: usize, entry: &Entry) -> Option<u64> {
@@ -202,18 +207,10 @@ impl PackedReader {
                 return None;
             }
             walked.push(here);
-            entry = match entry.header {
-                EntryHeader::OfsDelta { base_distance } => {
-                    let base = entry.checked_base_pack_offset(base_distance)?;
-                    self.packs[pack].pack.entry(base).ok()?
-                }
-                EntryHeader::RefDelta { base_id } => {
-                    let (p, offset) = self.find(&base_id)?;
-                    pack = p;
-                    self.packs[pack].pack.entry(offset).ok()?
-                }
-                base => break base.as_kind()?,
-            };
+            (pack, entry) = self.base_of(pack, &entry)?;
+            if let Some(kind) = entry.header.as_kind() {
+                break kind;
+            }
         };
         for at in walked {
             self.kinds.insert(at, kind);
