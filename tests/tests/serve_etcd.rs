@@ -847,6 +847,57 @@ async fn unreachable_remote_delays_pushes_only_and_loses_nothing() {
     });
 }
 
+/// A push kvgit gives up on (its `git.timeout` ran out) may still land on the remote: its
+/// post-receive hook hangs after the refs moved. The next pass finds nothing to push, and
+/// the push time operators alert on moves on all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_that_lands_after_it_timed_out_counts_as_pushed() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[]);
+    let remote = Remote::init(ws.dir.path());
+    put(&mut c, "/t/entries/a", "0").await;
+    let mut cfg = ServeConfig::fast(&[ENTRIES]).remote(&remote);
+    cfg.git_extra = Some("timeout = \"2s\"\n".to_string());
+    // Fetches between push passes: the pass after the timeout finds the remote caught up
+    // instead of pushing again (which would say "up to date" and count as a push).
+    cfg.push_interval = "3s";
+    cfg.fetch_interval = "500ms";
+    let serve = Serve::start(&ws, etcd.endpoint(), &cfg);
+    serve.wait_ready();
+    wait_converged(&serve, &c, &ws.repo, MAIN, &[ENTRIES]).await;
+    wait_pushed(&serve, &ws, &remote);
+    let pushed_at = metric(&serve, "kvgit_last_push_success_timestamp_seconds");
+    assert!(pushed_at > 0.0, "the first push was recorded");
+
+    let hook = remote.path.join("hooks/post-receive");
+    std::fs::write(&hook, "#!/bin/sh\nsleep 6\n").expect("write the hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make the hook executable");
+    put(&mut c, "/t/entries/a", "1").await;
+    serve.wait_until(CONVERGE, "the push to time out", || {
+        serve.status()["push_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not finish within"))
+    });
+    // It landed: the refs moved before the hook hung.
+    wait_converged(&serve, &c, &remote.path, MAIN, &[ENTRIES]).await;
+    assert_eq!(remote.tip(), rev_parse(&ws.repo, MAIN));
+
+    serve.wait_until(CONVERGE, "the push error to clear", || {
+        serve.status()["push_error"].is_null()
+    });
+    serve.wait_until(CONVERGE, "nothing unpushed and a newer push time", || {
+        serve.metric(r#"kvgit_unpushed_commits{area="entries"}"#) == Some(0.0)
+            && serve
+                .metric("kvgit_last_push_success_timestamp_seconds")
+                .is_some_and(|t| t > pushed_at)
+    });
+    // No second push was needed, and the failed one is counted as failed.
+    assert_eq!(remote.tip(), rev_parse(&ws.repo, MAIN));
+    assert!(metric(&serve, r#"kvgit_push_total{result="error"}"#) >= 1.0);
+}
+
 // 8 ------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]

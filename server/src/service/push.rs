@@ -121,11 +121,14 @@ pub async fn push_now(ctx: &PushCtx) {
     let outcome = push_once(ctx).await;
     count_unpushed(ctx).await;
     match outcome {
-        Ok(true) => {
+        Ok(Published::Pushed) => {
             ctx.metrics.push(PushResult::Ok);
             ctx.metrics.push_succeeded();
         }
-        Ok(false) => {}
+        // Not a push of ours to count, but the remote has taken our commits: the gauge
+        // operators alert on must not stay old while nothing is left unpushed.
+        Ok(Published::LandedLate) => ctx.metrics.push_succeeded(),
+        Ok(Published::Nothing) => {}
         Err(e) => {
             let msg = crate::errors::chain(&e);
             tracing::warn!(error = %msg, retryable = e.is_retryable(), "push failed; commits stay queued locally");
@@ -135,11 +138,21 @@ pub async fn push_now(ctx: &PushCtx) {
     }
 }
 
-/// Push if the local branch or a checkpoint is ahead of what the remote has. Ok(false):
-/// nothing to push.
-async fn push_once(ctx: &PushCtx) -> Result<bool, PublishError> {
+/// What a push pass did.
+enum Published {
+    /// The remote took our push.
+    Pushed,
+    /// Nothing was pending.
+    Nothing,
+    /// Nothing was pending right after a failed pass: the push we gave up on (a timeout, a
+    /// dropped connection) reached the remote after all.
+    LandedLate,
+}
+
+/// Push if the local branch or a checkpoint is ahead of what the remote has.
+async fn push_once(ctx: &PushCtx) -> Result<Published, PublishError> {
     let Some(remote) = ctx.engine.cfg.git.remote.clone() else {
-        return Ok(false);
+        return Ok(Published::Nothing);
     };
     for attempt in 0..PUSH_ATTEMPTS {
         let (mut updates, mut areas) = {
@@ -156,8 +169,12 @@ async fn push_once(ctx: &PushCtx) -> Result<bool, PublishError> {
             }
         }
         if updates.is_empty() {
-            ctx.state.set_push_error(None);
-            return Ok(false);
+            let failed_before = ctx.state.set_push_error(None);
+            return Ok(if failed_before {
+                Published::LandedLate
+            } else {
+                Published::Nothing
+            });
         }
         let url = remote.clone();
         let branch = ctx.engine.cfg.git.branch.clone();
@@ -180,7 +197,7 @@ async fn push_once(ctx: &PushCtx) -> Result<bool, PublishError> {
         match outcome? {
             PushOutcome::Pushed => {
                 ctx.state.set_push_error(None);
-                return Ok(true);
+                return Ok(Published::Pushed);
             }
             PushOutcome::Rejected { .. } => {
                 ctx.metrics.push(PushResult::Rejected);

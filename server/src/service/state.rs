@@ -232,9 +232,10 @@ impl ServiceState {
         *lock(&self.sync_error) = error;
     }
 
-    /// Records the outcome of the last push (`None`: it succeeded or had nothing to do).
-    pub fn set_push_error(&self, error: Option<String>) {
-        *lock(&self.push_error) = error;
+    /// Records the outcome of the last push (`None`: it succeeded or had nothing to do);
+    /// says whether the one before had failed.
+    pub fn set_push_error(&self, error: Option<String>) -> bool {
+        std::mem::replace(&mut *lock(&self.push_error), error).is_some()
     }
 
     /// Records whether the backend answered.
