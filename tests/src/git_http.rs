@@ -12,7 +12,9 @@ use axum::Router;
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 
 /// One request the server answered: what an operator would see in an access log.
@@ -32,6 +34,8 @@ struct Ctx {
     expected: Mutex<String>,
     user: String,
     log: Mutex<Vec<Served>>,
+    /// Requests being answered (entered the handler, not yet logged).
+    in_flight: AtomicUsize,
 }
 
 /// A running server; stopped when dropped.
@@ -57,6 +61,7 @@ impl GitHttpServer {
             expected: Mutex::new(basic(user, token)),
             user: user.to_owned(),
             log: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -100,6 +105,14 @@ impl GitHttpServer {
         *self.ctx.expected.lock().expect("expected") = basic(&self.ctx.user, token);
     }
 
+    /// Waits until no request is being answered, so that a count taken next cannot be
+    /// raised by one that was already let in (e.g. a push authenticated before `set_token`).
+    pub fn wait_idle(&self) {
+        crate::serve::wait_until(Duration::from_secs(30), "the git server to go idle", || {
+            self.ctx.in_flight.load(Ordering::SeqCst) == 0
+        });
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Served> {
         self.ctx.log.lock().expect("log").clone()
@@ -140,7 +153,18 @@ fn basic(user: &str, token: &str) -> String {
     format!("Basic {credential}")
 }
 
+/// Counts a request in flight until dropped (hyper drops the handler when a client hangs up).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
+    ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight(&ctx.in_flight);
     let method = req.method().as_str().to_owned();
     let uri = req.uri().to_string();
     let resp = answer(&ctx, req).await;
