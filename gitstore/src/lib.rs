@@ -34,7 +34,7 @@ pub use diff::{DiffError, FileChange};
 pub use edit::SetSubtreeError;
 pub use gix::ObjectId;
 pub use history::{HistoryEntry, HistoryError};
-pub use objects::{BlobReader, CommitInfo, HashError, ObjectReadError};
+pub use objects::{BlobReader, CommitInfo, HashError, Located, ObjectReadError};
 pub use pack::{BulkWriter, PackWriteError};
 pub use refs::{
     meta_tracking_ref, tracking_ref, RefReadError, RefUpdateError, ResolveError, META_REFS,

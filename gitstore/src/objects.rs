@@ -5,7 +5,7 @@ use gix::objs::Kind;
 use gix::prelude::{Find, Header};
 use gix::ObjectId;
 
-use crate::packed::PackedReader;
+use crate::packed::{PackedReader, Position};
 use crate::GitStore;
 use std::cell::RefCell;
 
@@ -196,6 +196,20 @@ impl GitStore {
 /// would be most of kvgit's memory budget.
 const DELTA_BASE_CACHE_BYTES: usize = 32 << 20;
 
+/// A blob and where [`BlobReader::locate`] found it.
+#[derive(Debug, Clone, Copy)]
+pub struct Located {
+    id: ObjectId,
+    /// `None`: not in a pack the reader opened (loose, or missing): gix is asked.
+    at: Option<Position>,
+}
+
+impl Located {
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
 /// Reads many blobs through one repository handle; see [`GitStore::blob_reader`].
 pub struct BlobReader {
     repo: gix::Repository,
@@ -225,6 +239,38 @@ impl BlobReader {
             Some((Kind::Blob, size)) => Ok(size),
             // Not in a pack opened, or not a blob: gix answers, and names what is wrong.
             _ => blob_size(&self.repo, id),
+        }
+    }
+
+    /// Finds many blobs ahead of sizing or reading them ([`Self::size_of`],
+    /// [`Self::read_located`]): cheaper than one lookup at a time when there are many (the
+    /// pack indices are read in id order, see `packed.rs`). Only this reader can use them.
+    pub fn locate(&self, ids: &[ObjectId]) -> Vec<Located> {
+        let mut located: Vec<Located> = ids.iter().map(|&id| Located { id, at: None }).collect();
+        self.with_packed(|p| p.locate(ids, |i, at| located[i].at = Some(at)));
+        located
+    }
+
+    /// [`Self::size`] of a blob [`Self::locate`] found.
+    pub fn size_of(&self, blob: &Located) -> Result<u64, ObjectReadError> {
+        let Some(at) = blob.at else {
+            return self.size(blob.id);
+        };
+        match self.with_packed(|p| p.kind_and_size_at(at)) {
+            Some((Kind::Blob, size)) => Ok(size),
+            _ => self.size(blob.id),
+        }
+    }
+
+    /// [`Self::read`] of a blob [`Self::locate`] found.
+    pub fn read_located(&self, blob: &Located) -> Result<Vec<u8>, ObjectReadError> {
+        let mut buf = Vec::new();
+        let read = blob
+            .at
+            .and_then(|at| self.with_packed(|p| p.read_at(at, Kind::Blob, &mut buf)));
+        match read {
+            Some(()) => Ok(buf),
+            None => self.read(blob.id),
         }
     }
 

@@ -26,8 +26,21 @@ const MAX_CHAIN: usize = 10_000;
 const MAX_PACKS: usize = 1 << 16;
 const MAX_OFFSET: u64 = 1 << 48;
 
+/// Where an object is in the packs of one [`PackedReader`], found ahead of reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The reader that found it: another one may have opened other packs.
+    reader: u64,
+    pack: usize,
+    offset: u64,
+}
+
+/// Tells readers apart, for [`Position`].
+static READERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Reads the packs of one repository as they were when it was opened.
 pub(crate) struct PackedReader {
+    serial: u64,
     packs: Vec<Bundle>,
     /// The pack that answered the last lookup.
     last: usize,
@@ -60,6 +73,7 @@ impl PackedReader {
             packs.clear();
         }
         PackedReader {
+            serial: READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             packs,
             last: 0,
             kinds: foldhash::HashMap::default(),
@@ -70,9 +84,58 @@ impl PackedReader {
         }
     }
 
+    /// Where each of `ids` is, told to `found` with its index (not at all when it is not in
+    /// a pack opened), looked up in the order of the ids rather than the order given.
+    ///
+    /// Why: values come in key order, which is random in id order, and each lookup then
+    /// misses the cache on every step of its binary search through an index of a few MB
+    /// (190 ns a value, most of a plan's sizing and a quarter of reading kvgit's own packs).
+    /// In id order, neighbouring lookups read the same lines of the index.
+    pub fn locate(&mut self, ids: &[ObjectId], mut found: impl FnMut(usize, Position)) {
+        // The first 8 bytes order ids well enough for the cache, and compare as one integer.
+        let mut order: Vec<(u64, usize)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut head = [0u8; 8];
+                head.copy_from_slice(&id.as_bytes()[..8]);
+                (u64::from_be_bytes(head), i)
+            })
+            .collect();
+        order.sort_unstable();
+        for (_, i) in order {
+            if let Some((pack, offset)) = self.find(&ids[i]) {
+                let reader = self.serial;
+                found(
+                    i,
+                    Position {
+                        reader,
+                        pack,
+                        offset,
+                    },
+                );
+            }
+        }
+    }
+
     /// The kind and size of packed object `id`, or `None` for gix to answer.
     pub fn kind_and_size(&mut self, id: &ObjectId) -> Option<(Kind, u64)> {
         let (pack, offset) = self.find(id)?;
+        self.kind_and_size_in(pack, offset)
+    }
+
+    /// [`Self::kind_and_size`] of an object [`Self::locate`] found.
+    pub fn kind_and_size_at(&mut self, at: Position) -> Option<(Kind, u64)> {
+        let (pack, offset) = self.own(at)?;
+        self.kind_and_size_in(pack, offset)
+    }
+
+    /// A position this reader found (one from another reader could name another pack).
+    fn own(&self, at: Position) -> Option<(usize, u64)> {
+        (at.reader == self.serial).then_some((at.pack, at.offset))
+    }
+
+    fn kind_and_size_in(&mut self, pack: usize, offset: u64) -> Option<(Kind, u64)> {
         let entry = self.packs[pack].pack.entry(offset).ok()?;
         let size = match entry.header {
             EntryHeader::OfsDelta { .. } | EntryHeader::RefDelta { .. } => {
@@ -93,6 +156,16 @@ impl PackedReader {
     /// and resolved entries are kept by pack position in two generations.
     pub fn read(&mut self, id: &ObjectId, kind: Kind, buf: &mut Vec<u8>) -> Option<()> {
         let (pack, offset) = self.find(id)?;
+        self.read_in(pack, offset, kind, buf)
+    }
+
+    /// [`Self::read`] of an object [`Self::locate`] found.
+    pub fn read_at(&mut self, at: Position, kind: Kind, buf: &mut Vec<u8>) -> Option<()> {
+        let (pack, offset) = self.own(at)?;
+        self.read_in(pack, offset, kind, buf)
+    }
+
+    fn read_in(&mut self, pack: usize, offset: u64, kind: Kind, buf: &mut Vec<u8>) -> Option<()> {
         let entry = self.packs[pack].pack.entry(offset).ok()?;
         // Something else than asked for is rare (a wrong file mode): read for nothing, and
         // left to gix to name.

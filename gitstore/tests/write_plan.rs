@@ -508,10 +508,18 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     let tree = s.write_plan_packed(&plan(&refs)).expect("packed");
     commit(&s, tree, None, "configs", 1);
     let content: HashMap<&str, &[u8]> = refs.iter().copied().collect();
+    // One value at a time, and all found ahead (`locate`, as apply reads them).
     let read_back = |s: &GitStore, tree: ObjectId| {
         let blobs = s.blob_reader();
-        for (path, id) in s.files_under(tree).expect("walk") {
-            let value = blobs.read(id).expect("read");
+        let files = s.files_under(tree).expect("walk");
+        for (path, id) in &files {
+            let value = blobs.read(*id).expect("read");
+            assert_eq!(value, content[path.as_str()], "{path}");
+        }
+        let ids: Vec<ObjectId> = files.iter().map(|(_, id)| *id).collect();
+        let blobs = s.blob_reader();
+        for ((path, _), blob) in files.iter().zip(blobs.locate(&ids)) {
+            let value = blobs.read_located(&blob).expect("read located");
             assert_eq!(value, content[path.as_str()], "{path}");
         }
     };
@@ -545,13 +553,26 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     let blobs = s.blob_reader();
     let mut listed = s.files_under(tree).expect("walk");
     listed.extend(s.files_under(loose).expect("walk"));
-    for (path, id) in &listed {
+    let ids: Vec<ObjectId> = listed.iter().map(|(_, id)| *id).collect();
+    let located = blobs.locate(&ids);
+    for ((path, id), blob) in listed.iter().zip(&located) {
         let by_git: u64 = git(s.git_dir(), &["cat-file", "-s", &id.to_string()])
             .trim()
             .parse()
             .expect("size");
         assert_eq!(blobs.size(*id).expect("size"), by_git, "{path}");
+        assert_eq!(blobs.size_of(blob).expect("size located"), by_git, "{path}");
     }
+    // Found by another reader (which may have opened other packs): still the right value.
+    let other = s.blob_reader();
+    assert_eq!(
+        other.read_located(&located[7]).expect("read"),
+        content[listed[7].0.as_str()]
+    );
+    assert_eq!(
+        other.read_located(&located[300]).expect("loose"),
+        b"a loose value"
+    );
     read_back(&s, tree);
     assert_eq!(blobs.read(listed[300].1).expect("loose"), b"a loose value");
     // Deltas naming their base by id (REF_DELTA), as older git and some servers write them.
@@ -571,6 +592,10 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     read_back(&store(tmp.path()), tree);
     let err = blobs.size(tree).expect_err("a tree is no blob");
     assert!(err.to_string().contains("expected a blob"), "{err}");
+    let err = blobs
+        .size_of(&blobs.locate(&[tree])[0])
+        .expect_err("a tree is no blob");
+    assert!(err.to_string().contains("expected a blob"), "{err}");
     let err = blobs.read(tree).expect_err("a tree is no blob");
     assert!(err.to_string().contains("expected a blob"), "{err}");
     let missing = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").expect("hex");
@@ -578,4 +603,11 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     assert!(err.to_string().contains("not found"), "{err}");
     let err = blobs.read(missing).expect_err("missing");
     assert!(err.to_string().contains("not found"), "{err}");
+    let located = blobs.locate(&[missing, tree]);
+    let err = blobs.read_located(&located[0]).expect_err("missing");
+    assert!(err.to_string().contains("not found"), "{err}");
+    let err = blobs
+        .read_located(&located[1])
+        .expect_err("a tree is no blob");
+    assert!(err.to_string().contains("expected a blob"), "{err}");
 }

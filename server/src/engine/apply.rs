@@ -563,6 +563,8 @@ pub async fn plan_area_with(
                 (in_area(file), None)
             };
             let blobs = git.blob_reader();
+            let targets: Vec<ObjectId> = decided.iter().filter_map(|k| k.kv.flatten()).collect();
+            let mut located = blobs.locate(&targets).into_iter();
             let mut ops = Vec::with_capacity(decided.len());
             // The previous new key's count of live keys before it: the same count means
             // nothing between them, so the backend may check both with one range compare.
@@ -587,7 +589,10 @@ pub async fn plan_area_with(
                 // The limit is the backend's single-op one: a value too big for a batch is
                 // written alone, so only what the backend cannot take at all is refused.
                 if let Some(id) = target {
-                    let size = blobs.size(id)?;
+                    let size = match located.next() {
+                        Some(blob) if blob.id() == id => blobs.size_of(&blob)?,
+                        _ => blobs.size(id)?,
+                    };
                     let max = limits.max_value_len(&key);
                     if size > max as u64 {
                         return Err(ApplyError::ValueTooLarge {
@@ -754,6 +759,9 @@ fn guard_mass_delete(
     Ok(())
 }
 
+/// Values the writes look up at once (`BlobReader::locate`).
+const LOCATE_WINDOW: usize = 4096;
+
 /// Write every area's plan as one stream of transactions (no drain between areas), then
 /// move each fully written area's base to what both sides now agree on.
 pub async fn write_plans(
@@ -785,18 +793,32 @@ async fn write_and_record(
     let producer = ctx.git_blocking(move |git| -> Result<(), GitError> {
         let mut chunker = writer::Chunker::new(limits);
         let blobs = git.blob_reader();
-        for (key, value, expect) in ops {
-            let w = match value {
-                Some(id) => WriteOp::Put {
-                    key,
-                    value: blobs.read(id)?,
-                    expect,
-                },
-                None => WriteOp::Delete { key, expect },
-            };
-            for chunk in chunker.push(w) {
-                if tx.blocking_send(chunk).is_err() {
-                    return Ok(()); // the writers stopped on an error; they report it
+        let mut ops = ops.into_iter();
+        loop {
+            // Looked up a window at a time, in id order (see `BlobReader::locate`); small
+            // enough that the first transaction is not held back.
+            let window: Vec<_> = ops.by_ref().take(LOCATE_WINDOW).collect();
+            if window.is_empty() {
+                break;
+            }
+            let ids: Vec<ObjectId> = window.iter().filter_map(|(_, value, _)| *value).collect();
+            let mut located = blobs.locate(&ids).into_iter();
+            for (key, value, expect) in window {
+                let w = match value {
+                    Some(id) => WriteOp::Put {
+                        key,
+                        value: match located.next() {
+                            Some(blob) if blob.id() == id => blobs.read_located(&blob)?,
+                            _ => blobs.read(id)?,
+                        },
+                        expect,
+                    },
+                    None => WriteOp::Delete { key, expect },
+                };
+                for chunk in chunker.push(w) {
+                    if tx.blocking_send(chunk).is_err() {
+                        return Ok(()); // the writers stopped on an error; they report it
+                    }
                 }
             }
         }
