@@ -109,12 +109,15 @@ impl Source<'_> {
                     return Ok(Vec::new());
                 };
                 let blobs = git.blob_reader();
-                git.files_under(tree)?
+                let files = git.files_under(tree)?;
+                let ids: Vec<ObjectId> = files.iter().map(|(_, id)| *id).collect();
+                files
                     .into_iter()
-                    .map(|(rel, id)| {
+                    .zip(blobs.locate(&ids))
+                    .map(|((rel, id), blob)| {
                         Ok(Listed {
                             rel,
-                            size: blobs.size(id)?,
+                            size: blobs.size_of(&blob)?,
                             at: At::Blob(id),
                         })
                     })
