@@ -198,13 +198,14 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
             }
         }
     }
+    let plans = std::sync::Arc::new(plans);
     let written = match apply::write_plans(engine, &plans).await {
         Ok(written) => written,
         Err(e) => {
             // The pass's areas with writes are not recorded as applied: each shows why (a
             // backend refusal names the key and the credential), not only the pass.
             let msg = crate::errors::chain(&e);
-            for plan in &plans {
+            for plan in plans.iter() {
                 let error = (!plan.ops.is_empty()).then(|| msg.clone());
                 settle_apply_error(ctx, &plan.area.name.0, error);
             }
