@@ -22,6 +22,8 @@ use gix::ObjectId;
 const PROBE_IN: u64 = 1024;
 /// Longer chains than Git ever writes (its default depth is 50) are left to gix.
 const MAX_CHAIN: usize = 10_000;
+/// Entries the kind memo keeps at most (16 bytes each, and the table's slack).
+const MAX_KINDS: usize = 1 << 18;
 /// `memo_key` keeps a pack's number in the top 16 bits and its offsets in the 48 below.
 const MAX_PACKS: usize = 1 << 16;
 const MAX_OFFSET: u64 = 1 << 48;
@@ -354,6 +356,11 @@ impl PackedReader {
                 break kind;
             }
         };
+        if self.kinds.len() + walked.len() > MAX_KINDS {
+            // A memo, not a record: starting over costs some walks again, never a wrong
+            // answer, and keeps it under ~9 MiB whatever the pack holds.
+            self.kinds.clear();
+        }
         for at in walked {
             self.kinds.insert(at, kind);
         }
