@@ -248,9 +248,6 @@ impl Workspace {
                 "user.name=A Person",
                 "-c",
                 "user.email=person@example.org",
-                // No gc in the background: it would still write while the clone is removed.
-                "-c",
-                "gc.auto=0",
                 "commit",
                 "-q",
                 "-m",
