@@ -261,6 +261,21 @@ impl Serve {
         }
     }
 
+    /// Waits until a push has gone through after one failed: the push error cleared,
+    /// nothing of `area` left unpushed, and a last push time newer than `before`.
+    pub fn wait_pushed_since(&self, timeout: Duration, area: &str, before: f64) {
+        self.wait_until(timeout, "the push error to clear", || {
+            self.status()["push_error"].is_null()
+        });
+        let unpushed = format!(r#"kvgit_unpushed_commits{{area="{area}"}}"#);
+        self.wait_until(timeout, "nothing unpushed and a newer push time", || {
+            self.metric(&unpushed) == Some(0.0)
+                && self
+                    .metric("kvgit_last_push_success_timestamp_seconds")
+                    .is_some_and(|t| t > before)
+        });
+    }
+
     /// Like [`wait_until_async`], with the serve log in the panic message.
     pub async fn wait_until_async<F, Fut>(&self, timeout: Duration, what: &str, f: F)
     where

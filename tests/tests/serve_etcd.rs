@@ -889,15 +889,7 @@ async fn a_push_that_lands_after_it_timed_out_counts_as_pushed() {
     wait_converged(&serve, &c, &remote.path, MAIN, &[ENTRIES]).await;
     assert_eq!(remote.tip(), rev_parse(&ws.repo, MAIN));
 
-    serve.wait_until(CONVERGE, "the push error to clear", || {
-        serve.status()["push_error"].is_null()
-    });
-    serve.wait_until(CONVERGE, "nothing unpushed and a newer push time", || {
-        serve.metric(r#"kvgit_unpushed_commits{area="entries"}"#) == Some(0.0)
-            && serve
-                .metric("kvgit_last_push_success_timestamp_seconds")
-                .is_some_and(|t| t > pushed_at)
-    });
+    serve.wait_pushed_since(CONVERGE, "entries", pushed_at);
     // No second push was needed, and the failed one is counted as failed.
     assert_eq!(remote.tip(), rev_parse(&ws.repo, MAIN));
     assert!(metric(&serve, r#"kvgit_push_total{result="error"}"#) >= 1.0);

@@ -429,15 +429,7 @@ async fn a_hung_remote_delays_pushes_only_and_every_child_is_killed_in_time() {
     sshd.signal_all("CONT");
     wait_pushed(&serve, &ws, &remote);
     wait_same(&serve, &c, &remote.path, MAIN, "after the remote woke up").await;
-    serve.wait_until(CONVERGE, "the push error to clear", || {
-        serve.status()["push_error"].is_null()
-    });
-    serve.wait_until(CONVERGE, "nothing left unpushed, a newer push time", || {
-        serve.metric(r#"kvgit_unpushed_commits{area="entries"}"#) == Some(0.0)
-            && serve
-                .metric("kvgit_last_push_success_timestamp_seconds")
-                .is_some_and(|t| t > pushed_at)
-    });
+    serve.wait_pushed_since(CONVERGE, "entries", pushed_at);
     let _ = git_in(&remote.path, &["fsck", "--no-progress"]);
 }
 

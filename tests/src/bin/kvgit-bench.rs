@@ -189,16 +189,13 @@ impl Bench {
         // cancels what slows this machine for minutes at a time (other tenants), which
         // medians of separate runs do not.
         let paired: Vec<f64> = raw.iter().zip(&kv).map(|(y, k)| y / k).collect();
+        let each: Vec<String> = paired.iter().map(|r| format!("{r:.2}")).collect();
         report.note(format!(
             "{figure} runs: kvgit [{}], raw [{}]; within each run, raw ÷ apply [{}], median {:.2}",
             list(&kv),
             list(&raw),
-            paired
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            median(paired.clone())
+            each.join(", "),
+            median(paired)
         ));
     }
 }
