@@ -59,29 +59,111 @@ impl GitStore {
         path: &str,
         subtree: Option<ObjectId>,
     ) -> Result<Option<ObjectId>, SetSubtreeError> {
-        let parts: Vec<&str> = components(path).collect();
-        for (i, name) in parts.iter().enumerate() {
-            if let Some(reason) = treefmt::invalid_name(name.as_bytes()) {
-                return Err(SetSubtreeError::InvalidPath {
-                    path: parts[..=i].join("/"),
-                    reason,
-                });
-            }
-        }
+        let parts = checked_components(path)?;
         let repo = self.repo();
+        let subtree = subtree.filter(|id| !id.is_empty_tree());
+        set(&mut Stored { repo: &repo }, root, "", &parts, subtree)
+    }
+
+    /// [`GitStore::set_subtree`] whose new trees go into `batch` (and whose root may be one of
+    /// the batch's trees), so that a pass can graft several areas one after another and write
+    /// the trees and commits together at the end.
+    pub fn set_subtree_in(
+        &self,
+        batch: &mut crate::ObjectBatch,
+        root: Option<ObjectId>,
+        path: &str,
+        subtree: Option<ObjectId>,
+    ) -> Result<Option<ObjectId>, SetSubtreeError> {
+        let parts = checked_components(path)?;
+        let repo = self.repo();
+        let subtree = subtree.filter(|id| !id.is_empty_tree());
         set(
-            &repo,
+            &mut Batched { repo: &repo, batch },
             root,
             "",
             &parts,
-            subtree.filter(|id| !id.is_empty_tree()),
+            subtree,
         )
+    }
+}
+
+/// `path`'s directory names, each checked.
+fn checked_components(path: &str) -> Result<Vec<&str>, SetSubtreeError> {
+    let parts: Vec<&str> = components(path).collect();
+    for (i, name) in parts.iter().enumerate() {
+        if let Some(reason) = treefmt::invalid_name(name.as_bytes()) {
+            return Err(SetSubtreeError::InvalidPath {
+                path: parts[..=i].join("/"),
+                reason,
+            });
+        }
+    }
+    Ok(parts)
+}
+
+/// Where [`set`] reads the trees it edits and puts the trees it makes.
+trait Trees {
+    fn read(&mut self, id: ObjectId) -> Result<Vec<Raw>, SetSubtreeError>;
+    fn put(&mut self, raw: &[Raw], dir: &str) -> Result<ObjectId, SetSubtreeError>;
+}
+
+/// The object store itself: new trees are written loose.
+struct Stored<'r> {
+    repo: &'r gix::Repository,
+}
+
+impl Trees for Stored<'_> {
+    fn read(&mut self, id: ObjectId) -> Result<Vec<Raw>, SetSubtreeError> {
+        let mut buf = Vec::new();
+        decode_raw(id, read_kind(self.repo, id, Kind::Tree, &mut buf)?)
+    }
+
+    fn put(&mut self, raw: &[Raw], dir: &str) -> Result<ObjectId, SetSubtreeError> {
+        let (id, data) = encode_tree(raw, dir)?;
+        if !self.repo.objects.exists_without_refresh(&id) {
+            self.repo
+                .objects
+                .write_buf_with_known_id(Kind::Tree, &data, id)
+                .map_err(|source| SetSubtreeError::Write {
+                    path: shown(dir),
+                    id,
+                    source,
+                })?;
+        }
+        Ok(id)
+    }
+}
+
+/// A batch of objects not yet written, in front of the store.
+struct Batched<'r, 'b> {
+    repo: &'r gix::Repository,
+    batch: &'b mut crate::ObjectBatch,
+}
+
+impl Trees for Batched<'_, '_> {
+    fn read(&mut self, id: ObjectId) -> Result<Vec<Raw>, SetSubtreeError> {
+        match self.batch.get(&id) {
+            Some((Kind::Tree, data)) => decode_raw(id, data),
+            Some((actual, _)) => Err(SetSubtreeError::Read(ObjectReadError::WrongKind {
+                id,
+                expected: Kind::Tree,
+                actual,
+            })),
+            None => Stored { repo: self.repo }.read(id),
+        }
+    }
+
+    fn put(&mut self, raw: &[Raw], dir: &str) -> Result<ObjectId, SetSubtreeError> {
+        let (id, data) = encode_tree(raw, dir)?;
+        self.batch.push(id, Kind::Tree, data);
+        Ok(id)
     }
 }
 
 /// Sets `rest` below `tree` (whose path is `dir`) to `new`; returns the new tree id.
 fn set(
-    repo: &gix::Repository,
+    trees: &mut impl Trees,
     tree: Option<ObjectId>,
     dir: &str,
     rest: &[&str],
@@ -92,7 +174,7 @@ fn set(
     };
     let tree = tree.filter(|id| !id.is_empty_tree());
     let mut entries = match tree {
-        Some(id) => read_raw(repo, id)?,
+        Some(id) => trees.read(id)?,
         None => Vec::new(),
     };
     let path = join(dir, name);
@@ -102,7 +184,7 @@ fn set(
         Some(_) => return Err(SetSubtreeError::NotADirectory { path }),
         None => None,
     };
-    let new_child = set(repo, old_child, &path, deeper, new)?;
+    let new_child = set(trees, old_child, &path, deeper, new)?;
     if new_child == old_child {
         return Ok(tree);
     }
@@ -119,12 +201,10 @@ fn set(
     if entries.is_empty() {
         return Ok(None);
     }
-    write_tree(repo, &entries, dir).map(Some)
+    trees.put(&entries, dir).map(Some)
 }
 
-fn read_raw(repo: &gix::Repository, id: ObjectId) -> Result<Vec<Raw>, SetSubtreeError> {
-    let mut buf = Vec::new();
-    let data = read_kind(repo, id, Kind::Tree, &mut buf)?;
+fn decode_raw(id: ObjectId, data: &[u8]) -> Result<Vec<Raw>, SetSubtreeError> {
     gix::objs::TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1)
         .map(|entry| {
             let entry = entry.map_err(|source| SetSubtreeError::Decode { tree: id, source })?;
@@ -137,7 +217,17 @@ fn read_raw(repo: &gix::Repository, id: ObjectId) -> Result<Vec<Raw>, SetSubtree
         .collect()
 }
 
-fn write_tree(repo: &gix::Repository, raw: &[Raw], dir: &str) -> Result<ObjectId, SetSubtreeError> {
+/// The directory as errors name it (`/` for the root).
+fn shown(dir: &str) -> String {
+    if dir.is_empty() {
+        "/".to_owned()
+    } else {
+        dir.to_owned()
+    }
+}
+
+/// The tree object of `raw` (sorted as git sorts) and its id.
+fn encode_tree(raw: &[Raw], dir: &str) -> Result<(ObjectId, Vec<u8>), SetSubtreeError> {
     let mut entries: Vec<Entry<'_>> = raw
         .iter()
         .map(|e| Entry {
@@ -149,25 +239,9 @@ fn write_tree(repo: &gix::Repository, raw: &[Raw], dir: &str) -> Result<ObjectId
     treefmt::sort(&mut entries);
     let mut data = Vec::new();
     treefmt::encode(&entries, &mut data);
-    let shown = || {
-        if dir.is_empty() {
-            "/".to_owned()
-        } else {
-            dir.to_owned()
-        }
-    };
     let id = hash(Kind::Tree, &data).map_err(|source| SetSubtreeError::Hash {
-        path: shown(),
+        path: shown(dir),
         source,
     })?;
-    if !repo.objects.exists_without_refresh(&id) {
-        repo.objects
-            .write_buf_with_known_id(Kind::Tree, &data, id)
-            .map_err(|source| SetSubtreeError::Write {
-                path: shown(),
-                id,
-                source,
-            })?;
-    }
-    Ok(id)
+    Ok((id, data))
 }

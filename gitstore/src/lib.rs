@@ -7,6 +7,7 @@
 mod ancestry;
 mod area;
 mod auth;
+mod batch;
 mod cli;
 mod commit;
 mod diff;
@@ -28,6 +29,7 @@ mod write;
 
 pub use ancestry::MergeBaseError;
 pub use auth::{RemoteAuth, RemoteAuthError};
+pub use batch::{BatchWriteError, CommitsGo, ObjectBatch};
 pub use cli::{redact as redact_url, CliError};
 pub use commit::{Author, CommitWriteError};
 pub use diff::{DiffError, FileChange};

@@ -52,10 +52,10 @@ pub enum PackWriteError {
 }
 
 /// One new object for the pack; file contents are borrowed from the plan.
-struct NewObject<'p> {
-    id: ObjectId,
-    kind: Kind,
-    data: Cow<'p, [u8]>,
+pub(crate) struct NewObject<'p> {
+    pub(crate) id: ObjectId,
+    pub(crate) kind: Kind,
+    pub(crate) data: Cow<'p, [u8]>,
 }
 
 /// Collects the plan's objects, each once.
@@ -238,7 +238,7 @@ impl BulkWriter<'_> {
 }
 
 /// Compresses `objects` on worker threads and writes them, in order, as one pack in `dir`.
-fn write_pack(dir: &Path, objects: &[NewObject<'_>]) -> Result<(), PackWriteError> {
+pub(crate) fn write_pack(dir: &Path, objects: &[NewObject<'_>]) -> Result<(), PackWriteError> {
     if objects.is_empty() {
         return Ok(());
     }

@@ -14,12 +14,12 @@ use super::view::{key_tree, read_area_lenient};
 use super::{Context, GitError};
 use crate::config::AreaConfig;
 use futures::StreamExt;
-use gitstore::{BlobContent, GitStore, HashedBlob, ObjectId, StoredBlob};
+use gitstore::{BlobContent, CommitsGo, GitStore, HashedBlob, ObjectBatch, ObjectId, StoredBlob};
 use std::collections::BTreeMap;
 use sync_core::mapper::{self, BulkKeys, Locator};
 use sync_core::rule::Base;
 use sync_core::tree::DirPlan;
-use sync_core::{ClusterId, Epoch, Key, KvEntry, Revision, Value};
+use sync_core::{AreaName, ClusterId, Epoch, Key, KvEntry, Revision, Value};
 
 /// Full passes hold an area's keys and values in memory (a first export its keys and blob
 /// ids); the service runs one at a time.
@@ -162,25 +162,71 @@ pub async fn run(
         epoch: None,
     };
     // Each area's live side is read at once, all areas together (the backend answers them
-    // in parallel); the commits follow one by one, in config order. The first area that
-    // fails stops the pass, as if the areas ran one after another.
+    // in parallel). The first area that fails stops the pass, as if the areas ran one after
+    // another: the areas before it are still recorded.
     let reads = futures::future::join_all(
         areas
             .iter()
             .map(|area| read_live(ctx, area, &cluster, None)),
     )
     .await;
-    let mut reports = Vec::with_capacity(areas.len());
-    for (area, read) in areas.into_iter().zip(reads) {
+    let in_area = |area: &AreaConfig, e: ExportError| ExportError::Area {
+        area: area.name.0.clone(),
+        source: Box::new(e),
+    };
+    // The leading areas that only have changes since their checkpoints (usually all of
+    // them): their Git steps run side by side, and their commits go onto the branch as one
+    // chain (config order) with one ref update, their objects in one write.
+    let mut reads = areas.iter().copied().zip(reads).peekable();
+    let mut head = Vec::new();
+    while let Some((area, Ok(LiveRead::Incremental { cp, upto, changes }))) =
+        reads.next_if(|(_, read)| matches!(read, Ok(LiveRead::Incremental { .. })))
+    {
+        head.push((area, cp, upto, changes));
+    }
+    let steps = futures::future::join_all(head.into_iter().map(
+        |(area, cp, upto, changes)| async move {
+            let step = incremental_step(ctx, area, &cp, changes, opts.guard)
+                .await
+                .map_err(|e| in_area(area, e))?;
+            Ok::<_, ExportError>(Recording {
+                area,
+                previous: Some(cp),
+                revision: upto,
+                step,
+                pass: PassKind::Incremental,
+                epoch: opts.epoch,
+            })
+        },
+    ))
+    .await;
+    // Up to the first step that failed, the areas are recorded.
+    let mut recordings = Vec::with_capacity(steps.len());
+    let mut failed = None;
+    for step in steps {
+        match step {
+            Ok(r) => recordings.push(r),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let mut reports = record_together(ctx, &cluster, recordings)
+        .await
+        .map_err(|AtRecording(i, e)| in_area(areas[i], e))?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "recorded together");
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    // The rest one by one: a full pass reads its area's snapshot itself.
+    for (area, read) in reads {
         let r = match read {
             Ok(read) => record_live(ctx, area, &cluster, read, opts).await,
             Err(e) => Err(e),
-        }
-        .map_err(|e| ExportError::Area {
-            area: area.name.0.clone(),
-            source: Box::new(e),
-        })?;
-        reports.push(r);
+        };
+        reports.push(r.map_err(|e| in_area(area, e))?);
     }
     Ok(reports)
 }
@@ -340,7 +386,32 @@ pub async fn incremental(
     changes: BTreeMap<Key, Option<Value>>,
     opts: ExportOptions,
 ) -> Result<ExportReport, ExportError> {
-    let guard = opts.guard;
+    let started = std::time::Instant::now();
+    let step = incremental_step(ctx, area, &cp, changes, opts.guard).await?;
+    let report = record(
+        ctx,
+        area,
+        cluster,
+        Some(cp),
+        upto,
+        step,
+        PassKind::Incremental,
+        opts.epoch,
+    )
+    .await;
+    tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "batch recorded");
+    report
+}
+
+/// The Git side of an incremental batch: the rule over the changed keys, and the new area
+/// tree's objects written. Nothing refers to them until the batch is recorded.
+async fn incremental_step(
+    ctx: &Context,
+    area: &AreaConfig,
+    cp: &Checkpoint,
+    changes: BTreeMap<Key, Option<Value>>,
+    guard: DeleteGuard,
+) -> Result<Step, ExportError> {
     warn_near_limit(
         area,
         ctx.backend().await?.write_limits(),
@@ -385,7 +456,12 @@ pub async fn incremental(
             // The lookups listed the directories the new tree rewrites: when the branch's
             // tree is the base, planning takes those listings instead of reading them again.
             let mut listed = if same { base_loc } else { desired_loc };
-            Ok(finish(
+            // The new trees and values are written when the batch is recorded, with its
+            // commits (and other areas' in a `kvgit export`). A document area's are written
+            // now: recording folds the new key tree into its documents, reading it.
+            let mut objects = ObjectBatch::new();
+            let out = (!format.is_documents()).then_some(&mut objects);
+            let mut step = finish(
                 git,
                 rule,
                 guard,
@@ -395,23 +471,14 @@ pub async fn incremental(
                 sides,
                 live,
                 &mut listed,
-            )?)
+                out,
+            )?;
+            step.objects = objects;
+            Ok(step)
         })
         .await?;
     tracing::debug!(area = %area.name, changes = step.changes, elapsed = ?started.elapsed(), "batch's objects written");
-    let report = record(
-        ctx,
-        area,
-        cluster,
-        Some(cp),
-        upto,
-        step,
-        PassKind::Incremental,
-        opts.epoch,
-    )
-    .await;
-    tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "batch recorded");
-    report
+    Ok(step)
 }
 
 /// A full three-way pass over one area (snapshot, base and tip), committing what the rule
@@ -510,6 +577,7 @@ pub async fn full_pass(
                 sides,
                 live,
                 &mut Locator::default(),
+                None,
             )?;
             step.unmapped = unmapped;
             Ok(step)
@@ -539,6 +607,8 @@ struct Step {
     held: Option<(HeldDeletes, BTreeMap<Vec<u8>, Option<Value>>)>,
     /// Files of the area that map to no key (full passes only read every file).
     unmapped: Vec<String>,
+    /// New objects not written yet: they are written when the step is recorded.
+    objects: ObjectBatch,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -552,6 +622,7 @@ fn finish(
     sides: Vec<(Vec<u8>, Sides)>,
     live: BTreeMap<Vec<u8>, Option<HashedBlob>>,
     listed: &mut Locator<ObjectId>,
+    mut out: Option<&mut ObjectBatch>,
 ) -> Result<Step, GitError> {
     // `sides` is sorted and unique, so what each side receives comes out sorted too: plain
     // vectors, no per-key map inserts (at ingest rates those were a tenth of serve's CPU).
@@ -601,6 +672,7 @@ fn finish(
                         .collect(),
                 )),
                 unmapped: Vec::new(),
+                objects: ObjectBatch::new(),
             });
         }
     }
@@ -635,12 +707,24 @@ fn finish(
     let new_area_tree = if git_changes.is_empty() {
         desired_tree
     } else {
-        write_changes_with(git, desired_tree.as_ref(), git_changes, listed)?
+        write_changes_with(
+            git,
+            desired_tree.as_ref(),
+            git_changes,
+            listed,
+            out.as_deref_mut(),
+        )?
     };
     let new_base = match base_changes {
         _ if base_ids.is_empty() => base_tree,
         None => new_area_tree,
-        Some(changes) => write_changes(git, base_tree.as_ref(), changes)?,
+        Some(changes) => write_changes_with(
+            git,
+            base_tree.as_ref(),
+            changes,
+            &mut Locator::default(),
+            out,
+        )?,
     };
     Ok(Step {
         tip,
@@ -652,6 +736,7 @@ fn finish(
         pending_apply,
         held: None,
         unmapped: Vec::new(),
+        objects: ObjectBatch::new(),
     })
 }
 
@@ -762,6 +847,7 @@ impl<'g> FirstExport<'g> {
             pending_apply: 0,
             held: None,
             unmapped: Vec::new(),
+            objects: ObjectBatch::new(),
         })
     }
 }
@@ -800,15 +886,17 @@ pub fn write_changes<V: BlobContent>(
     base: Option<&ObjectId>,
     changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
 ) -> Result<Option<ObjectId>, GitError> {
-    write_changes_with(git, base, changes, &mut Locator::default())
+    write_changes_with(git, base, changes, &mut Locator::default(), None)
 }
 
-/// [`write_changes`] reusing the directories of `base` that `listed` already holds.
+/// [`write_changes`] reusing the directories of `base` that `listed` already holds; into
+/// `out` when given (written later, with the rest of a batch).
 fn write_changes_with<V: BlobContent>(
     git: &GitStore,
     base: Option<&ObjectId>,
     changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
     listed: &mut Locator<ObjectId>,
+    out: Option<&mut ObjectBatch>,
 ) -> Result<Option<ObjectId>, GitError> {
     let changes: Vec<(Vec<u8>, Option<V>)> = changes.into_iter().collect();
     let big = changes.len() >= PACK_THRESHOLD;
@@ -821,7 +909,9 @@ fn write_changes_with<V: BlobContent>(
         _ => mapper::plan_changes_with(git, base, changes, listed)?,
     };
     let Some(plan) = plan else { return Ok(None) };
-    let id = if big {
+    let id = if let Some(batch) = out {
+        git.write_plan_in(batch, &plan)?
+    } else if big {
         git.write_plan_packed(&plan)?
     } else {
         git.write_plan(&plan)?
@@ -829,8 +919,18 @@ fn write_changes_with<V: BlobContent>(
     Ok(Some(id))
 }
 
-/// Commit the new area tree on the branch (compare-and-swap on the tip), then move the
-/// checkpoint. A crash between the two only repeats work that then commits nothing.
+/// One area's step, to be recorded.
+struct Recording<'a> {
+    area: &'a AreaConfig,
+    previous: Option<Checkpoint>,
+    revision: Revision,
+    step: Step,
+    pass: PassKind,
+    epoch: Option<Epoch>,
+}
+
+/// Commit the new area tree on the branch (compare-and-swap on the tip), and move the
+/// checkpoint with it. A crash between the two only repeats work that then commits nothing.
 #[allow(clippy::too_many_arguments)]
 async fn record(
     ctx: &Context,
@@ -842,20 +942,261 @@ async fn record(
     pass: PassKind,
     epoch: Option<Epoch>,
 ) -> Result<ExportReport, ExportError> {
+    let one = Recording {
+        area,
+        previous,
+        revision,
+        step,
+        pass,
+        epoch,
+    };
+    let mut reports = record_together(ctx, cluster, vec![one])
+        .await
+        .map_err(|AtRecording(_, e)| e)?;
+    Ok(reports.pop().expect("a report per recording"))
+}
+
+/// Records areas' steps, in order, as one chain of commits on the branch (one area per
+/// commit) and their checkpoints, all moved by one ref update: every area lands, or none.
+/// Their root trees and commits are written together, as one pack when there are several.
+/// An error names the index of the recording at fault.
+async fn record_together(
+    ctx: &Context,
+    cluster: &ClusterId,
+    mut recordings: Vec<Recording<'_>>,
+) -> Result<Vec<ExportReport>, AtRecording> {
+    let author = ctx.author();
+    let now = super::now_unix();
+    // What the blocking step needs of each recording, owned.
+    struct Job {
+        path: String,
+        format: crate::config::AreaFormat,
+        cp_ref: String,
+        cp_previous: Option<ObjectId>,
+        message: String,
+        trailers: (AreaName, Revision, Option<Epoch>),
+        tip: Option<ObjectId>,
+        new_area_tree: Option<ObjectId>,
+        base_tree: Option<ObjectId>,
+        changed: bool,
+        moved: bool,
+        held: bool,
+    }
+    // A pass of several areas is the last thing a `kvgit export` writes: its commits go
+    // into the one pack. `serve` records one area at a time and reads each commit again.
+    let commits_go = if recordings.len() > 1 {
+        CommitsGo::WithTheRest
+    } else {
+        CommitsGo::Loose
+    };
+    let mut objects = ObjectBatch::new();
+    for r in &mut recordings {
+        objects.append(std::mem::take(&mut r.step.objects));
+    }
+    let jobs: Vec<Job> = recordings
+        .iter()
+        .map(|r| {
+            let previous = r.previous.as_ref();
+            let trailers = Trailers {
+                area: &r.area.name,
+                revision: r.revision,
+                cluster,
+                node: &ctx.cfg.sync.node,
+                epoch: r.epoch,
+            };
+            Job {
+                path: r.area.path.clone(),
+                format: r.area.format,
+                cp_ref: super::refs::checkpoint_ref(&r.area.name.0),
+                cp_previous: previous.map(|p| p.id),
+                message: commit_message(&trailers, r.step.changes, ""),
+                trailers: (r.area.name.clone(), r.revision, r.epoch),
+                tip: r.step.tip,
+                new_area_tree: r.step.new_area_tree,
+                base_tree: r.step.base_tree,
+                changed: r.step.changed,
+                moved: previous.map(|p| p.revision) != Some(r.revision)
+                    || previous.map(|p| p.base_tree) != Some(r.step.base_tree)
+                    || previous.map(|p| &p.cluster) != Some(cluster),
+                held: r.step.held.is_some(),
+            }
+        })
+        .collect();
+    let (cluster_id, node) = (cluster.clone(), ctx.cfg.sync.node.clone());
+    let branch = ctx.cfg.git.branch.clone();
+    let commits = ctx
+        .git_blocking(move |git| -> Result<Vec<Option<ObjectId>>, AtRecording> {
+            let cp_message = |job: &Job, branch_commit: Option<ObjectId>| {
+                let (area, revision, epoch) = &job.trailers;
+                let t = Trailers {
+                    area,
+                    revision: *revision,
+                    cluster: &cluster_id,
+                    node: &node,
+                    epoch: *epoch,
+                };
+                super::message::checkpoint_message(
+                    &t,
+                    branch_commit.map(|c| c.to_string()).as_deref(),
+                )
+            };
+            let empty_tree = GitStore::empty_tree_id();
+            let mut batch = objects;
+            let mut commits = Vec::with_capacity(jobs.len());
+            let mut refs: Vec<(String, ObjectId, Option<ObjectId>)> = Vec::new();
+            // The branch tip the chain starts from and its root tree, the chain's tip and its
+            // root tree.
+            type Ends = (Option<ObjectId>, Option<ObjectId>);
+            let mut chain: Option<(Ends, Ends)> = None;
+            for (i, job) in jobs.iter().enumerate() {
+                let at = |e: ExportError| AtRecording(i, e);
+                if job.held {
+                    commits.push(None);
+                    continue;
+                }
+                if !job.changed {
+                    if job.moved {
+                        let tree = job.base_tree.unwrap_or(empty_tree);
+                        let parents: Vec<ObjectId> = job.cp_previous.into_iter().collect();
+                        let msg = cp_message(job, job.tip);
+                        let cp = git
+                            .commit_in(&mut batch, tree, &parents, &msg, &author, now)
+                            .map_err(|e| at(GitError::from(e).into()))?;
+                        refs.push((job.cp_ref.clone(), cp, job.cp_previous));
+                    }
+                    commits.push(None);
+                    continue;
+                }
+                let ((start, start_root), (tip, root)) = match chain {
+                    Some(c) => c,
+                    None => {
+                        let root = match job.tip {
+                            Some(t) => Some(
+                                git.commit_info(t)
+                                    .map_err(|e| at(GitError::from(e).into()))?
+                                    .tree,
+                            ),
+                            None => None,
+                        };
+                        ((job.tip, root), (job.tip, root))
+                    }
+                };
+                // Each step was planned on the tip the chain starts from; one planned on
+                // another would undo what that tip changed in its area.
+                if job.tip != start {
+                    return Err(at(ExportError::BranchMoved {
+                        branch: branch.clone(),
+                        source: gitstore::RefUpdateError::Conflict {
+                            name: git.branch_ref().to_owned(),
+                            expected: start,
+                            actual: job.tip,
+                        },
+                    }));
+                }
+                // A document area's branch holds documents: the new key tree is folded into
+                // them, rewriting only the documents whose keys changed. Other areas' commits
+                // in the chain leave this area's directory as the start's root has it.
+                let new_area_tree = if job.format.is_documents() {
+                    let old = match start_root {
+                        Some(r) => git
+                            .subtree(r, &job.path)
+                            .map_err(|e| at(GitError::from(e).into()))?,
+                        None => None,
+                    };
+                    super::documents::fold_tree(git, old, job.new_area_tree)
+                        .map_err(|e| at(e.in_area(&job.path).into()))?
+                } else {
+                    job.new_area_tree
+                };
+                let new_root = git
+                    .set_subtree_in(&mut batch, root, &job.path, new_area_tree)
+                    .map_err(|e| at(GitError::from(e).into()))?
+                    .unwrap_or(empty_tree);
+                let parents: Vec<ObjectId> = tip.into_iter().collect();
+                let id = git
+                    .commit_in(&mut batch, new_root, &parents, &job.message, &author, now)
+                    .map_err(|e| at(GitError::from(e).into()))?;
+                let tree = job.base_tree.unwrap_or(empty_tree);
+                let cp_parents: Vec<ObjectId> = job.cp_previous.into_iter().collect();
+                let cp = git
+                    .commit_in(
+                        &mut batch,
+                        tree,
+                        &cp_parents,
+                        &cp_message(job, Some(id)),
+                        &author,
+                        now,
+                    )
+                    .map_err(|e| at(GitError::from(e).into()))?;
+                refs.push((job.cp_ref.clone(), cp, job.cp_previous));
+                chain = Some(((start, start_root), (Some(id), Some(new_root))));
+                commits.push(Some(id));
+            }
+            // Who is named when the write or the shared ref update fails: the first area
+            // that moves a ref.
+            let first = jobs
+                .iter()
+                .position(|j| !j.held && (j.changed || j.moved))
+                .unwrap_or(0);
+            git.write_batch(batch, commits_go)
+                .map_err(|e| AtRecording(first, GitError::from(e).into()))?;
+            let mut updates: Vec<(&str, ObjectId, Option<ObjectId>)> = Vec::new();
+            if let Some(((start, _), (Some(tip), _))) = chain {
+                updates.push((git.branch_ref(), tip, start));
+            }
+            updates.extend(
+                refs.iter()
+                    .map(|(name, new, old)| (name.as_str(), *new, *old)),
+            );
+            if !updates.is_empty() {
+                // The branch and the checkpoints move together, or none does.
+                git.update_refs(&updates, "kvgit: export")
+                    .map_err(|source| {
+                        AtRecording(
+                            first,
+                            ExportError::BranchMoved {
+                                branch: branch.clone(),
+                                source,
+                            },
+                        )
+                    })?;
+            }
+            Ok(commits)
+        })
+        .await?;
+    Ok(recordings
+        .into_iter()
+        .zip(commits)
+        .map(|(r, commit)| report_of(r, commit))
+        .collect())
+}
+
+/// An error of one recording, by its index (a panic of the blocking task names the first).
+struct AtRecording(usize, ExportError);
+
+impl From<GitError> for AtRecording {
+    fn from(e: GitError) -> AtRecording {
+        AtRecording(0, e.into())
+    }
+}
+
+/// What one recorded (or held) area reports.
+fn report_of(r: Recording<'_>, commit: Option<ObjectId>) -> ExportReport {
+    let area = r.area;
     let rel_key = |rel: &Vec<u8>| {
         let mut k = area.prefix.clone();
         k.extend_from_slice(rel);
         Key(k)
     };
-    if let Some((mut held, live)) = step.held {
+    if let Some((mut held, live)) = r.step.held {
         held.prefix = String::from_utf8_lossy(&area.prefix).into_owned();
         tracing::error!(area = %area.name, "{held}");
-        return Ok(ExportReport {
+        return ExportReport {
             area: area.name.0.clone(),
-            pass,
+            pass: r.pass,
             commit: None,
             changes: 0,
-            revision: previous.as_ref().map_or(revision, |p| p.revision),
+            revision: r.previous.as_ref().map_or(r.revision, |p| p.revision),
             conflicts: Vec::new(),
             pending_apply: 0,
             resync: None,
@@ -865,118 +1206,21 @@ async fn record(
                 .map(|(rel, v)| (rel_key(&rel), v))
                 .collect(),
             unmapped: None,
-        });
-    }
-    let mut commit = None;
-    let trailers = Trailers {
-        area: &area.name,
-        revision,
-        cluster,
-        node: &ctx.cfg.sync.node,
-        epoch,
-    };
-    if step.changed {
-        let path = area.path.clone();
-        let format = area.format;
-        let msg = commit_message(&trailers, step.changes, "");
-        let author = ctx.author();
-        let (tip, new_area_tree, base_tree) = (step.tip, step.new_area_tree, step.base_tree);
-        let branch = ctx.cfg.git.branch.clone();
-        let cp_ref = super::refs::checkpoint_ref(&area.name.0);
-        let cp_previous = previous.as_ref().map(|p| p.id);
-        let (area_name, cluster_id, node) = (
-            area.name.clone(),
-            cluster.clone(),
-            ctx.cfg.sync.node.clone(),
-        );
-        let cp_message = move |commit: ObjectId| {
-            let t = Trailers {
-                area: &area_name,
-                revision,
-                cluster: &cluster_id,
-                node: &node,
-                epoch,
-            };
-            super::message::checkpoint_message(&t, Some(&commit.to_string()))
         };
-        commit = Some(
-            ctx.git_blocking(move |git| -> Result<ObjectId, ExportError> {
-                let root = match tip {
-                    Some(t) => Some(git.commit_info(t)?.tree),
-                    None => None,
-                };
-                // A document area's branch holds documents: the new key tree is folded
-                // into them, rewriting only the documents whose keys changed.
-                let new_area_tree = if format.is_documents() {
-                    let old = match root {
-                        Some(r) => git.subtree(r, &path)?,
-                        None => None,
-                    };
-                    super::documents::fold_tree(git, old, new_area_tree)
-                        .map_err(|e| e.in_area(&path))?
-                } else {
-                    new_area_tree
-                };
-                let new_root = git.set_subtree(root, &path, new_area_tree)?;
-                let new_root = match new_root {
-                    Some(r) => r,
-                    None => git.write_plan(&gitstore::Plan::default())?,
-                };
-                let parents: Vec<ObjectId> = tip.into_iter().collect();
-                let now = super::now_unix();
-                let id = git.write_commit(new_root, &parents, &msg, &author, now)?;
-                let cp = checkpoint::write_commit(
-                    git,
-                    base_tree,
-                    cp_previous,
-                    &cp_message(id),
-                    &author,
-                    now,
-                )?;
-                // The branch and the checkpoint move together, or neither does.
-                git.update_refs(
-                    &[(git.branch_ref(), id, tip), (&cp_ref, cp, cp_previous)],
-                    "kvgit: export",
-                )
-                .map_err(|source| ExportError::BranchMoved {
-                    branch: branch.clone(),
-                    source,
-                })?;
-                Ok(id)
-            })
-            .await?,
-        );
-    } else {
-        let moved = previous.as_ref().map(|p| p.revision) != Some(revision)
-            || previous.as_ref().map(|p| p.base_tree) != Some(step.base_tree)
-            || previous.as_ref().map(|p| &p.cluster) != Some(cluster);
-        if moved {
-            checkpoint::save(
-                ctx,
-                &area.name,
-                previous.as_ref().map(|p| p.id),
-                revision,
-                cluster,
-                step.base_tree,
-                step.tip,
-                epoch,
-            )
-            .await?;
-        }
     }
-    Ok(ExportReport {
+    ExportReport {
         area: area.name.0.clone(),
-        pass,
+        pass: r.pass,
         commit,
-        changes: step.changes,
-        revision,
-        conflicts: step.conflicts.iter().map(rel_key).collect(),
-        pending_apply: step.pending_apply,
+        changes: r.step.changes,
+        revision: r.revision,
+        conflicts: r.step.conflicts.iter().map(rel_key).collect(),
+        pending_apply: r.step.pending_apply,
         resync: None,
         held: None,
         held_changes: BTreeMap::new(),
-        unmapped: (pass != PassKind::Incremental).then_some(step.unmapped),
-    })
+        unmapped: (r.pass != PassKind::Incremental).then_some(r.step.unmapped),
+    }
 }
 
 /// Warns (log, so also on `kvgit export`'s stderr) about each live value a pass reads that

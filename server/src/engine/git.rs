@@ -29,6 +29,8 @@ pub enum GitError {
     SetSubtree(#[from] gitstore::SetSubtreeError),
     #[error(transparent)]
     CommitWrite(#[from] gitstore::CommitWriteError),
+    #[error(transparent)]
+    BatchWrite(#[from] gitstore::BatchWriteError),
     /// The blocking task running the Git work panicked (or was cancelled at shutdown).
     #[error("git task panicked")]
     Panicked(#[from] tokio::task::JoinError),
@@ -54,7 +56,8 @@ macro_rules! from_gitstore_errors {
             gitstore::WritePlanError,
             gitstore::PackWriteError,
             gitstore::SetSubtreeError,
-            gitstore::CommitWriteError
+            gitstore::CommitWriteError,
+            gitstore::BatchWriteError
         );
     };
     ($target:ty: $($source:ty),+) => {

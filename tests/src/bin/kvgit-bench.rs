@@ -308,8 +308,11 @@ async fn main() {
             let keys: Vec<usize> = keys.into_iter().collect();
             // etcd catches watches up every 100 ms: a watch from the past waits 0 to 100 ms
             // for the next pass. The export and the watch yardstick each start at the same
-            // phase after a pass, spread over the interval across runs: medians are typical.
-            let phase = std::time::Duration::from_millis((r * 100 / runs) as u64);
+            // phase after a pass, the runs' phases at the middles of equal parts of the
+            // interval (3 runs: 17, 50 and 83 ms after it), so the median run starts halfway,
+            // as a typical export does. (Phases 0, 33 and 67 ms made the median wait 67 ms,
+            // two thirds of the interval.)
+            let phase = std::time::Duration::from_micros(((2 * r + 1) * 50_000 / runs) as u64);
             let rev = change(source.endpoint(), LAYOUT, &keys, &format!("inc{r}")).await;
             let before = commits(&repo);
             after_catch_up_pass(source.endpoint(), phase).await;
