@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use gitstore::{GitStore, OpenError, RefUpdateError, ResolveError};
+use gitstore::{
+    CommitsGo, GitStore, ObjectBatch, ObjectId, OpenError, RefUpdateError, ResolveError,
+};
 
 #[test]
 fn open_refuses_files_and_work_trees_and_reopens_bare_repos() {
@@ -170,4 +172,135 @@ fn commits_need_their_tree_and_a_sane_author() {
     };
     assert!(s.write_commit(tree, &[], "x", &bad, 1).is_err());
     assert!(s.write_commit(tree, &[missing], "x", &author(), 1).is_err());
+}
+
+/// Several areas grafted and committed one after another into one batch, as a `kvgit
+/// export` of several areas records them: each commit is the next one's parent and
+/// root, nothing is in the store before `write_batch`, and git reads the result.
+#[test]
+fn a_batch_chains_commits_on_its_own_trees_and_writes_them_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let start_root = s
+        .write_plan(&plan(&[("a/k", b"1"), ("b/k", b"2"), ("keep/k", b"3")]))
+        .expect("write");
+    commit(&s, start_root, None, "start", 10);
+    let mut previous_cp = None;
+    let packs = |s: &GitStore| {
+        std::fs::read_dir(s.git_dir().join("objects/pack"))
+            .expect("pack dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .count()
+    };
+    for (round, (go, many)) in [
+        (CommitsGo::WithTheRest, 40),
+        (CommitsGo::Loose, 40),
+        (CommitsGo::Loose, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tip = s.tip().expect("tip").expect("a tip");
+        let root = s.commit_info(tip).expect("info").tree;
+        let (loose_before, packs_before) = (loose_count(s.git_dir()), packs(&s));
+        let mut batch = ObjectBatch::new();
+        // Area a gets `many` new files, written into the batch only.
+        let files: Vec<(String, Vec<u8>)> = (0..many)
+            .map(|i| (format!("k{i}"), format!("{go:?}-{i}").into_bytes()))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), &v[..])).collect();
+        let a_tree = s
+            .write_plan_in(&mut batch, &plan(&refs))
+            .expect("plan in batch");
+        assert!(!s.has_object(a_tree), "nothing is written before the batch");
+        let root1 = s
+            .set_subtree_in(&mut batch, Some(root), "a", Some(a_tree))
+            .expect("graft a")
+            .expect("a root");
+        let c1 = s
+            .commit_in(&mut batch, root1, &[tip], "area a", &author(), 20)
+            .expect("commit a");
+        // Area b is removed on top of the first commit's root, which only the batch holds.
+        let root2 = s
+            .set_subtree_in(&mut batch, Some(root1), "b", None)
+            .expect("remove b")
+            .expect("b root");
+        let c2 = s
+            .commit_in(&mut batch, root2, &[c1], "area b", &author(), 20)
+            .expect("commit b");
+        // A checkpoint-like commit of the empty tree, with no parent.
+        let empty = GitStore::empty_tree_id();
+        let cp = s
+            .commit_in(
+                &mut batch,
+                empty,
+                &[],
+                "checkpoint",
+                &author(),
+                20 + round as i64,
+            )
+            .expect("commit of the empty tree");
+        assert!(!s.has_object(c1) && !s.has_object(c2) && !s.has_object(cp));
+        s.write_batch(batch, go).expect("write the batch");
+        let cp_ref = "refs/kvgit/checkpoints/t";
+        s.update_refs(
+            &[(s.branch_ref(), c2, Some(tip)), (cp_ref, cp, previous_cp)],
+            "batch",
+        )
+        .expect("the branch and the checkpoint move together");
+        previous_cp = Some(cp);
+        let dir = s.git_dir();
+        assert_eq!(git(dir, &["rev-parse", "main"]).trim(), c2.to_string());
+        assert_eq!(git(dir, &["rev-parse", "main^"]).trim(), c1.to_string());
+        assert_eq!(git(dir, &["rev-parse", "main^^"]).trim(), tip.to_string());
+        assert_eq!(git(dir, &["show", "main:a/k0"]), format!("{go:?}-0"));
+        assert_eq!(git(dir, &["show", "main:keep/k"]), "3");
+        assert_eq!(git(dir, &["ls-tree", "--name-only", "main"]), "a\nkeep\n");
+        assert_eq!(
+            git(dir, &["ls-tree", "--name-only", "main^"]),
+            "a\nb\nkeep\n"
+        );
+        assert_eq!(
+            git(dir, &["cat-file", "-t", &cp.to_string()]).trim(),
+            "commit"
+        );
+        fsck(dir);
+        let (loose, packed) = (loose_count(dir) - loose_before, packs(&s) - packs_before);
+        match (go, many) {
+            // Everything in one new pack.
+            (CommitsGo::WithTheRest, _) => assert_eq!((loose, packed), (0, 1)),
+            // One pack, the three commits loose.
+            (CommitsGo::Loose, 40) => assert_eq!((loose, packed), (3, 1)),
+            // A few objects: loose, no pack.
+            _ => assert_eq!(packed, 0),
+        }
+        // Put area b back for the next round.
+        let tip = s.tip().expect("tip").expect("a tip");
+        let root = s.commit_info(tip).expect("info").tree;
+        let b = s.write_plan(&plan(&[("k", b"2")])).expect("b");
+        let back = s
+            .set_subtree(Some(root), "b", Some(b))
+            .expect("graft")
+            .expect("root");
+        commit(&s, back, Some(tip), "b again", 30);
+    }
+}
+
+#[test]
+fn a_batch_commit_names_a_parent_or_tree_nowhere_to_be_found() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let tree = s.write_plan(&plan(&[("k", b"v")])).expect("write");
+    let nowhere = ObjectId::from_hex(b"1111111111111111111111111111111111111111").expect("id");
+    let mut batch = ObjectBatch::new();
+    let err = s
+        .commit_in(&mut batch, tree, &[nowhere], "m", &author(), 1)
+        .expect_err("a missing parent is refused");
+    assert!(err.to_string().contains("1111111111"), "{err}");
+    let err = s
+        .commit_in(&mut batch, nowhere, &[], "m", &author(), 1)
+        .expect_err("a missing tree is refused");
+    assert!(err.to_string().contains("1111111111"), "{err}");
+    assert!(batch.is_empty(), "nothing refused is kept");
 }

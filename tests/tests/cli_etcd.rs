@@ -877,3 +877,144 @@ async fn an_apply_of_many_deltified_values_writes_each_as_git_has_it() {
         assert_eq!(live.get(&key), Some(&value(i)), "k{i:05}");
     }
 }
+
+const NODES: Area<'static> = Area {
+    name: "nodes",
+    prefix: "/sigil/nodes/",
+    path: "nodes",
+    mode: "both",
+};
+const METRICS: Area<'static> = Area {
+    name: "metrics",
+    prefix: "/sigil/metrics/",
+    path: "metrics",
+    mode: "kv-to-git",
+};
+
+/// The files one commit changes, as `git show` names them.
+fn changed_files(ws: &Workspace, commit: &str) -> Vec<String> {
+    ws.git(&["show", "--name-only", "--format=", commit])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `git count-objects -v`'s loose objects and packs.
+fn objects_and_packs(ws: &Workspace) -> (usize, usize) {
+    let counts = ws.git(&["count-objects", "-v"]);
+    let field = |name: &str| -> usize {
+        counts
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {counts}"))
+    };
+    (field("count:"), field("packs:"))
+}
+
+/// Several areas changed since their checkpoints: one commit per area, in config order,
+/// each on the one before, all landing with every checkpoint and written as one pack. An
+/// area that needs a full pass (here, one new in the config) keeps its place in the order.
+#[tokio::test]
+async fn an_export_of_several_areas_commits_each_in_order_and_moves_every_checkpoint() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH, NODES, METRICS]);
+    for i in 0..10 {
+        put(&mut c, format!("/sigil/entries/node-{i}/status"), "up").await;
+        put(&mut c, format!("/sigil/nodes/r{i}"), "a").await;
+    }
+    ws.kvgit(&["export"]).ok();
+    let before = ws.commit_count();
+    assert_eq!(before, 2, "entries and nodes; metrics had no keys");
+
+    // Every area changes in one transaction, 10 keys each.
+    let mut ops = Vec::new();
+    for i in 0..10 {
+        ops.push(TxnOp::put(
+            format!("/sigil/entries/node-{i}/status"),
+            "down",
+            None,
+        ));
+        ops.push(TxnOp::put(format!("/sigil/nodes/r{i}"), "b", None));
+        ops.push(TxnOp::put(
+            format!("/sigil/metrics/m{i}"),
+            format!("{i}"),
+            None,
+        ));
+    }
+    let revision = c
+        .txn(Txn::new().and_then(ops))
+        .await
+        .expect("txn")
+        .header()
+        .expect("header")
+        .revision();
+    let (loose_before, packs_before) = objects_and_packs(&ws);
+    let out = ws.kvgit(&["export"]).ok();
+    for area in ["entries", "nodes", "metrics"] {
+        assert!(
+            out.stdout.contains(&format!("{area}: committed")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert_eq!(ws.commit_count(), before + 3, "one commit per area");
+    // Config order, each commit on the one before: entries, then nodes, then metrics.
+    for (commit, area) in [
+        ("main~2", "entries"),
+        ("main~1", "nodes"),
+        ("main", "metrics"),
+    ] {
+        let files = changed_files(&ws, commit);
+        assert_eq!(files.len(), 10, "{commit}: {files:?}");
+        assert!(
+            files.iter().all(|f| f.starts_with(&format!("{area}/"))),
+            "{commit} changes only {area}: {files:?}"
+        );
+        let msg = ws.git(&["log", "-1", "--format=%B", commit]);
+        assert!(
+            msg.starts_with(&format!("{area}: 10 changes up to revision {revision}")),
+            "{msg}"
+        );
+    }
+    assert_eq!(show(&ws, "entries/node-3/status"), b"down");
+    assert_eq!(show(&ws, "nodes/r3"), b"b");
+    assert_eq!(show(&ws, "metrics/m3"), b"3");
+    // Every checkpoint moved to the transaction's revision: nothing pending anywhere.
+    let status = ws.kvgit(&["status", "--json"]).ok().stdout;
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    for area in doc["areas"].as_array().expect("areas") {
+        assert_eq!(area["checkpoint"]["revision"], revision, "{area}");
+        assert_eq!(area["pending_events"], 0, "{area}");
+    }
+    // The new objects, the three commits and their checkpoints with them, are one pack.
+    let (loose, packs) = objects_and_packs(&ws);
+    assert_eq!((loose, packs), (loose_before, packs_before + 1), "{status}");
+    ws.git(&["fsck", "--strict"]);
+    let out = ws.kvgit(&["export"]).ok();
+    assert_eq!(
+        ws.commit_count(),
+        before + 3,
+        "nothing more: {}",
+        out.stdout
+    );
+
+    // A new area first in the config reads all its keys; the others follow it in order.
+    const EXTRA: Area<'static> = Area {
+        name: "extra",
+        prefix: "/sigil/extra/",
+        path: "extra",
+        mode: "kv-to-git",
+    };
+    ws.write_config(etcd.endpoint(), &[EXTRA, BOTH, NODES, METRICS], "");
+    put(&mut c, "/sigil/extra/x", "1").await;
+    put(&mut c, "/sigil/metrics/m0", "changed").await;
+    put(&mut c, "/sigil/entries/node-0/status", "up").await;
+    ws.kvgit(&["export"]).ok();
+    assert_eq!(ws.commit_count(), before + 6);
+    assert_eq!(changed_files(&ws, "main~2"), ["extra/x"]);
+    assert_eq!(changed_files(&ws, "main~1"), ["entries/node-0/status"]);
+    assert_eq!(changed_files(&ws, "main"), ["metrics/m0"]);
+    ws.git(&["fsck", "--strict"]);
+}
