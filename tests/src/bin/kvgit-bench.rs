@@ -17,6 +17,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Runs of `export-incremental` at least (see there).
+const INCREMENTAL_RUNS: usize = 15;
 const FIGURES: &[(&str, &str)] = &[
     (
         "export-full",
@@ -302,17 +304,20 @@ async fn main() {
                 .unwrap_or(0)
         };
         let repo = dir.join("base.git");
-        for r in 0..runs {
+        // The wait for etcd's catch-up pass is spread evenly over its 100 ms interval: a
+        // median of 3 phases lands on whichever run the process's own start pushed past a
+        // pass, so this figure takes at least 15 phases.
+        let inc_runs = runs.max(INCREMENTAL_RUNS);
+        for r in 0..inc_runs {
             let keys: BTreeSet<usize> = (0..100).map(|j| (j * 997 + r * 13) % n).collect();
             assert_eq!(keys.len(), 100, "100 distinct keys");
             let keys: Vec<usize> = keys.into_iter().collect();
             // etcd catches watches up every 100 ms: a watch from the past waits 0 to 100 ms
             // for the next pass. The export and the watch yardstick each start at the same
             // phase after a pass, the runs' phases at the middles of equal parts of the
-            // interval (3 runs: 17, 50 and 83 ms after it), so the median run starts halfway,
-            // as a typical export does. (Phases 0, 33 and 67 ms made the median wait 67 ms,
-            // two thirds of the interval.)
-            let phase = std::time::Duration::from_micros(((2 * r + 1) * 50_000 / runs) as u64);
+            // interval, as exports started at random moments would. (Phases 0, 33 and 67 ms
+            // made the median wait two thirds of the interval.)
+            let phase = std::time::Duration::from_micros(((2 * r + 1) * 50_000 / inc_runs) as u64);
             let rev = change(source.endpoint(), LAYOUT, &keys, &format!("inc{r}")).await;
             let before = commits(&repo);
             after_catch_up_pass(source.endpoint(), phase).await;
@@ -339,7 +344,10 @@ async fn main() {
         }
         let k = median(kv.clone());
         report.row(Row {
-            figure: format!("one-shot `kvgit export` of 100 changed keys (of {n})"),
+            figure: format!(
+                "one-shot `kvgit export` of 100 changed keys (of {n}), median of {inc_runs} \
+                 phases of etcd's catch-up interval"
+            ),
             kvgit: secs(k),
             yardstick: format!(
                 "same export with nothing changed: {}; etcd's own answers to \"what changed \
