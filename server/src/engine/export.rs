@@ -186,7 +186,7 @@ pub async fn run(
     }
     let steps = futures::future::join_all(head.into_iter().map(
         |(area, cp, upto, changes)| async move {
-            let step = incremental_step(ctx, area, &cp, changes, opts.guard)
+            let step = incremental_step(ctx, area, &cp, changes, opts.guard, Objects::Deferred)
                 .await
                 .map_err(|e| in_area(area, e))?;
             Ok::<_, ExportError>(Recording {
@@ -215,7 +215,7 @@ pub async fn run(
     let t0 = std::time::Instant::now();
     let mut reports = record_together(ctx, &cluster, recordings)
         .await
-        .map_err(|AtRecording(i, e)| in_area(areas[i], e))?;
+        .map_err(|AtRecording(i, e)| in_area(areas[i], *e))?;
     tracing::debug!(elapsed = ?t0.elapsed(), "recorded together");
     if let Some(e) = failed {
         return Err(e);
@@ -387,7 +387,7 @@ pub async fn incremental(
     opts: ExportOptions,
 ) -> Result<ExportReport, ExportError> {
     let started = std::time::Instant::now();
-    let step = incremental_step(ctx, area, &cp, changes, opts.guard).await?;
+    let step = incremental_step(ctx, area, &cp, changes, opts.guard, Objects::Now).await?;
     let report = record(
         ctx,
         area,
@@ -403,14 +403,31 @@ pub async fn incremental(
     report
 }
 
+/// An area's changed keys and values of at most this size are kept in its step when their
+/// writing is deferred; more are written at once (memory over one pack).
+const DEFER_MAX_BYTES: usize = 8 << 20;
+
+/// When a step's new trees and values are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Objects {
+    /// At once (`serve`, one area at a time): the pack borrows them from the plan.
+    Now,
+    /// With the commits, other areas' objects in the same pack (a `kvgit export` of several
+    /// areas); the batch holds a copy of each until then. A document area's are written at
+    /// once all the same: recording folds the new key tree into its documents, reading it.
+    Deferred,
+}
+
 /// The Git side of an incremental batch: the rule over the changed keys, and the new area
-/// tree's objects written. Nothing refers to them until the batch is recorded.
+/// tree's objects, written or kept in the step (`objects`). Nothing refers to them until the
+/// batch is recorded.
 async fn incremental_step(
     ctx: &Context,
     area: &AreaConfig,
     cp: &Checkpoint,
     changes: BTreeMap<Key, Option<Value>>,
     guard: DeleteGuard,
+    objects: Objects,
 ) -> Result<Step, ExportError> {
     warn_near_limit(
         area,
@@ -426,6 +443,12 @@ async fn incremental_step(
     let format = area.format;
     let rule = area.rule;
     let base_tree = cp.base_tree;
+    // Kept objects are copies of the values: a large batch is written at once instead.
+    let bytes: usize = changes
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    let defer = objects == Objects::Deferred && !format.is_documents() && bytes <= DEFER_MAX_BYTES;
     let started = std::time::Instant::now();
     let step = ctx
         .git_blocking(move |git| -> Result<Step, ExportError> {
@@ -456,11 +479,8 @@ async fn incremental_step(
             // The lookups listed the directories the new tree rewrites: when the branch's
             // tree is the base, planning takes those listings instead of reading them again.
             let mut listed = if same { base_loc } else { desired_loc };
-            // The new trees and values are written when the batch is recorded, with its
-            // commits (and other areas' in a `kvgit export`). A document area's are written
-            // now: recording folds the new key tree into its documents, reading it.
-            let mut objects = ObjectBatch::new();
-            let out = (!format.is_documents()).then_some(&mut objects);
+            let mut kept = ObjectBatch::new();
+            let out = defer.then_some(&mut kept);
             let mut step = finish(
                 git,
                 rule,
@@ -473,7 +493,7 @@ async fn incremental_step(
                 &mut listed,
                 out,
             )?;
-            step.objects = objects;
+            step.objects = kept;
             Ok(step)
         })
         .await?;
@@ -952,7 +972,7 @@ async fn record(
     };
     let mut reports = record_together(ctx, cluster, vec![one])
         .await
-        .map_err(|AtRecording(_, e)| e)?;
+        .map_err(|AtRecording(_, e)| *e)?;
     Ok(reports.pop().expect("a report per recording"))
 }
 
@@ -1049,7 +1069,7 @@ async fn record_together(
             type Ends = (Option<ObjectId>, Option<ObjectId>);
             let mut chain: Option<(Ends, Ends)> = None;
             for (i, job) in jobs.iter().enumerate() {
-                let at = |e: ExportError| AtRecording(i, e);
+                let at = |e: ExportError| AtRecording(i, Box::new(e));
                 if job.held {
                     commits.push(None);
                     continue;
@@ -1139,7 +1159,7 @@ async fn record_together(
                 .position(|j| !j.held && (j.changed || j.moved))
                 .unwrap_or(0);
             git.write_batch(batch, commits_go)
-                .map_err(|e| AtRecording(first, GitError::from(e).into()))?;
+                .map_err(|e| AtRecording(first, Box::new(GitError::from(e).into())))?;
             let mut updates: Vec<(&str, ObjectId, Option<ObjectId>)> = Vec::new();
             if let Some(((start, _), (Some(tip), _))) = chain {
                 updates.push((git.branch_ref(), tip, start));
@@ -1154,10 +1174,10 @@ async fn record_together(
                     .map_err(|source| {
                         AtRecording(
                             first,
-                            ExportError::BranchMoved {
+                            Box::new(ExportError::BranchMoved {
                                 branch: branch.clone(),
                                 source,
-                            },
+                            }),
                         )
                     })?;
             }
@@ -1172,11 +1192,11 @@ async fn record_together(
 }
 
 /// An error of one recording, by its index (a panic of the blocking task names the first).
-struct AtRecording(usize, ExportError);
+struct AtRecording(usize, Box<ExportError>);
 
 impl From<GitError> for AtRecording {
     fn from(e: GitError) -> AtRecording {
-        AtRecording(0, e.into())
+        AtRecording(0, Box::new(e.into()))
     }
 }
 
