@@ -1267,3 +1267,113 @@ fn warn_near_limit<'a>(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `record_together`'s chain on `MemoryBackend`: every step must be planned on the tip the
+    //! chain starts from.
+    use super::*;
+    use std::sync::Arc;
+    use sync_core::{KvBackend, MemoryBackend, Precondition, WriteOp};
+
+    async fn put(backend: &MemoryBackend, key: &str, value: &str) {
+        let op = WriteOp::Put {
+            key: Key(key.as_bytes().to_vec()),
+            value: value.as_bytes().to_vec(),
+            expect: Precondition::Any,
+        };
+        backend.write(&[op]).await.expect("put");
+    }
+
+    /// Both areas' changes, each step planned on the branch as it is at that moment.
+    async fn step<'a>(ctx: &Context, area: &'a AreaConfig, cluster: &ClusterId) -> Recording<'a> {
+        let LiveRead::Incremental { cp, upto, changes } =
+            read_live(ctx, area, cluster, None).await.expect("read")
+        else {
+            panic!("{}: an incremental read", area.name);
+        };
+        let guard = DeleteGuard::from_config(&ctx.cfg, false);
+        let step = incremental_step(ctx, area, &cp, changes, guard, Objects::Deferred)
+            .await
+            .expect("step");
+        Recording {
+            area,
+            previous: Some(cp),
+            revision: upto,
+            step,
+            pass: PassKind::Incremental,
+            epoch: None,
+        }
+    }
+
+    /// A commit lands between one area's step and the other's, and the later step comes first
+    /// in the chain: the branch is where the chain starts, so only the check of each step's
+    /// tip stops the earlier step from being committed on a tip it was not planned on. The
+    /// recording is refused as the branch having moved, naming that area, and neither the
+    /// branch nor any checkpoint moves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_planned_on_another_tip_is_refused_and_nothing_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kvgit.toml");
+        let mut toml = String::from("[git]\nrepo = \"state.git\"\n[sync]\nnode = \"n1\"\n");
+        for name in ["a", "b"] {
+            toml.push_str(&format!(
+                "[[area]]\nname = \"{name}\"\nprefix = \"/{name}/\"\npath = \"{name}\"\nmode = \"both\"\n"
+            ));
+        }
+        std::fs::write(&file, toml).expect("config");
+        let cfg = crate::config::load(&file).unwrap_or_else(|e| panic!("config: {e}"));
+        let backend = MemoryBackend::new();
+        let ctx = Context::connect(cfg)
+            .await
+            .expect("open the repository")
+            .with_backend(Arc::new(backend.clone()));
+        put(&backend, "/a/k", "1").await;
+        put(&backend, "/b/k", "1").await;
+        run(&ctx, None, false).await.expect("first export");
+        put(&backend, "/a/k", "2").await;
+        put(&backend, "/b/k", "2").await;
+        let cluster = backend.cluster_id().await.expect("cluster");
+        let areas = ctx.cfg.areas.clone();
+        let b = step(&ctx, &areas[1], &cluster).await;
+        // Someone's commit, beside both areas.
+        let moved = ctx
+            .git_blocking(|git| -> Result<ObjectId, GitError> {
+                let tip = git.tip()?.expect("a tip");
+                let root = git.commit_info(tip)?.tree;
+                let docs = git.subtree(root, "a")?;
+                let root = git.set_subtree(Some(root), "docs", docs)?.expect("a root");
+                let id = git.write_commit(root, &[tip], "docs", &ctx_author(), 1)?;
+                git.update_ref(git.branch_ref(), id, Some(tip), "a person")
+                    .expect("move the branch");
+                Ok(id)
+            })
+            .await
+            .expect("a person's commit");
+        let a = step(&ctx, &areas[0], &cluster).await;
+        let checkpoints = |ctx: &Context| {
+            let names = ["a", "b"].map(crate::engine::refs::checkpoint_ref);
+            let git = ctx.git.clone();
+            names.map(|n| git.read_ref(&n).expect("checkpoint ref"))
+        };
+        let before = checkpoints(&ctx);
+        let Err(AtRecording(at, e)) = record_together(&ctx, &cluster, vec![a, b]).await else {
+            panic!("recording steps planned on two tips is refused");
+        };
+        assert_eq!(at, 1, "the step planned on the older tip is named");
+        assert!(matches!(*e, ExportError::BranchMoved { .. }), "{e}");
+        let tip = ctx.git.tip().expect("tip");
+        assert_eq!(tip, Some(moved), "the branch did not move");
+        assert_eq!(checkpoints(&ctx), before, "no checkpoint moved");
+        // The next export plans both areas on the new tip and lands both.
+        let reports = run(&ctx, None, false).await.expect("export");
+        assert!(reports.iter().all(|r| r.commit.is_some()), "{reports:?}");
+    }
+
+    fn ctx_author() -> gitstore::Author {
+        gitstore::Author {
+            name: "a person".into(),
+            email: "person@example.com".into(),
+        }
+    }
+}
