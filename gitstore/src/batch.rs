@@ -1,5 +1,5 @@
-//! Small objects a pass makes one after another (root trees, commits), each readable by the
-//! next, written together at the end: one pack for many of them instead of a file each.
+//! Objects a pass makes one after another (areas' trees and values, root trees, commits),
+//! each readable by the next, written together at the end: one pack instead of a file each.
 
 use std::borrow::Cow;
 
