@@ -1273,17 +1273,8 @@ mod tests {
     //! `record_together`'s chain on `MemoryBackend`: every step must be planned on the tip the
     //! chain starts from.
     use super::*;
-    use std::sync::Arc;
-    use sync_core::{KvBackend, MemoryBackend, Precondition, WriteOp};
-
-    async fn put(backend: &MemoryBackend, key: &str, value: &str) {
-        let op = WriteOp::Put {
-            key: Key(key.as_bytes().to_vec()),
-            value: value.as_bytes().to_vec(),
-            expect: Precondition::Any,
-        };
-        backend.write(&[op]).await.expect("put");
-    }
+    use crate::engine::testkit::{context, put};
+    use sync_core::KvBackend;
 
     /// Both areas' changes, each step planned on the branch as it is at that moment.
     async fn step<'a>(ctx: &Context, area: &'a AreaConfig, cluster: &ClusterId) -> Recording<'a> {
@@ -1314,20 +1305,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_step_planned_on_another_tip_is_refused_and_nothing_lands() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("kvgit.toml");
-        let mut toml = String::from("[git]\nrepo = \"state.git\"\n[sync]\nnode = \"n1\"\n");
-        for name in ["a", "b"] {
-            toml.push_str(&format!(
-                "[[area]]\nname = \"{name}\"\nprefix = \"/{name}/\"\npath = \"{name}\"\nmode = \"both\"\n"
-            ));
-        }
-        std::fs::write(&file, toml).expect("config");
-        let cfg = crate::config::load(&file).unwrap_or_else(|e| panic!("config: {e}"));
-        let backend = MemoryBackend::new();
-        let ctx = Context::connect(cfg)
-            .await
-            .expect("open the repository")
-            .with_backend(Arc::new(backend.clone()));
+        let (ctx, backend) = context(dir.path(), &["a", "b"]).await;
         put(&backend, "/a/k", "1").await;
         put(&backend, "/b/k", "1").await;
         run(&ctx, None, false).await.expect("first export");

@@ -15,6 +15,8 @@ pub mod refs;
 pub mod report;
 mod ser;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod validate;
 pub mod view;
 pub mod writer;

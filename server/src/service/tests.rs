@@ -4,12 +4,13 @@
 
 use super::run;
 use crate::config;
+use crate::engine::testkit::put;
 use crate::engine::{apply, export, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_core::{Key, KvBackend, MemoryBackend, Precondition, TxnOutcome, WriteOp};
+use sync_core::{Key, KvBackend, MemoryBackend, Precondition, WriteOp};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -50,18 +51,6 @@ async fn engine(
         .await
         .expect("open the repository")
         .with_backend(Arc::new(backend.clone()))
-}
-
-async fn put(backend: &MemoryBackend, key: &str, value: &str) {
-    let op = WriteOp::Put {
-        key: Key(key.as_bytes().to_vec()),
-        value: value.as_bytes().to_vec(),
-        expect: Precondition::Any,
-    };
-    match backend.write(&[op]).await {
-        Ok(TxnOutcome::Committed { .. }) => {}
-        other => panic!("put {key}: {other:?}"),
-    }
 }
 
 /// `git --git-dir REPO ARGS…`, stdout; None when git fails (no branch yet).

@@ -199,35 +199,14 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::super::{apply, plan_all_with, ApplyError, PlanOptions};
-    use crate::engine::{export, Context};
-    use std::sync::Arc;
-    use sync_core::{Key, KvBackend, MemoryBackend, Precondition, WriteOp};
-
-    async fn put(backend: &MemoryBackend, key: &str, value: &str) {
-        let op = WriteOp::Put {
-            key: Key(key.as_bytes().to_vec()),
-            value: value.as_bytes().to_vec(),
-            expect: Precondition::Any,
-        };
-        backend.write(&[op]).await.expect("put");
-    }
+    use crate::engine::export;
+    use crate::engine::testkit::{context, put};
+    use sync_core::{Key, KvBackend};
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_key_changed_while_restoring_is_kept_and_the_restore_stops() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("kvgit.toml");
-        std::fs::write(
-            &file,
-            "[git]\nrepo = \"state.git\"\n[sync]\nnode = \"n1\"\n\
-             [[area]]\nname = \"a\"\nprefix = \"/a/\"\npath = \"a\"\nmode = \"both\"\n",
-        )
-        .expect("config");
-        let cfg = crate::config::load(&file).unwrap_or_else(|e| panic!("config: {e}"));
-        let backend = MemoryBackend::new();
-        let ctx = Context::connect(cfg)
-            .await
-            .expect("repository")
-            .with_backend(Arc::new(backend.clone()));
+        let (ctx, backend) = context(dir.path(), &["a"]).await;
         put(&backend, "/a/x", "1").await;
         put(&backend, "/a/y", "1").await;
         export::run(&ctx, None, false).await.expect("export");
