@@ -114,13 +114,7 @@ impl GitStore {
         unix_secs: i64,
     ) -> Result<ObjectId, CommitWriteError> {
         let repo = self.repo();
-        let known = |id: &ObjectId| batch.get(id).is_some() || repo.has_object(*id);
-        if !tree.is_empty_tree() && self.recent.get(&tree).is_none() && !known(&tree) {
-            return Err(CommitWriteError::MissingTree { tree });
-        }
-        if let Some(&parent) = parents.iter().find(|p| !known(p)) {
-            return Err(CommitWriteError::MissingParent { parent });
-        }
+        self.check_inputs(&repo, tree, parents, |id| batch.get(id).is_some())?;
         let (id, data) =
             self.encode_commit(tree, parents, message, author, unix_secs, unix_secs)?;
         // gix knows the empty tree without storing it; git needs the object.

@@ -71,12 +71,7 @@ impl GitStore {
         committer_secs: i64,
     ) -> Result<ObjectId, CommitWriteError> {
         let repo = self.repo();
-        if self.recent.get(&tree).is_none() && !repo.has_object(tree) {
-            return Err(CommitWriteError::MissingTree { tree });
-        }
-        if let Some(&parent) = parents.iter().find(|p| !repo.has_object(**p)) {
-            return Err(CommitWriteError::MissingParent { parent });
-        }
+        self.check_inputs(&repo, tree, parents, |_| false)?;
         // An empty tree is known to gix without being stored; git needs the object.
         if tree.is_empty_tree() {
             repo.write_object(gix::objs::Tree::empty())
@@ -92,6 +87,24 @@ impl GitStore {
             .write_buf_with_known_id(gix::objs::Kind::Commit, &buf, id)
             .map_err(|source| CommitWriteError::Write { tree, source })?;
         Ok(id)
+    }
+
+    /// Refuses a commit whose tree or a parent is nowhere to be found: not in the store, not
+    /// among the trees just written (`recent`), and not what `also` holds (a batch's own).
+    pub(crate) fn check_inputs(
+        &self,
+        repo: &gix::Repository,
+        tree: ObjectId,
+        parents: &[ObjectId],
+        also: impl Fn(&ObjectId) -> bool,
+    ) -> Result<(), CommitWriteError> {
+        if self.recent.get(&tree).is_none() && !also(&tree) && !repo.has_object(tree) {
+            return Err(CommitWriteError::MissingTree { tree });
+        }
+        if let Some(&parent) = parents.iter().find(|p| !also(p) && !repo.has_object(**p)) {
+            return Err(CommitWriteError::MissingParent { parent });
+        }
+        Ok(())
     }
 
     /// The commit object (signed with the store's key, if any) and its id, not written.

@@ -1009,9 +1009,15 @@ async fn record_together(
     } else {
         CommitsGo::Loose
     };
+    // The first step's objects are the batch; the others' join them.
     let mut objects = ObjectBatch::new();
     for r in &mut recordings {
-        objects.append(std::mem::take(&mut r.step.objects));
+        let step_objects = std::mem::take(&mut r.step.objects);
+        if objects.is_empty() {
+            objects = step_objects;
+        } else {
+            objects.append(step_objects);
+        }
     }
     let jobs: Vec<Job> = recordings
         .iter()
