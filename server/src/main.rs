@@ -33,17 +33,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = match runtime.block_on(cli::run(args)) {
-        Ok(code) => code,
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line per cause chain, so the culprit is named on the first line.
             eprintln!("kvgit: {}", errors::chain(e.as_ref()));
-            1
+            ExitCode::from(1)
         }
-    };
-    // The verb is done and everything it wrote is on disk: exit without dropping the
-    // runtime, whose idle threads would be woken and joined one by one (2–3 ms of a
-    // one-shot `kvgit export`, most of what is left once its commits are written).
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    std::process::exit(i32::from(code))
+    }
 }
