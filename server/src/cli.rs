@@ -156,9 +156,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         // Connects as the admin, not as the node (whose user may not exist yet).
         return crate::acl::command::run(&cfg, action).await;
     }
-    let ctx = engine::Context::connect(cfg)
-        .await
-        .context("cannot start")?;
+    // A one-shot verb that needs the backend connects while the repository opens; `log`
+    // works without it, and `serve` starts (and retries) whether or not it answers.
+    let ctx = match cli.command {
+        Command::Log { .. } | Command::Serve => engine::Context::connect(cfg).await,
+        _ => engine::Context::connect_both(cfg).await,
+    }
+    .context("cannot start")?;
     let out = &mut std::io::stdout();
     match cli.command {
         Command::Serve => {

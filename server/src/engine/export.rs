@@ -155,20 +155,30 @@ pub async fn run(
         .cfg
         .select_areas(only)
         .map_err(ExportError::UnknownArea)?;
-    let backend = ctx.backend().await?;
-    let cluster = backend.cluster_id().await.map_err(ExportError::ClusterId)?;
     let opts = ExportOptions {
         guard: DeleteGuard::from_config(&ctx.cfg, allow_mass_delete),
         epoch: None,
     };
-    // Each area's live side is read at once, all areas together (the backend answers them
-    // in parallel). The first area that fails stops the pass, as if the areas ran one after
-    // another: the areas before it are still recorded.
-    let reads = futures::future::join_all(
-        areas
-            .iter()
-            .map(|area| read_live(ctx, area, &cluster, None)),
-    )
+    // The checkpoints load while the backend answers who it is. Every area then follows its
+    // checkpoint up to one revision, read after all of them (a trusted checkpoint is never
+    // above it), all areas at once: the backend answers them in parallel. The first area
+    // that fails stops the pass, as if the areas ran one after another: the areas before it
+    // are still recorded.
+    let identify = async {
+        let backend = ctx.backend().await?;
+        let cluster = backend.cluster_id().await.map_err(ExportError::ClusterId)?;
+        Ok::<_, ExportError>((backend, cluster))
+    };
+    let loads =
+        futures::future::join_all(areas.iter().map(|area| checkpoint::load(ctx, &area.name)));
+    let (identified, checkpoints) = tokio::join!(identify, loads);
+    let (backend, cluster) = identified?;
+    let target = backend.current_revision().await?;
+    tracing::debug!("checkpoints loaded");
+    let reads = futures::future::join_all(areas.iter().zip(checkpoints).map(|(area, cp)| {
+        let cluster = &cluster;
+        async move { follow(ctx, area, cluster, cp?, target, None).await }
+    }))
     .await;
     let in_area = |area: &AreaConfig, e: ExportError| ExportError::Area {
         area: area.name.0.clone(),
@@ -293,12 +303,24 @@ async fn read_live(
     cluster: &ClusterId,
     resync: Option<ResyncCause>,
 ) -> Result<LiveRead, ExportError> {
-    let started = std::time::Instant::now();
     let backend = ctx.backend().await?;
     let cp = checkpoint::load(ctx, &area.name).await?;
     // Read after the checkpoint: a trusted checkpoint is never above it.
     let target = backend.current_revision().await?;
-    tracing::debug!(area = %area.name, elapsed = ?started.elapsed(), "checkpoint loaded");
+    follow(ctx, area, cluster, cp, target, resync).await
+}
+
+/// What the checkpoint `cp` allows reading of the live side up to `target`, a revision read
+/// after `cp` was loaded.
+async fn follow(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    cp: Option<Checkpoint>,
+    target: Revision,
+    resync: Option<ResyncCause>,
+) -> Result<LiveRead, ExportError> {
+    let started = std::time::Instant::now();
     Ok(match Judged::judge(cp, &area.name, cluster, target) {
         Judged::Trusted(cp) if resync.is_some() => LiveRead::Full {
             cp: Some(cp),
@@ -306,6 +328,7 @@ async fn read_live(
             cause: resync,
         },
         Judged::Trusted(cp) => {
+            let backend = ctx.backend().await?;
             let delta = changes::since(
                 backend.as_ref(),
                 &area.prefix,

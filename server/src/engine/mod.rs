@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use sync_core::KvBackend;
 use tokio::sync::OnceCell;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use git::GitError;
 
@@ -69,16 +70,36 @@ impl ConnectError {
     }
 }
 
+/// A backend connection under way; dropping it stops the attempt.
+type Connecting = AbortOnDropHandle<Result<Arc<dyn KvBackend>, ConnectError>>;
+
 /// What every verb works with: the config, the repository, and (on first use) the backend.
 pub struct Context {
     pub cfg: Config,
     git: Arc<GitStore>,
     /// Connected lazily so Git-only verbs (`log`) work while the backend is down.
     backend: OnceCell<Arc<dyn KvBackend>>,
+    /// The connection [`Context::connect_both`] started while the repository opened: the
+    /// first [`Context::backend`] call takes its outcome.
+    early: std::sync::Mutex<Option<Connecting>>,
 }
 
 impl Context {
+    /// Opens the repository; the backend connects on first use.
     pub async fn connect(cfg: Config) -> Result<Context, ConnectError> {
+        Context::open(cfg, None).await
+    }
+
+    /// Opens the repository while the backend connects, for verbs that need both: a one-shot
+    /// command would otherwise wait for one, then the other (~1 ms each here).
+    pub async fn connect_both(cfg: Config) -> Result<Context, ConnectError> {
+        let backend = cfg.backend.clone();
+        let early =
+            AbortOnDropHandle::new(tokio::spawn(async move { connect_backend(&backend).await }));
+        Context::open(cfg, Some(early)).await
+    }
+
+    async fn open(cfg: Config, early: Option<Connecting>) -> Result<Context, ConnectError> {
         let repo = cfg.git.repo.clone();
         let branch = cfg.git.branch.clone();
         let timeout = cfg.git.timeout;
@@ -107,6 +128,7 @@ impl Context {
             cfg,
             git: Arc::new(git),
             backend: OnceCell::new(),
+            early: std::sync::Mutex::new(early),
         })
     }
 
@@ -126,26 +148,11 @@ impl Context {
     pub async fn backend(&self) -> Result<Arc<dyn KvBackend>, ConnectError> {
         self.backend
             .get_or_try_init(|| async {
-                let b = &self.cfg.backend;
-                let endpoints = || b.endpoints().join(",");
-                Ok(match b {
-                    BackendConfig::Etcd(cfg) => {
-                        Arc::new(EtcdBackend::connect(cfg.clone()).await.map_err(|source| {
-                            ConnectError::Etcd {
-                                endpoints: endpoints(),
-                                source,
-                            }
-                        })?) as Arc<dyn KvBackend>
-                    }
-                    BackendConfig::Consul(cfg) => Arc::new(
-                        ConsulBackend::connect(cfg.clone())
-                            .await
-                            .map_err(|source| ConnectError::Consul {
-                                endpoints: endpoints(),
-                                source,
-                            })?,
-                    ),
-                })
+                let early = self.early.lock().map(|mut e| e.take()).unwrap_or(None);
+                match early {
+                    Some(connecting) => connecting.await.map_err(ConnectError::Panicked)?,
+                    None => connect_backend(&self.cfg.backend).await,
+                }
             })
             .await
             .cloned()
@@ -204,6 +211,27 @@ impl Context {
             email: self.cfg.git.author_email.clone(),
         }
     }
+}
+
+/// Connects to the backend the config names; the error names `backend.endpoints`.
+async fn connect_backend(b: &BackendConfig) -> Result<Arc<dyn KvBackend>, ConnectError> {
+    let endpoints = || b.endpoints().join(",");
+    Ok(match b {
+        BackendConfig::Etcd(cfg) => {
+            Arc::new(EtcdBackend::connect(cfg.clone()).await.map_err(|source| {
+                ConnectError::Etcd {
+                    endpoints: endpoints(),
+                    source,
+                }
+            })?) as Arc<dyn KvBackend>
+        }
+        BackendConfig::Consul(cfg) => Arc::new(ConsulBackend::connect(cfg.clone()).await.map_err(
+            |source| ConnectError::Consul {
+                endpoints: endpoints(),
+                source,
+            },
+        )?),
+    })
 }
 
 /// Seconds since the Unix epoch, for commit times.
