@@ -604,6 +604,40 @@ async fn an_unreachable_backend_is_an_error_never_no_keys() {
     ws.kvgit(&["log", "/sigil/entries/a"]).ok();
 }
 
+/// A one-shot verb connects to the backend while the repository opens: a repository that
+/// cannot be opened is still the one error named, whether the backend answers or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_that_cannot_be_opened_is_named_whether_the_backend_answers_or_not() {
+    let mut etcd = EtcdServer::start();
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH]);
+    std::fs::write(&ws.repo, b"not a repository").expect("write");
+    for backend in ["up", "down"] {
+        if backend == "down" {
+            etcd.stop();
+        }
+        for verb in [&["export"][..], &["apply"], &["plan"], &["status"]] {
+            let out = ws.kvgit(verb);
+            assert_eq!(out.code, 1, "{verb:?}, backend {backend}: {}", out.stdout);
+            assert!(
+                out.stderr.contains("git.repo") && out.stderr.contains("state.git"),
+                "{verb:?}, backend {backend}: names the repository: {}",
+                out.stderr
+            );
+            assert!(
+                !out.stderr.contains("backend.endpoints"),
+                "{verb:?}, backend {backend}: {}",
+                out.stderr
+            );
+            assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        }
+    }
+    assert_eq!(
+        std::fs::read(&ws.repo).expect("read"),
+        b"not a repository",
+        "left as it was"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compacted_checkpoint_resyncs_by_the_rule() {
     let etcd = EtcdServer::start();
