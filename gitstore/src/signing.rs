@@ -339,7 +339,7 @@ impl GitStore {
                 for p in parents {
                     let pt = repo
                         .find_commit(p)
-                        .and_then(|c| c.tree_id().map_err(Into::into))
+                        .and_then(|c| c.tree_id())
                         .map_err(|e| walk_err(Box::new(e)))?
                         .detach();
                     if area_of(pt)? != mine {
@@ -422,7 +422,7 @@ struct RunOutput {
 impl RunOutput {
     fn stderr_line(&self) -> String {
         let text = String::from_utf8_lossy(&self.stderr);
-        let line = text.lines().map(str::trim).filter(|l| !l.is_empty()).last();
+        let line = text.lines().map(str::trim).rfind(|l| !l.is_empty());
         line.unwrap_or(&self.status).to_owned()
     }
 

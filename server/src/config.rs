@@ -554,16 +554,16 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path, problems: &mut Vec<Str
         sign_key: checked_file(
             "git.sign_key_file",
             raw.git.sign_key_file,
-            &resolve,
+            resolve,
             problems,
-            |p| gitstore::SigningKey::new(p),
+            gitstore::SigningKey::new,
         ),
         allowed_signers: checked_file(
             "git.allowed_signers_file",
             raw.git.allowed_signers_file,
-            &resolve,
+            resolve,
             problems,
-            |p| gitstore::AllowedSigners::new(p),
+            gitstore::AllowedSigners::new,
         ),
     };
 
@@ -1288,9 +1288,9 @@ colour = "blue"
         assert!(!format!("{cfg:?}").contains("ghp_s3cr3t"));
         let auth = cfg.git.remote_auth.expect("remote auth");
         assert_eq!(auth.https_user(), Some("x-access-token"));
-        let cfg = load_with(&format!(
-            "remote = \"http://127.0.0.1:1/x.git\"\nhttps_token_file = \"git_token\"\nhttps_user = \"kvgit\"\n"
-        ))
+        let cfg = load_with(
+            "remote = \"http://127.0.0.1:1/x.git\"\nhttps_token_file = \"git_token\"\nhttps_user = \"kvgit\"\n",
+        )
         .expect("http for tests");
         assert_eq!(
             cfg.git.remote_auth.expect("remote auth").https_user(),
