@@ -45,6 +45,8 @@ pub enum ConnectError {
     },
     #[error("git task panicked")]
     Panicked(#[source] tokio::task::JoinError),
+    #[error("the task connecting to the backend panicked")]
+    ConnectPanicked(#[source] tokio::task::JoinError),
     #[error("backend.endpoints {endpoints}")]
     Etcd {
         endpoints: String,
@@ -65,7 +67,9 @@ impl ConnectError {
         match self {
             ConnectError::Etcd { source, .. } => source.is_retryable(),
             ConnectError::Consul { source, .. } => source.is_retryable(),
-            ConnectError::Repo { .. } | ConnectError::Panicked(_) => false,
+            ConnectError::Repo { .. }
+            | ConnectError::Panicked(_)
+            | ConnectError::ConnectPanicked(_) => false,
         }
     }
 }
@@ -150,7 +154,7 @@ impl Context {
             .get_or_try_init(|| async {
                 let early = self.early.lock().map(|mut e| e.take()).unwrap_or(None);
                 match early {
-                    Some(connecting) => connecting.await.map_err(ConnectError::Panicked)?,
+                    Some(connecting) => connecting.await.map_err(ConnectError::ConnectPanicked)?,
                     None => connect_backend(&self.cfg.backend).await,
                 }
             })
