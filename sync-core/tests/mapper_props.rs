@@ -710,6 +710,55 @@ fn lookups_list_each_directory_once() {
     assert_eq!(store.lists.get(), 2, "root and big/ are listed once each");
 }
 
+/// A locator remembers the directory the last key was found in: keys looked up in a row
+/// (present or not, below it, beside it, `%self`, a segment long enough to be chunked) find
+/// what a fresh locator finds.
+#[test]
+fn lookups_in_a_row_find_what_fresh_lookups_find() {
+    let mut store = Store::default();
+    let long = "L".repeat(400);
+    let mut set: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for key in [
+        "d/a".to_string(),
+        "d/b".to_string(),
+        "d/c/x".to_string(),
+        "d/c".to_string(),
+        format!("d/{long}"),
+        format!("d/{long}/under"),
+        "d/e/f/g".to_string(),
+        "d2/a".to_string(),
+        "top".to_string(),
+    ] {
+        let value = format!("v:{key}").into_bytes();
+        set.insert(key.into_bytes(), value);
+    }
+    let root = layout(&mut store, &set).unwrap();
+    let mut asked: Vec<Vec<u8>> = set.keys().cloned().collect();
+    for absent in [
+        "d/aa", "d/c/y", "d/e", "d/e/f", "d/zz", "d2/b", "d3/a", "d/", "",
+    ] {
+        asked.push(absent.as_bytes().to_vec());
+    }
+    asked.push(format!("d/{long}x").into_bytes());
+    asked.push(format!("d/{long}/other").into_bytes());
+    asked.sort();
+    let mut in_a_row = Locator::default();
+    for order in [asked.clone(), asked.iter().rev().cloned().collect()] {
+        for key in &order {
+            let fresh = lookup(&store, Some(&root), key, &mut Locator::default()).unwrap();
+            let again = lookup(&store, Some(&root), key, &mut in_a_row).unwrap();
+            assert_eq!(again, fresh, "{}", Key(key.clone()));
+            let want = set.get(key).map(|v| &v[..]);
+            assert_eq!(
+                fresh.map(|id| store.content(id)),
+                want,
+                "{}",
+                Key(key.clone())
+            );
+        }
+    }
+}
+
 #[test]
 fn hand_written_spellings_decode_and_get_canonical_when_touched() {
     let mut store = Store::default();

@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
-use super::component::{component_at, extend_dir_prefix, spans};
+use super::component::{component_at, extend_dir_prefix, first_span, spans, Component};
 use super::error::PlanError;
 use super::listing::{duplicate, read_dir, DirKind, DirListing, Found, Src};
 use crate::tree::TreeSource;
@@ -15,6 +15,16 @@ pub struct Locator<Id> {
     base: Option<Id>,
     /// Each listing with the ids of the trees it was read from.
     dirs: HashMap<Vec<u8>, (Vec<Id>, DirListing<Id>)>,
+    /// The directory the last key was found in: a sorted batch looks many keys up in one
+    /// directory in a row, and the way down to it is the same for each.
+    last_dir: Option<LastDir<Id>>,
+}
+
+/// A directory of whole segments (key prefix ending in `/`) and where it is stored.
+struct LastDir<Id> {
+    prefix: Vec<u8>,
+    kind: DirKind,
+    dirs: Vec<Src<Id>>,
 }
 
 impl<Id> Default for Locator<Id> {
@@ -22,6 +32,7 @@ impl<Id> Default for Locator<Id> {
         Locator {
             base: None,
             dirs: HashMap::new(),
+            last_dir: None,
         }
     }
 }
@@ -39,7 +50,20 @@ pub fn lookup<S: TreeSource>(
     };
     if cache.base.as_ref() != Some(base) {
         cache.dirs.clear();
+        cache.last_dir = None;
         cache.base = Some(base.clone());
+    }
+    if let Some(last) = cache.last_dir.take() {
+        // The same directory as the last key, and a last component of one whole segment.
+        if let Some(rest) = rel.strip_prefix(&last.prefix[..]) {
+            let span = first_span(rest);
+            if span.end == rest.len() && !span.continues {
+                let comp = component_at(rest, span);
+                let found = leaf(source, cache, &last.prefix, last.kind, &last.dirs, &comp);
+                cache.last_dir = Some(last);
+                return found;
+            }
+        }
     }
     let mut dirs = vec![Src {
         id: base.clone(),
@@ -50,35 +74,60 @@ pub fn lookup<S: TreeSource>(
     let spans = spans(rel);
     for (i, &span) in spans.iter().enumerate() {
         let comp = component_at(rel, span);
+        if i + 1 == spans.len() {
+            let found = leaf(source, cache, &prefix, kind, &dirs, &comp);
+            if prefix.last() == Some(&b'/') {
+                cache.last_dir = Some(LastDir { prefix, kind, dirs });
+            }
+            return found;
+        }
         let Found { file, dirs: below } = cache.listing(source, &prefix, kind, &dirs)?.find(&comp);
         if file.is_none() && below.is_empty() {
             return Ok(None);
         }
-        let node_key_len = prefix.len() + comp.raw.len();
         extend_dir_prefix(&mut prefix, &comp);
         kind = DirKind::of(&comp);
-        if i + 1 < spans.len() {
-            if below.is_empty() {
-                return Ok(None);
-            }
-            dirs = below;
-            continue;
+        if below.is_empty() {
+            return Ok(None);
         }
-        // The last component: its value is its file, or `%self` in its directory.
-        let self_file = if below.is_empty() {
-            None
-        } else {
-            cache
-                .listing(source, &prefix, kind, &below)?
-                .self_file
-                .clone()
-        };
-        return match (file, self_file) {
-            (Some(f), Some(s)) => Err(duplicate(&prefix[..node_key_len], &f, &s).into()),
-            (f, s) => Ok(f.or(s).map(|src| src.id)),
-        };
+        dirs = below;
     }
     Ok(None)
+}
+
+/// The last component `comp` of a key, in the directory at `prefix` stored in `dirs`: its
+/// value is its file, or `%self` in its directory.
+fn leaf<S: TreeSource>(
+    source: &S,
+    cache: &mut Locator<S::Id>,
+    prefix: &[u8],
+    kind: DirKind,
+    dirs: &[Src<S::Id>],
+    comp: &Component,
+) -> Result<Option<S::Id>, PlanError<S::Error>> {
+    let Found { file, dirs: below } = cache.listing(source, prefix, kind, dirs)?.find(comp);
+    if file.is_none() && below.is_empty() {
+        return Ok(None);
+    }
+    let self_file = if below.is_empty() {
+        None
+    } else {
+        let mut below_prefix = prefix.to_vec();
+        extend_dir_prefix(&mut below_prefix, comp);
+        cache
+            .listing(source, &below_prefix, DirKind::of(comp), &below)?
+            .self_file
+            .clone()
+    };
+    match (file, self_file) {
+        (Some(f), Some(s)) => {
+            let node_key_len = prefix.len() + comp.raw.len();
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&comp.raw);
+            Err(duplicate(&key[..node_key_len], &f, &s).into())
+        }
+        (f, s) => Ok(f.or(s).map(|src| src.id)),
+    }
 }
 
 impl<Id: Clone + PartialEq> Locator<Id> {
