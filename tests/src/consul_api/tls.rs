@@ -61,20 +61,46 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// How long a client may take over its handshake: an agent does not hold a connection open
+/// for a client that never finishes (Go's `http.Server` bounds it by its read timeouts).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts TLS connections and serves `app` on each until the listener fails. A failed
-/// handshake (wrong CA, no client certificate) only ends that connection.
+/// handshake (wrong CA, no client certificate) only ends that connection, and is logged to
+/// stderr with its peer and cause, so a test that fails on an answer it did not get shows
+/// whether the server saw the connection at all.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     acceptor: TlsAcceptor,
 ) -> std::io::Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // A connection reset before it was accepted, or a moment without file descriptors
+            // or buffers, is not the listener failing (`axum::serve` carries on the same way).
+            Err(e) => {
+                eprintln!("consul-kv-api: accept: {e}; accepting again");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else {
-                return;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    eprintln!("consul-kv-api: TLS handshake with {peer} refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    eprintln!(
+                        "consul-kv-api: TLS handshake with {peer} not finished within \
+                         {HANDSHAKE_TIMEOUT:?}; connection closed"
+                    );
+                    return;
+                }
             };
             // A client hanging up mid-request is its business.
             let _ = hyper::server::conn::http1::Builder::new()
