@@ -735,12 +735,36 @@ fn lookups_in_a_row_find_what_fresh_lookups_find() {
     let root = layout(&mut store, &set).unwrap();
     let mut asked: Vec<Vec<u8>> = set.keys().cloned().collect();
     for absent in [
-        "d/aa", "d/c/y", "d/e", "d/e/f", "d/zz", "d2/b", "d3/a", "d/", "",
+        "d/aa",
+        "d/c/y",
+        "d/e",
+        "d/e/f",
+        "d/zz",
+        "d2/b",
+        "d3/a",
+        "d/",
+        "",
+        // Below missing directories and below files, several in a row.
+        "d3/",
+        "d3/b",
+        "d3/c/d",
+        "d3x/a",
+        "d/a/x",
+        "d/a/y",
+        "d/e/g/h",
+        "d/e/g",
+        "top/x",
+        "top/y/z",
+        "d/e/f/g/h",
     ] {
         asked.push(absent.as_bytes().to_vec());
     }
     asked.push(format!("d/{long}x").into_bytes());
     asked.push(format!("d/{long}/other").into_bytes());
+    for below in ["/a", "/b", "y/a", "y/b", "/under/deeper"] {
+        asked.push(format!("d/{long}{below}").into_bytes());
+        asked.push(format!("d/{}{below}", "M".repeat(400)).into_bytes());
+    }
     asked.sort();
     let mut in_a_row = Locator::default();
     for order in [asked.clone(), asked.iter().rev().cloned().collect()] {

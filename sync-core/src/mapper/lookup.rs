@@ -1,7 +1,7 @@
 //! Finding the file that holds one key's value in an existing area tree, by decoded
 //! component (so tags and `%self` are handled), listing each directory at most once.
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashMap;
 
 use super::component::{component_at, extend_dir_prefix, first_span, spans, Component};
 use super::error::PlanError;
@@ -18,6 +18,9 @@ pub struct Locator<Id> {
     /// The directory the last key was found in: a sorted batch looks many keys up in one
     /// directory in a row, and the way down to it is the same for each.
     last_dir: Option<LastDir<Id>>,
+    /// A key prefix ending in `/` whose directory the last walk found missing: the keys of a
+    /// new directory come in a row too, and each would search the listings above it again.
+    absent_dir: Option<Vec<u8>>,
 }
 
 /// A directory of whole segments (key prefix ending in `/`) and where it is stored.
@@ -33,6 +36,7 @@ impl<Id> Default for Locator<Id> {
             base: None,
             dirs: HashMap::new(),
             last_dir: None,
+            absent_dir: None,
         }
     }
 }
@@ -51,7 +55,16 @@ pub fn lookup<S: TreeSource>(
     if cache.base.as_ref() != Some(base) {
         cache.dirs.clear();
         cache.last_dir = None;
+        cache.absent_dir = None;
         cache.base = Some(base.clone());
+    }
+    // The components up to a `/` are those of the bytes before it, so a key below a
+    // directory the last walk found missing stops at the same step, finding nothing.
+    if let Some(absent) = &cache.absent_dir {
+        if rel.starts_with(absent) {
+            return Ok(None);
+        }
+        cache.absent_dir = None;
     }
     if let Some(last) = cache.last_dir.take() {
         // The same directory as the last key, and a last component of one whole segment.
@@ -81,15 +94,17 @@ pub fn lookup<S: TreeSource>(
             }
             return found;
         }
-        let Found { file, dirs: below } = cache.listing(source, &prefix, kind, &dirs)?.find(&comp);
-        if file.is_none() && below.is_empty() {
+        let Found { dirs: below, .. } = cache.listing(source, &prefix, kind, &dirs)?.find(&comp);
+        if below.is_empty() {
+            // No directory `comp` here (at most a file): nothing below it either. A whole
+            // segment ends at a `/`, and every key under that prefix ends here too.
+            if !span.continues {
+                cache.absent_dir = Some(rel[..=span.end].to_vec());
+            }
             return Ok(None);
         }
         extend_dir_prefix(&mut prefix, &comp);
         kind = DirKind::of(&comp);
-        if below.is_empty() {
-            return Ok(None);
-        }
         dirs = below;
     }
     Ok(None)
@@ -138,14 +153,13 @@ impl<Id: Clone + PartialEq> Locator<Id> {
         kind: DirKind,
         dirs: &[Src<Id>],
     ) -> Result<&DirListing<Id>, PlanError<S::Error>> {
-        match self.dirs.entry(prefix.to_vec()) {
-            Entry::Occupied(e) => Ok(&e.into_mut().1),
-            Entry::Vacant(e) => {
-                let listing = read_dir(source, dirs, prefix, kind)?;
-                let ids = dirs.iter().map(|d| d.id.clone()).collect();
-                Ok(&e.insert((ids, listing)).1)
-            }
+        // Most calls find the directory listed already: asked by slice, they copy no key.
+        if !self.dirs.contains_key(prefix) {
+            let listing = read_dir(source, dirs, prefix, kind)?;
+            let ids = dirs.iter().map(|d| d.id.clone()).collect();
+            self.dirs.insert(prefix.to_vec(), (ids, listing));
         }
+        Ok(&self.dirs[prefix].1)
     }
 
     /// Hands over the listing of the directory at `prefix` read from exactly the trees
