@@ -622,6 +622,11 @@ impl BenchServe {
         peak_rss_mib(self.pid())
     }
 
+    /// CPU time the serve has used so far, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.pid())
+    }
+
     fn metrics(&self) -> String {
         match http(self.addr, "GET", "/metrics", None) {
             Ok((200, body)) => body,
@@ -729,6 +734,23 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .expect("VmHWM");
     kb / 1024.0
+}
+
+/// CPU time (user + system) a running process has used so far, in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+    let ticks: f64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<f64>().expect("utime/stime"))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -8,8 +8,8 @@
 //! BENCH_RUNS=3 (15 at least for the commit figures); BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits).
 
 use kvgit_tests::bench::{
-    env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs, write_config,
-    BenchServe, Layout, NullConsumer, Report, Row, Selection, VALUE_BYTES,
+    cpu_secs, env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs,
+    write_config, BenchServe, Layout, NullConsumer, Report, Row, Selection, VALUE_BYTES,
 };
 use kvgit_tests::etcd::EtcdServer;
 use std::path::{Path, PathBuf};
@@ -72,22 +72,29 @@ impl Bench {
     async fn ingest(&self, report: &mut Report, figure: &str, n: usize) -> (EtcdServer, f64) {
         let layout = Layout::STANDARD;
         let (mut kv, mut null, mut rss) = (Vec::new(), Vec::new(), 0f64);
+        // CPU seconds: kvgit's serve, and etcd's in the kvgit and the null consumer runs. The
+        // machine is busy throughout (etcd and the writers take both cores), so kvgit's CPU
+        // is what lengthens its run; unlike the wall times, it hardly drifts between runs.
+        let (mut kv_cpu, mut etcd_kv, mut etcd_null) = (Vec::new(), Vec::new(), Vec::new());
         let mut kept = None;
         for r in 0..self.runs {
             for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
                 let cluster = etcd();
                 if side == 0 {
                     let mut consumer = NullConsumer::start(cluster.endpoint(), layout, n).await;
+                    let etcd0 = cpu_secs(cluster.pid());
                     let start = Instant::now();
                     let w = raw_write(cluster.endpoint(), layout, 0..n, "v1").await;
                     let took = consumer.finished().await.duration_since(start);
+                    let etcd = cpu_secs(cluster.pid()) - etcd0;
                     assert_eq!(consumer.seen(), n, "the null consumer saw every event");
                     println!(
-                        "  {figure} run {r}: null consumer {} (writes {})",
+                        "  {figure} run {r}: null consumer {} (writes {}), etcd CPU {etcd:.2} s",
                         secs(took.as_secs_f64()),
                         secs(w.took.as_secs_f64())
                     );
                     null.push(took.as_secs_f64());
+                    etcd_null.push(etcd);
                 } else {
                     let name = format!("{figure}-{r}");
                     let serve = BenchServe::start(
@@ -97,19 +104,24 @@ impl Bench {
                         layout,
                         &self.window,
                     );
+                    let (serve0, etcd0) = (serve.cpu_secs(), cpu_secs(cluster.pid()));
                     let start = Instant::now();
                     let w = raw_write(cluster.endpoint(), layout, 0..n, "v1").await;
                     let took = serve
                         .wait_checkpoints(&w.last_by_area)
                         .duration_since(start);
+                    let (cpu, etcd) = (serve.cpu_secs() - serve0, cpu_secs(cluster.pid()) - etcd0);
                     let peak = serve.peak_rss_mib();
                     println!(
-                        "  {figure} run {r}: kvgit serve {} (writes {}), peak RSS {peak:.0} MiB",
+                        "  {figure} run {r}: kvgit serve {} (writes {}), peak RSS {peak:.0} MiB, \
+                         serve CPU {cpu:.2} s, etcd CPU {etcd:.2} s",
                         secs(took.as_secs_f64()),
                         secs(w.took.as_secs_f64())
                     );
                     rss = rss.max(peak);
                     kv.push(took.as_secs_f64());
+                    kv_cpu.push(cpu);
+                    etcd_kv.push(etcd);
                     drop(serve);
                     kept = Some(cluster);
                 }
@@ -134,6 +146,12 @@ impl Bench {
             "{figure} runs: kvgit [{}], null consumer [{}]",
             list(&kv),
             list(&null)
+        ));
+        report.note(format!(
+            "{figure} CPU: kvgit serve [{}]; etcd in the kvgit runs [{}], in the null consumer runs [{}]",
+            list(&kv_cpu),
+            list(&etcd_kv),
+            list(&etcd_null)
         ));
         (kept.expect("at least one run"), rss)
     }
