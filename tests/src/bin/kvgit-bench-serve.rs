@@ -74,7 +74,7 @@ impl Bench {
         let (mut kv, mut null, mut rss) = (Vec::new(), Vec::new(), 0f64);
         // CPU seconds: kvgit's serve, and etcd's in the kvgit and the null consumer runs. The
         // machine is busy throughout (etcd and the writers take both cores), so kvgit's CPU
-        // is what lengthens its run; unlike the wall times, it hardly drifts between runs.
+        // is what lengthens its run; it drifts between runs less than the wall times do.
         let (mut kv_cpu, mut etcd_kv, mut etcd_null) = (Vec::new(), Vec::new(), Vec::new());
         let mut kept = None;
         for r in 0..self.runs {
