@@ -65,7 +65,8 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
 /// for a client that never finishes (Go's `http.Server` bounds it by its read timeouts).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Accepts TLS connections and serves `app` on each until the listener fails. A failed
+/// Accepts TLS connections and serves `app` on each for as long as the process runs (a
+/// failed accept is logged and retried, as `axum::serve` does). A failed
 /// handshake (wrong CA, no client certificate) only ends that connection, and is logged to
 /// stderr with its peer and cause, so a test that fails on an answer it did not get shows
 /// whether the server saw the connection at all.
