@@ -5,7 +5,8 @@
 //! Run: `cargo build --release -p kvgit -p kvgit-tests && target/release/kvgit-bench-serve`
 //! (`--only NAME[,NAME]` or BENCH_ONLY runs some figures, `--list` names them; sizes by
 //! BENCH_INGEST, BENCH_INGEST_LARGE, BENCH_SCALE_SMALL, BENCH_SCALE_LARGE, BENCH_FLAT_KEYS;
-//! BENCH_RUNS=3 (15 at least for the commit figures); BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits).
+//! BENCH_RUNS=3 (15 at least for the commit figures); BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits;
+//! BENCH_PAUSE_BEFORE_COMMITS=FILE waits before the timed commits until FILE exists).
 
 use kvgit_tests::bench::{
     cpu_secs, env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs,
@@ -186,6 +187,7 @@ impl Bench {
         for (serve, endpoint, keys) in sides {
             serve.commit_of(endpoint, &keys(0), "warm-up").await;
         }
+        pause_for_a_profiler(sides).await;
         let mut times = vec![Vec::new(); sides.len()];
         for r in 0..self.runs.max(COMMIT_RUNS) {
             let salt = format!("c{r}");
@@ -196,6 +198,23 @@ impl Bench {
             }
         }
         times
+    }
+}
+
+/// With `BENCH_PAUSE_BEFORE_COMMITS=FILE`, waits after the warm-up commits until `FILE`
+/// exists, having printed the serves' pids: a profiler attached then sees the timed commits
+/// alone, not the load and first start of millions of keys before them.
+async fn pause_for_a_profiler(sides: &[Side<'_>]) {
+    let Ok(file) = std::env::var("BENCH_PAUSE_BEFORE_COMMITS") else {
+        return;
+    };
+    let pids: Vec<String> = sides.iter().map(|(s, _, _)| s.pid().to_string()).collect();
+    println!(
+        "  commits: serves ready (pids {}, in the order of the figure's sides); create {file} to go on",
+        pids.join(", ")
+    );
+    while !Path::new(&file).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
