@@ -97,21 +97,7 @@ fn open_fds(pid: u32) -> usize {
 
 /// CPU time (user + system) `pid` has used.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    // Fields after the command name (which may hold spaces); utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    let out = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("run getconf");
-    let per_second: u64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("CLK_TCK");
-    Duration::from_millis(ticks * 1000 / per_second)
+    Duration::from_secs_f64(kvgit_tests::bench::cpu_secs(pid))
 }
 
 /// Opens `n` TCP connections to `addr` and sends nothing on them. Each connect must complete
