@@ -1,7 +1,7 @@
 //! Finding the file that holds one key's value in an existing area tree, by decoded
 //! component (so tags and `%self` are handled), listing each directory at most once.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use super::component::{component_at, extend_dir_prefix, first_span, spans, Component};
 use super::error::PlanError;
@@ -153,13 +153,14 @@ impl<Id: Clone + PartialEq> Locator<Id> {
         kind: DirKind,
         dirs: &[Src<Id>],
     ) -> Result<&DirListing<Id>, PlanError<S::Error>> {
-        // Most calls find the directory listed already: asked by slice, they copy no key.
-        if !self.dirs.contains_key(prefix) {
-            let listing = read_dir(source, dirs, prefix, kind)?;
-            let ids = dirs.iter().map(|d| d.id.clone()).collect();
-            self.dirs.insert(prefix.to_vec(), (ids, listing));
+        match self.dirs.entry(prefix.to_vec()) {
+            Entry::Occupied(e) => Ok(&e.into_mut().1),
+            Entry::Vacant(e) => {
+                let listing = read_dir(source, dirs, prefix, kind)?;
+                let ids = dirs.iter().map(|d| d.id.clone()).collect();
+                Ok(&e.insert((ids, listing)).1)
+            }
         }
-        Ok(&self.dirs[prefix].1)
     }
 
     /// Hands over the listing of the directory at `prefix` read from exactly the trees
