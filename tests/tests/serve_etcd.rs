@@ -965,6 +965,43 @@ async fn an_idle_service_makes_no_commits() {
     assert_eq!(commits, after, "kvgit_commits_total moved while idle");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_counts_the_catch_up_commit_it_makes() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[]);
+    let areas = [ENTRIES, EVENTS];
+    let cfg = ServeConfig::fast(&areas);
+    let mut serve = Serve::start(&ws, etcd.endpoint(), &cfg);
+    serve.wait_ready();
+    put(&mut c, "/t/entries/k0", "one").await;
+    put(&mut c, "/t/events/k0", "one").await;
+    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
+    let (status, _) = serve.terminate();
+    assert!(status.success(), "serve exited with {status}");
+    let before = ws.commit_count();
+
+    // Only `entries` changes while it is down: its catch-up is the one commit.
+    for i in 1..4 {
+        put(&mut c, &format!("/t/entries/k{i}"), "two").await;
+    }
+    let serve = Serve::start(&ws, etcd.endpoint(), &cfg);
+    serve.wait_ready();
+    wait_converged(&serve, &c, &ws.repo, MAIN, &areas).await;
+    assert_eq!(
+        ws.commit_count(),
+        before + 1,
+        "one catch-up commit\n{}",
+        ws.git(&["log", "-3", "--format=%H %s", MAIN])
+    );
+    for (area, want) in [("entries", 1.0), ("events", 0.0)] {
+        for series in ["kvgit_commits_total", "kvgit_commit_duration_seconds_count"] {
+            let got = metric(&serve, &format!(r#"{series}{{area="{area}"}}"#));
+            assert_eq!(got, want, "{series} of {area} after the restart");
+        }
+    }
+}
+
 // 9 ------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]

@@ -447,11 +447,19 @@ async fn catch_up(
     resync: Option<export::ResyncCause>,
 ) -> Result<export::ExportReport, AreaError> {
     let _git = ctx.git_lock.lock("catch-up").await;
+    let started = Instant::now();
     let opts = fence(ctx, area)?;
-    Ok(match resync {
+    let report = match resync {
         Some(cause) => export::resync_area(&ctx.engine, area, cluster, opts, cause).await?,
         None => export::export_area(&ctx.engine, area, cluster, opts).await?,
-    })
+    };
+    // A catch-up's commit is a commit like a batch's: after downtime it may be the largest
+    // one, and a scraper that sees the checkpoint move must see the commit counted too.
+    if report.commit.is_some() {
+        ctx.metrics
+            .commit(&area.name.0, started.elapsed().as_secs_f64());
+    }
+    Ok(report)
 }
 
 /// At shutdown or hand-over, once the batch is committed: commit what the store
