@@ -692,7 +692,13 @@ impl BenchServe {
             let page = self.metrics();
             if self.series(&page, "kvgit_checkpoint_revision", &area) as i64 >= rev {
                 let (sum1, count1) = sums(&page);
-                assert_eq!(count1 - count0, 1.0, "one commit for the 100 keys");
+                let cp = self.series(&page, "kvgit_checkpoint_revision", &area);
+                assert_eq!(
+                    count1 - count0,
+                    1.0,
+                    "one commit for the 100 keys of revision {rev} (checkpoint now {cp}):\n{}",
+                    tail(&self.log, 30)
+                );
                 return sum1 - sum0;
             }
             assert!(
