@@ -221,9 +221,9 @@ fn edited<'a>(
     planned: impl Iterator<Item = &'a [u8]>,
     mut changed: Vec<Entry<'a>>,
 ) -> Result<Vec<Entry<'a>>, TreeReadError> {
-    let mut gone: Vec<&[u8]> = planned.collect();
-    gone.extend(edit.removed.iter().map(|n| n.as_bytes()));
-    gone.sort_unstable();
+    let mut names: Vec<&[u8]> = planned.collect();
+    names.extend(edit.removed.iter().map(|n| n.as_bytes()));
+    let gone = Gone::new(names);
     treefmt::sort(&mut changed);
     let mut out = Vec::with_capacity(base.len() / 30 + changed.len());
     let mut changed = changed.into_iter().peekable();
@@ -233,7 +233,7 @@ fn edited<'a>(
             source,
         })?;
         let name: &[u8] = entry.filename.as_ref();
-        if gone.binary_search(&name).is_ok() {
+        if gone.contains(name) {
             continue;
         }
         // Kept as a full rewrite would write it: a regular file or a directory.
@@ -257,6 +257,48 @@ fn edited<'a>(
         treefmt::sort(&mut out);
     }
     Ok(out)
+}
+
+/// The names an edit replaces or removes. Every entry of the base tree is asked about, and
+/// a directory of thousands of entries changes a few: a filter of name hashes answers most
+/// of them with one hash instead of a binary search over byte strings (a twelfth of a
+/// 100-key commit's CPU at 10M keys went to those searches).
+struct Gone<'a> {
+    names: Vec<&'a [u8]>,
+    filter: [u64; FILTER_WORDS],
+}
+
+/// 1024 bits: a few dozen names leave a kept name a few percent chance of a search.
+const FILTER_WORDS: usize = 16;
+
+impl<'a> Gone<'a> {
+    fn new(mut names: Vec<&'a [u8]>) -> Gone<'a> {
+        names.sort_unstable();
+        let mut filter = [0; FILTER_WORDS];
+        for name in &names {
+            let (word, bit) = filter_bit(name);
+            filter[word] |= bit;
+        }
+        Gone { names, filter }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        let (word, bit) = filter_bit(name);
+        self.filter[word] & bit != 0 && self.names.binary_search(&name).is_ok()
+    }
+}
+
+/// The filter's word and bit for `name`: a multiplicative hash of its bytes, 8 at a time.
+fn filter_bit(name: &[u8]) -> (usize, u64) {
+    let mut h = name.len() as u64;
+    for chunk in name.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    // The top 10 bits, the best mixed: 4 pick the word, 6 the bit.
+    let top = (h >> 54) as usize;
+    (top >> 6, 1 << (top & 63))
 }
 
 fn put<'p>(
@@ -321,5 +363,55 @@ impl GitStore {
     ) -> Result<ObjectId, WritePlanError> {
         let repo = self.repo();
         write_root(plan, self, &mut LooseSink { repo: &repo })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gone;
+
+    #[test]
+    fn gone_names_are_found_and_no_other_name_is() {
+        // Names as areas have them (`key-0001234`, longer than a hash word), their prefixes
+        // and extensions, names a byte apart at either end, and the empty name.
+        let mut all: Vec<Vec<u8>> = (0..3000)
+            .map(|i| format!("key-{i:07}").into_bytes())
+            .collect();
+        all.extend(
+            [
+                "",
+                "k",
+                "key-",
+                "key-0000001x",
+                "xey-0000001",
+                "%self",
+                "a/b",
+            ]
+            .map(|n| n.as_bytes().to_vec()),
+        );
+        let gone_idx: Vec<usize> = (0..all.len()).filter(|i| i % 97 == 3).collect();
+        let gone = Gone::new(gone_idx.iter().map(|&i| all[i].as_slice()).collect());
+        for (i, name) in all.iter().enumerate() {
+            assert_eq!(
+                gone.contains(name),
+                gone_idx.contains(&i),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // The filter is what saves the searches: few kept names get past it.
+        let searched = all
+            .iter()
+            .filter(|n| {
+                let (word, bit) = super::filter_bit(n);
+                gone.filter[word] & bit != 0
+            })
+            .count();
+        assert!(
+            searched < gone_idx.len() + all.len() / 20,
+            "{searched} of {} names searched",
+            all.len()
+        );
+        assert!(!Gone::new(Vec::new()).contains(b"key-0000001"));
     }
 }
