@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
+use std::sync::OnceLock;
 
 use gix::objs::Kind;
 use gix::zlib::stream::deflate::{Compress, FlushCompress};
@@ -34,6 +35,13 @@ const STORE_BELOW: usize = 1024;
 /// (1 of the ~6 ms a one-shot export of 4 areas spends after etcd answers), and the next
 /// geometric repack compresses them anyway.
 const STORE_ALL_UP_TO: usize = BATCH;
+/// A commit's pack whose trees come to at most this stores them too, whatever the object
+/// count: a tree is mostly object ids, which do not compress (deflate saves a third), and
+/// deflating the few large directories each commit rewrites took 7% of `serve`'s CPU at a
+/// full-speed ingest. A repack deltas a rewritten tree against its next version, compressing
+/// the delta. Past this (a resync rewriting a large area) the trees are compressed: there
+/// the disk saved is large and the CPU a one-off.
+const STORE_TREES_UP_TO: usize = 8 << 20;
 
 /// Why a plan could not be written as a pack.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +242,7 @@ impl BulkWriter<'_> {
             Some(pack) => pack,
             empty => empty.insert(PackWriter::create(&dir, None).map_err(io_error(&dir))?),
         };
-        append(pack, &dir, &queued, STORE_BELOW)
+        append(pack, &dir, &queued, Stored::SMALL)
     }
 
     fn pack_dir(&self) -> PathBuf {
@@ -252,12 +260,20 @@ pub(crate) fn write_pack(dir: &Path, objects: &[NewObject<'_>]) -> Result<(), Pa
     })?;
     let mut pack = PackWriter::create(dir, Some(count)).map_err(io_error(dir))?;
     // A pack written whole knows its size: a small one is a commit's.
-    let store_below = if objects.len() <= STORE_ALL_UP_TO {
-        usize::MAX
-    } else {
-        STORE_BELOW
+    let tree_bytes: usize = objects
+        .iter()
+        .filter(|obj| obj.kind == Kind::Tree)
+        .map(|obj| obj.data.len())
+        .sum();
+    let store = Stored {
+        below: if objects.len() <= STORE_ALL_UP_TO {
+            usize::MAX
+        } else {
+            STORE_BELOW
+        },
+        trees: tree_bytes <= STORE_TREES_UP_TO,
     };
-    append(&mut pack, dir, objects, store_below)?;
+    append(&mut pack, dir, objects, store)?;
     let path = pack.publish().map_err(io_error(dir))?;
     tracing::debug!(objects = count, pack = %path.display(), "wrote pack");
     Ok(())
@@ -270,26 +286,51 @@ fn io_error(dir: &Path) -> impl Fn(std::io::Error) -> PackWriteError + '_ {
     }
 }
 
+/// Which objects go into a pack as stored zlib blocks instead of compressed.
+#[derive(Clone, Copy)]
+struct Stored {
+    /// Every object smaller than this.
+    below: usize,
+    /// Every tree.
+    trees: bool,
+}
+
+impl Stored {
+    /// As the bulk path stores: small objects only.
+    const SMALL: Stored = Stored {
+        below: STORE_BELOW,
+        trees: false,
+    };
+
+    fn stores(self, obj: &NewObject<'_>) -> bool {
+        obj.data.len() < self.below || (self.trees && obj.kind == Kind::Tree)
+    }
+}
+
+/// The machine's parallelism, read once: the standard library reads the cgroup's CPU quota
+/// from three files on each call, and every commit's pack asked.
+fn parallelism() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Compresses `objects` on worker threads and appends them, in order, to `pack`.
 fn append(
     pack: &mut PackWriter,
     dir: &Path,
     objects: &[NewObject<'_>],
-    store_below: usize,
+    store: Stored,
 ) -> Result<(), PackWriteError> {
     let batches: Vec<&[NewObject<'_>]> = objects.chunks(BATCH).collect();
     if let [only] = batches[..] {
         // One batch: no thread to start and wait for.
         let mut compressor = Compress::new(COMPRESSION);
-        for (id, entry) in encode_batch(&mut compressor, only, store_below)? {
+        for (id, entry) in encode_batch(&mut compressor, only, store)? {
             pack.add(id, &entry).map_err(io_error(dir))?;
         }
         return Ok(());
     }
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_WORKERS)
-        .min(batches.len());
+    let workers = parallelism().clamp(1, MAX_WORKERS).min(batches.len());
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel(workers * 2);
@@ -300,8 +341,8 @@ fn append(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(batch) = batches.get(i) else { break };
-                    let encoded = encode_batch(&mut compressor, batch, store_below)
-                        .map(|entries| (i, entries));
+                    let encoded =
+                        encode_batch(&mut compressor, batch, store).map(|entries| (i, entries));
                     // A closed channel means the writer failed; it reports its own error.
                     if tx.send(encoded).is_err() {
                         break;
@@ -323,12 +364,12 @@ fn append(
 fn encode_batch(
     compressor: &mut Compress,
     batch: &[NewObject<'_>],
-    store_below: usize,
+    store: Stored,
 ) -> Result<Vec<(ObjectId, Vec<u8>)>, PackWriteError> {
     batch
         .iter()
         .map(|obj| {
-            let compressed = if obj.data.len() < store_below {
+            let compressed = if store.stores(obj) {
                 stored(&obj.data)
             } else {
                 deflate(compressor, &obj.data)

@@ -300,6 +300,62 @@ fn packs_pass_verify_pack_and_several_stay_readable() {
     fsck(s.git_dir());
 }
 
+/// `git verify-pack -v` of the one pack in `git_dir`: (size, size in the pack) by object id.
+fn sizes_in_pack(git_dir: &std::path::Path) -> HashMap<String, (u64, u64)> {
+    let all = packs(git_dir);
+    assert_eq!(all.len(), 1, "one pack");
+    let idx = all[0].with_extension("idx");
+    let listing = git(git_dir, &["verify-pack", "-v", idx.to_str().expect("utf8")]);
+    listing
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (size, in_pack) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+            (f.first()?.len() == 40).then(|| (f[0].to_owned(), (size, in_pack)))
+        })
+        .collect()
+}
+
+#[test]
+fn a_commits_pack_stores_its_trees_and_compresses_large_values() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    // More objects than a small commit's pack (which stores everything): a burst's commit.
+    let text = "a line of a configuration file that compresses well\n".repeat(100);
+    let mut files: Vec<(String, Vec<u8>)> = (0..1500)
+        .map(|i| (format!("dir/key{i:05}"), format!("value {i}").into_bytes()))
+        .collect();
+    files.push(("config".to_owned(), text.clone().into_bytes()));
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let root = s.write_plan_packed(&plan(&refs)).expect("packed");
+    let sizes = sizes_in_pack(s.git_dir());
+    let dir = s.subtree(root, "dir").expect("read").expect("dir");
+    let (size, in_pack) = sizes[&dir.to_string()];
+    assert!(size > 40_000, "a large directory: {size} bytes");
+    assert!(
+        in_pack > size,
+        "the tree is stored: {in_pack} bytes in the pack for {size}"
+    );
+    let files_under = s.files_under(root).expect("walk");
+    let config = files_under
+        .iter()
+        .find(|(p, _)| p == "config")
+        .expect("config")
+        .1;
+    let (size, in_pack) = sizes[&config.to_string()];
+    assert!(
+        in_pack < size / 4,
+        "the value is compressed: {in_pack} bytes for {size}"
+    );
+    assert_eq!(s.read_blob(config).expect("read"), text.as_bytes());
+    assert_eq!(files_under.len(), 1501);
+    commit(&s, root, None, "burst", 1);
+    fsck(s.git_dir());
+}
+
 #[test]
 fn repack_folds_loose_objects_and_the_handle_keeps_reading() {
     let tmp = tempfile::tempdir().expect("tempdir");
