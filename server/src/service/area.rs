@@ -419,9 +419,11 @@ async fn session(
                     }
                 }
                 Some(Ok(WatchEvent::Changes { revision, changes })) => {
-                    for c in &changes {
-                        ctx.metrics.event(name, matches!(c.kind, ChangeKind::Delete));
-                    }
+                    let deletes = changes
+                        .iter()
+                        .filter(|c| matches!(c.kind, ChangeKind::Delete))
+                        .count();
+                    ctx.metrics.events(name, (changes.len() - deletes) as u64, deletes as u64);
                     batch.add(revision, changes, Instant::now());
                     note_pending(ctx, name, &batch);
                     let full = batch.events() >= batch_max;
