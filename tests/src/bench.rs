@@ -848,6 +848,8 @@ pub struct Report {
     command: String,
     started: String,
     load_before: String,
+    /// The file system of the work dir (see [`filesystem_of`]), once known.
+    work_fs: Option<String>,
     rows: Vec<Row>,
     notes: Vec<String>,
 }
@@ -859,6 +861,7 @@ impl Report {
             command: command_line(),
             started: utc_now(),
             load_before: loadavg(),
+            work_fs: None,
             rows: Vec::new(),
             notes: Vec::new(),
         }
@@ -882,6 +885,14 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// The harness's work dir (repositories, configs, logs): its file system goes into
+    /// the report, and is printed now.
+    pub fn work_dir(&mut self, dir: &Path) {
+        let fs = filesystem_of(dir);
+        println!("work dir {} on {fs}", dir.display());
+        self.work_fs = Some(fs);
+    }
+
     pub fn note(&mut self, note: String) {
         println!("  .. {note}");
         self.notes.push(note);
@@ -895,11 +906,12 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "Machine: {} cores, kernel {}, {} with `--unsafe-no-fsync`; kvgit `{}`; load average before {}, after {}.",
+            "Machine: {} cores, kernel {}, {} with `--unsafe-no-fsync`; kvgit `{}`; work dir on {}; load average before {}, after {}.",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             first_line("uname", &["-r"]),
             first_line("etcd", &["--version"]).replace("etcd Version: ", "etcd "),
             kvgit_bin().display(),
+            self.work_fs.as_deref().unwrap_or("?"),
             self.load_before,
             loadavg()
         );
@@ -968,6 +980,48 @@ pub fn command_line() -> String {
     parts.join(" ")
 }
 
+/// The file system holding `dir`, as the commit figures depend on it: `ext4 (/dev/vda)
+/// without a journal` and the like. Without a journal, ext4 skips every inode freed in the
+/// last half minute or so when it allocates one, reading each from disk; every commit of a
+/// serve creates four files and frees two (its ref updates), so a busy serve pays more for
+/// each file the more it commits (docs/performance.md, fifteenth round).
+pub fn filesystem_of(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Fields: id parent dev root mountpoint options [optional...] - fstype source superopts.
+    let best = mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = Path::new(fields.get(4)?);
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let (fstype, source) = (fields.get(dash + 1)?, fields.get(dash + 2)?);
+            dir.starts_with(point).then(|| {
+                (
+                    point.as_os_str().len(),
+                    fstype.to_string(),
+                    source.to_string(),
+                )
+            })
+        })
+        .max_by_key(|(len, _, _)| *len);
+    let Some((_, fstype, source)) = best else {
+        return "?".into();
+    };
+    if fstype != "ext4" {
+        return format!("{fstype} ({source})");
+    }
+    let name = Path::new(&source)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match std::fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task")) {
+        Ok(task) if task.trim() == "<none>" => format!("ext4 ({source}) without a journal"),
+        Ok(_) => format!("ext4 ({source}) with a journal"),
+        Err(_) => format!("ext4 ({source})"),
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -996,6 +1050,13 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_dir_is_on_the_file_system_of_its_longest_mount() {
+        // `/` is a prefix of `/proc` too: the longer mount point is the one.
+        assert_eq!(filesystem_of(Path::new("/proc/self")), "proc (proc)");
+        assert_ne!(filesystem_of(&std::env::temp_dir()), "?");
+    }
 
     /// The keys of one measured commit are 100 distinct keys of the first area, in range.
     fn check_commit_keys(layout: Layout, n: usize, keys: &[usize]) {

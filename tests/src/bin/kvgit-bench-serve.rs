@@ -267,10 +267,8 @@ async fn main() {
         bench.window,
         runs.max(COMMIT_RUNS)
     ));
-    println!(
-        "kvgit-bench-serve (etcd --unsafe-no-fsync), work dir {}",
-        dir.display()
-    );
+    println!("kvgit-bench-serve (etcd --unsafe-no-fsync)");
+    report.work_dir(&dir);
 
     if sel.wants("ingest") {
         let n = env_usize("BENCH_INGEST", 200_000);

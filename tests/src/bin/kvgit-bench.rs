@@ -224,7 +224,8 @@ async fn main() {
     let mut report = Report::new(&format!(
         "kvgit-bench: {n} keys of {VALUE_BYTES} B over {AREAS} areas, median of {runs}"
     ));
-    println!("{}  (work dir {})", report_title(n, runs), dir.display());
+    println!("{}", report_title(n, runs));
+    report.work_dir(&dir);
 
     // The source cluster and the exported state every figure starts from.
     let source = etcd();
