@@ -982,7 +982,7 @@ pub fn command_line() -> String {
 
 /// The file system holding `dir`, as the commit figures depend on it: `ext4 (/dev/vda)
 /// without a journal` and the like. Without a journal, ext4 skips every inode freed in the
-/// last half minute or so when it allocates one, reading each from disk; every commit of a
+/// last half minute or so when it allocates one, looking each one up; every commit of a
 /// serve creates four files and frees two (its ref updates), so a busy serve pays more for
 /// each file the more it commits (docs/performance.md, fifteenth round).
 pub fn filesystem_of(dir: &Path) -> String {
@@ -1054,7 +1054,8 @@ mod tests {
     #[test]
     fn a_dir_is_on_the_file_system_of_its_longest_mount() {
         // `/` is a prefix of `/proc` too: the longer mount point is the one.
-        assert_eq!(filesystem_of(Path::new("/proc/self")), "proc (proc)");
+        let proc = filesystem_of(Path::new("/proc/self"));
+        assert!(proc.starts_with("proc ("), "/proc is on {proc}");
         assert_ne!(filesystem_of(&std::env::temp_dir()), "?");
     }
 
