@@ -231,7 +231,7 @@ pub async fn raw_write(
                     .clone()
                     .map(|i| TxnOp::put(layout.key(i), value(i, &salt), None))
                     .collect();
-                let resp = kv.txn(Txn::new().and_then(ops)).await.expect("raw txn");
+                let resp = txn_retrying(&mut kv, ops).await;
                 let rev = resp.header().map_or(0, |h| h.revision());
                 for i in chunk {
                     let a = layout.area_index(i);
@@ -251,6 +251,34 @@ pub async fn raw_write(
         took: start.elapsed(),
         revision: last_by_area.iter().copied().max().unwrap_or(0),
         last_by_area,
+    }
+}
+
+/// One raw transaction, sent again (four times at most) when etcd answers Unavailable: an
+/// etcd short of CPU says "request timed out" for a proposal it may still apply. The puts
+/// are of the same values either way, so a first attempt applied after all changes no
+/// value anything compares; only the load's last revision may be later than the one waited
+/// for.
+async fn txn_retrying(kv: &mut etcd_client::KvClient, ops: Vec<TxnOp>) -> etcd_client::TxnResponse {
+    /// gRPC's code for Unavailable (etcd's "request timed out", "leader changed").
+    const UNAVAILABLE: i32 = 14;
+    let mut attempt = 1;
+    loop {
+        match kv.txn(Txn::new().and_then(ops.clone())).await {
+            Ok(resp) => return resp,
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() as i32 == UNAVAILABLE && attempt < 5 =>
+            {
+                eprintln!(
+                    "raw txn: etcd answered {:?} ({}); sending it again",
+                    status.code(),
+                    status.message()
+                );
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => panic!("raw txn: {e:?}"),
+        }
     }
 }
 
