@@ -717,8 +717,18 @@ impl BenchServe {
         let rev = change(endpoint, self.layout, keys, salt).await;
         let start = Instant::now();
         loop {
-            let page = self.metrics();
+            let mut page = self.metrics();
             if self.series(&page, "kvgit_checkpoint_revision", &area) as i64 >= rev {
+                // A page is not one snapshot: the registry reads its collectors one after
+                // another, so a commit that lands between two reads shows the checkpoint
+                // it moved without the duration it observed (seen twice in thousands of
+                // commits; the repository held the commit both times). Read again until the
+                // count moves too.
+                let seen = Instant::now();
+                while sums(&page).1 == count0 && seen.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    page = self.metrics();
+                }
                 let (sum1, count1) = sums(&page);
                 let cp = self.series(&page, "kvgit_checkpoint_revision", &area);
                 assert_eq!(
