@@ -260,14 +260,12 @@ pub async fn raw_write(
 /// value anything compares; only the load's last revision may be later than the one waited
 /// for.
 async fn txn_retrying(kv: &mut etcd_client::KvClient, ops: Vec<TxnOp>) -> etcd_client::TxnResponse {
-    /// gRPC's code for Unavailable (etcd's "request timed out", "leader changed").
-    const UNAVAILABLE: i32 = 14;
     let mut attempt = 1;
     loop {
         match kv.txn(Txn::new().and_then(ops.clone())).await {
             Ok(resp) => return resp,
             Err(etcd_client::Error::GRpcStatus(status))
-                if status.code() as i32 == UNAVAILABLE && attempt < 5 =>
+                if status.code() == tonic::Code::Unavailable && attempt < 5 =>
             {
                 eprintln!(
                     "raw txn: etcd answered {:?} ({}); sending it again",
@@ -722,8 +720,8 @@ impl BenchServe {
                 // A page is not one snapshot: the registry reads its collectors one after
                 // another, so a commit that lands between two reads shows the checkpoint
                 // it moved without the duration it observed (seen twice in thousands of
-                // commits; the repository held the commit both times). Read again until the
-                // count moves too.
+                // commits; the second time the repository was kept, and held the commit).
+                // Read again until the count moves too.
                 let seen = Instant::now();
                 while sums(&page).1 == count0 && seen.elapsed() < Duration::from_secs(1) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
