@@ -1052,3 +1052,140 @@ async fn an_export_of_several_areas_commits_each_in_order_and_moves_every_checkp
     assert_eq!(changed_files(&ws, "main"), ["metrics/m0"]);
     ws.git(&["fsck", "--strict"]);
 }
+
+const EXTRA: Area<'static> = Area {
+    name: "extra",
+    prefix: "/sigil/extra/",
+    path: "extra",
+    mode: "kv-to-git",
+};
+
+/// Every area's checkpoint at `revision`, nothing pending.
+fn every_checkpoint_at(ws: &Workspace, revision: i64) {
+    let status = ws.kvgit(&["status", "--json"]).ok().stdout;
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    for area in doc["areas"].as_array().expect("areas") {
+        assert_eq!(area["checkpoint"]["revision"], revision, "{area}");
+        assert_eq!(area["pending_events"], 0, "{area}");
+    }
+}
+
+/// The first export of several areas streams them side by side, yet lands as if they ran
+/// one after another: one commit per area in config order, each changing only its area
+/// and holding every key; an area whose directory exists already (read by the rule, on
+/// its own) keeps its place between them.
+#[tokio::test]
+async fn a_first_export_of_several_areas_lands_in_config_order_around_an_existing_one() {
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[NODES]);
+    for i in 0..300 {
+        put(&mut c, format!("/sigil/nodes/r{i}"), "a").await;
+    }
+    ws.kvgit(&["export"]).ok();
+    assert_eq!(ws.commit_count(), 1);
+    for i in 0..300 {
+        put(
+            &mut c,
+            format!("/sigil/entries/node-{i}/status"),
+            format!("up-{i}"),
+        )
+        .await;
+        put(&mut c, format!("/sigil/extra/x{i}"), format!("{i}")).await;
+        put(&mut c, format!("/sigil/metrics/m{i}"), format!("{i}")).await;
+    }
+    put(&mut c, "/sigil/nodes/r7", "changed").await;
+    let revision = c
+        .get("/sigil/nodes/r7", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    ws.write_config(etcd.endpoint(), &[BOTH, EXTRA, NODES, METRICS], "");
+    let out = ws.kvgit(&["export"]).ok();
+    assert_eq!(ws.commit_count(), 5, "{}", out.stdout);
+    for (commit, area, files) in [
+        ("main~3", "entries", 300),
+        ("main~2", "extra", 300),
+        ("main~1", "nodes", 1),
+        ("main", "metrics", 300),
+    ] {
+        let changed = changed_files(&ws, commit);
+        assert_eq!(changed.len(), files, "{commit}: {changed:?}");
+        assert!(
+            changed.iter().all(|f| f.starts_with(&format!("{area}/"))),
+            "{commit} changes only {area}: {changed:?}"
+        );
+        let msg = ws.git(&["log", "-1", "--format=%B", commit]);
+        assert!(msg.starts_with(&format!("{area}: ")), "{commit}: {msg}");
+    }
+    assert_eq!(show(&ws, "entries/node-299/status"), b"up-299");
+    assert_eq!(show(&ws, "extra/x42"), b"42");
+    assert_eq!(show(&ws, "nodes/r7"), b"changed");
+    assert_eq!(show(&ws, "metrics/m0"), b"0");
+    every_checkpoint_at(&ws, revision);
+    ws.git(&["fsck", "--strict"]);
+    let out = ws.kvgit(&["export"]).ok();
+    assert_eq!(ws.commit_count(), 5, "nothing more: {}", out.stdout);
+}
+
+/// A first export whose second area cannot be read fails naming that area; the area
+/// before it is recorded with its checkpoint, the one after it is not, as if the areas
+/// ran one after another. The next export, once the user may read everything, lands the
+/// rest.
+#[tokio::test]
+async fn a_first_export_that_fails_in_one_area_records_the_areas_before_it() {
+    let mut etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    for i in 0..200 {
+        put(&mut c, format!("/sigil/entries/node-{i}/status"), "up").await;
+        put(&mut c, format!("/sigil/metrics/m{i}"), format!("{i}")).await;
+        put(&mut c, format!("/sigil/extra/x{i}"), format!("{i}")).await;
+    }
+    etcd.enable_auth("root-password");
+    etcd.add_role(
+        "no-metrics",
+        &[
+            ("read", "/sigil/entries/", true),
+            ("read", "/sigil/extra/", true),
+        ],
+    );
+    etcd.add_role("everything", &[("read", "/sigil/", true)]);
+    etcd.add_user("reader", "reader-password", &["no-metrics"]);
+    let ws = Workspace::new(etcd.endpoint(), &[BOTH, METRICS, EXTRA]);
+    std::fs::write(ws.dir.path().join("reader.pw"), "reader-password\n").expect("pw");
+    let env = [
+        ("KVGIT_BACKEND__USER", "reader"),
+        ("KVGIT_BACKEND__PASSWORD_FILE", "reader.pw"),
+    ];
+    let run = ws.kvgit_env(&["export"], &env);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("metrics"), "names the area: {run:?}");
+    assert_eq!(ws.commit_count(), 1, "only entries: {run:?}");
+    let changed = changed_files(&ws, "main");
+    assert_eq!(changed.len(), 200, "{changed:?}");
+    assert!(
+        changed.iter().all(|f| f.starts_with("entries/")),
+        "{changed:?}"
+    );
+    assert!(
+        ws.git(&["ls-tree", "--name-only", "main"])
+            .lines()
+            .eq(["entries"]),
+        "neither metrics nor extra is on the branch"
+    );
+
+    etcd.etcdctl(&["user", "grant-role", "reader", "everything"]);
+    let run = ws.kvgit_env(&["export"], &env);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(ws.commit_count(), 3, "{run:?}");
+    assert!(changed_files(&ws, "main~1")
+        .iter()
+        .all(|f| f.starts_with("metrics/")));
+    assert!(changed_files(&ws, "main")
+        .iter()
+        .all(|f| f.starts_with("extra/")));
+    assert_eq!(show(&ws, "extra/x199"), b"199");
+    ws.git(&["fsck", "--strict"]);
+}

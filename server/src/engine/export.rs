@@ -230,15 +230,169 @@ pub async fn run(
     if let Some(e) = failed {
         return Err(e);
     }
-    // The rest one by one: a full pass reads its area's snapshot itself.
-    for (area, read) in reads {
-        let r = match read {
-            Ok(read) => record_live(ctx, area, &cluster, read, opts).await,
-            Err(e) => Err(e),
+    // The rest in config order: a full pass reads its area's snapshot itself. Areas in a
+    // row whose directory the branch does not have yet (a first export of several areas)
+    // stream side by side and land as one chain; any other pass runs on its own.
+    let mut rest: Vec<(&AreaConfig, Result<LiveRead, ExportError>)> = reads.collect();
+    rest.reverse();
+    while let Some((area, read)) = rest.pop() {
+        let firsts = match &read {
+            Ok(LiveRead::Full {
+                pass: PassKind::NoBase,
+                ..
+            }) => {
+                let mut run = vec![(area, read)];
+                while let Some((_, Ok(LiveRead::Full { pass, .. }))) = rest.last() {
+                    if *pass != PassKind::NoBase {
+                        break;
+                    }
+                    run.extend(rest.pop());
+                }
+                let (tip, firsts) = first_exports_ahead(ctx, &run).await?;
+                // Fewer than two first exports: the leading area runs on its own, and the
+                // others go back, in order, to be looked at again.
+                let keep = if firsts >= 2 { firsts } else { 1 };
+                let others = run.split_off(keep);
+                rest.extend(others.into_iter().rev());
+                if firsts >= 2 {
+                    Some((tip, run))
+                } else {
+                    let (area, read) = run.pop().expect("the run starts with its area");
+                    reports.push(record_one(ctx, area, &cluster, read, opts).await?);
+                    None
+                }
+            }
+            _ => {
+                reports.push(record_one(ctx, area, &cluster, read, opts).await?);
+                None
+            }
         };
-        reports.push(r.map_err(|e| in_area(area, e))?);
+        let Some((tip, run)) = firsts else { continue };
+        let (recorded, failed) = first_exports_together(ctx, &cluster, tip, run, opts).await;
+        reports.extend(recorded?);
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     Ok(reports)
+}
+
+/// One area of `kvgit export`'s rest, on its own; an error names the area.
+async fn record_one(
+    ctx: &Context,
+    area: &AreaConfig,
+    cluster: &ClusterId,
+    read: Result<LiveRead, ExportError>,
+    opts: ExportOptions,
+) -> Result<ExportReport, ExportError> {
+    let r = match read {
+        Ok(read) => record_live(ctx, area, cluster, read, opts).await,
+        Err(e) => Err(e),
+    };
+    r.map_err(|e| ExportError::Area {
+        area: area.name.0.clone(),
+        source: Box::new(e),
+    })
+}
+
+/// First exports that may run at once: two keep both cores busy (etcd serving one area's
+/// pages while kvgit hashes and packs another's), and keep memory within twice one
+/// area's keys and blob ids.
+const FIRST_EXPORTS_AT_ONCE: usize = 2;
+
+/// The branch tip, and how many of `run`'s areas (full passes with no base, config order)
+/// lead with no directory on it: those are first exports, planned on that tip.
+async fn first_exports_ahead(
+    ctx: &Context,
+    run: &[(&AreaConfig, Result<LiveRead, ExportError>)],
+) -> Result<(Option<ObjectId>, usize), ExportError> {
+    let dirs: Vec<_> = run
+        .iter()
+        .map(|(area, _)| (area.path.clone(), area.format))
+        .collect();
+    ctx.git_blocking(move |git| -> Result<_, ExportError> {
+        let tip = git.tip()?;
+        let mut firsts = 0;
+        for (path, format) in &dirs {
+            if key_tree(git, tip, path, *format, false)?.is_some() {
+                break;
+            }
+            firsts += 1;
+        }
+        Ok((tip, firsts))
+    })
+    .await
+}
+
+/// The first exports of `run` (each a full pass with no base whose directory `tip` lacks),
+/// [`FIRST_EXPORTS_AT_ONCE`] streaming at a time, recorded as one chain on `tip` in config
+/// order. Up to the first area whose read failed, the areas are recorded, as if they ran
+/// one after another; that failure is returned beside their reports.
+async fn first_exports_together(
+    ctx: &Context,
+    cluster: &ClusterId,
+    tip: Option<ObjectId>,
+    run: Vec<(&AreaConfig, Result<LiveRead, ExportError>)>,
+    opts: ExportOptions,
+) -> (Result<Vec<ExportReport>, ExportError>, Option<ExportError>) {
+    let in_area = |area: &AreaConfig, e: ExportError| ExportError::Area {
+        area: area.name.0.clone(),
+        source: Box::new(e),
+    };
+    let backend = match ctx.backend().await {
+        Ok(b) => b,
+        Err(e) => return (Err(in_area(run[0].0, e.into())), None),
+    };
+    let mut causes = Vec::with_capacity(run.len());
+    let mut areas = Vec::with_capacity(run.len());
+    let exports = futures::stream::iter(run.into_iter().map(|(area, read)| {
+        let backend = backend.clone();
+        let (cp, cause) = match read {
+            Ok(LiveRead::Full { cp, cause, .. }) => (cp, cause),
+            _ => (None, None),
+        };
+        async move {
+            let r = first_export(ctx, area, backend.as_ref(), tip).await;
+            crate::alloc::release_freed();
+            (area, cp, cause, r)
+        }
+    }))
+    .buffered(FIRST_EXPORTS_AT_ONCE);
+    futures::pin_mut!(exports);
+    let mut recordings = Vec::new();
+    let mut failed = None;
+    while let Some((area, cp, cause, r)) = exports.next().await {
+        match r {
+            Ok((revision, step)) => {
+                areas.push(area);
+                causes.push(cause);
+                recordings.push(Recording {
+                    area,
+                    previous: cp,
+                    revision,
+                    step,
+                    pass: PassKind::NoBase,
+                    epoch: opts.epoch,
+                });
+            }
+            Err(e) => {
+                failed = Some(in_area(area, e));
+                break;
+            }
+        }
+    }
+    // The exports still streaming stop here; their packs are unreferenced until a repack.
+    drop(exports);
+    let recorded = record_together(ctx, cluster, recordings)
+        .await
+        .map(|mut reports| {
+            for (report, cause) in reports.iter_mut().zip(causes) {
+                report.resync = cause;
+            }
+            reports
+        })
+        .map_err(|AtRecording(i, e)| in_area(areas[i], *e));
+    (recorded, failed)
 }
 
 /// The error a pass ends with when the guard held an area back (other areas are recorded;
