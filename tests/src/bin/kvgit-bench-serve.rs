@@ -182,8 +182,7 @@ impl Bench {
     /// that is not timed (it fills what a long-running serve keeps warm: its recent trees,
     /// the page cache of the trees it reads).
     async fn commits(&self, sides: &[Side<'_>]) -> Vec<Vec<f64>> {
-        // SAFETY: sync(2) takes no arguments and only flushes file systems.
-        unsafe { libc::sync() };
+        kvgit_tests::bench::write_back();
         for (serve, endpoint, keys) in sides {
             serve.commit_of(endpoint, &keys(0), "warm-up").await;
         }

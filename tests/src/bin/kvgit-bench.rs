@@ -246,6 +246,7 @@ async fn main() {
         let (mut kv, mut cron, mut rss) = (Vec::new(), Vec::new(), 0f64);
         for r in 0..runs {
             for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
+                kvgit_tests::bench::write_back();
                 if side == 0 {
                     let cfg = bench.config(&format!("full-{r}"), source.endpoint(), "both");
                     let m = bench.kvgit(&cfg, "export", &format!("full-{r}.log"));
