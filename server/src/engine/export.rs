@@ -345,20 +345,23 @@ async fn first_exports_together(
     };
     let mut causes = Vec::with_capacity(run.len());
     let mut areas = Vec::with_capacity(run.len());
-    let exports = futures::stream::iter(run.into_iter().map(|(area, read)| {
-        let backend = backend.clone();
-        let (cp, cause) = match read {
-            Ok(LiveRead::Full { cp, cause, .. }) => (cp, cause),
-            _ => (None, None),
-        };
-        async move {
-            let r = first_export(ctx, area, backend.as_ref(), tip).await;
-            crate::alloc::release_freed();
-            (area, cp, cause, r)
-        }
-    }))
-    .buffered(FIRST_EXPORTS_AT_ONCE);
-    futures::pin_mut!(exports);
+    // Boxed, so that dropping it below stops the exports still streaming (each closes its
+    // queue, and its writer ends without a tree).
+    let mut exports = Box::pin(
+        futures::stream::iter(run.into_iter().map(|(area, read)| {
+            let backend = backend.clone();
+            let (cp, cause) = match read {
+                Ok(LiveRead::Full { cp, cause, .. }) => (cp, cause),
+                _ => (None, None),
+            };
+            async move {
+                let r = first_export(ctx, area, backend.as_ref(), tip).await;
+                crate::alloc::release_freed();
+                (area, cp, cause, r)
+            }
+        }))
+        .buffered(FIRST_EXPORTS_AT_ONCE),
+    );
     let mut recordings = Vec::new();
     let mut failed = None;
     while let Some((area, cp, cause, r)) = exports.next().await {
