@@ -23,6 +23,16 @@ async fn put(c: &mut Client, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) {
     c.put(k.into(), v.into(), None).await.expect("put");
 }
 
+/// The store's current revision.
+async fn revision_now(c: &mut Client) -> i64 {
+    c.get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
 async fn all(c: &mut Client, prefix: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let resp = c
         .get(prefix, Some(GetOptions::new().with_prefix()))
@@ -649,13 +659,7 @@ async fn a_compacted_checkpoint_resyncs_by_the_rule() {
     ws.kvgit(&["export"]).ok();
     put(&mut c, "/sigil/entries/a", "2").await;
     c.delete("/sigil/entries/b", None).await.expect("delete");
-    let rev = c
-        .get("/", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let rev = revision_now(&mut c).await;
     etcd.compact(sync_core::Revision(rev as u64)).await;
 
     let out = ws.kvgit(&["export"]).ok().stdout;
@@ -1095,13 +1099,7 @@ async fn a_first_export_of_several_areas_lands_in_config_order_around_an_existin
         put(&mut c, format!("/sigil/metrics/m{i}"), format!("{i}")).await;
     }
     put(&mut c, "/sigil/nodes/r7", "changed").await;
-    let revision = c
-        .get("/sigil/nodes/r7", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let revision = revision_now(&mut c).await;
     ws.write_config(etcd.endpoint(), &[BOTH, EXTRA, NODES, METRICS], "");
     let out = ws.kvgit(&["export"]).ok();
     assert_eq!(ws.commit_count(), 5, "{}", out.stdout);

@@ -180,10 +180,6 @@ pub async fn run(
         async move { follow(ctx, area, cluster, cp?, target, None).await }
     }))
     .await;
-    let in_area = |area: &AreaConfig, e: ExportError| ExportError::Area {
-        area: area.name.0.clone(),
-        source: Box::new(e),
-    };
     // The leading areas that only have changes since their checkpoints (usually all of
     // them): their Git steps run side by side, and their commits go onto the branch as one
     // chain (config order) with one ref update, their objects in one write.
@@ -289,10 +285,15 @@ async fn record_one(
         Ok(read) => record_live(ctx, area, cluster, read, opts).await,
         Err(e) => Err(e),
     };
-    r.map_err(|e| ExportError::Area {
+    r.map_err(|e| in_area(area, e))
+}
+
+/// `e`, naming the area it happened in.
+fn in_area(area: &AreaConfig, e: ExportError) -> ExportError {
+    ExportError::Area {
         area: area.name.0.clone(),
         source: Box::new(e),
-    })
+    }
 }
 
 /// First exports that may run at once: two keep both cores busy (etcd serving one area's
@@ -335,10 +336,6 @@ async fn first_exports_together(
     run: Vec<(&AreaConfig, Result<LiveRead, ExportError>)>,
     opts: ExportOptions,
 ) -> (Result<Vec<ExportReport>, ExportError>, Option<ExportError>) {
-    let in_area = |area: &AreaConfig, e: ExportError| ExportError::Area {
-        area: area.name.0.clone(),
-        source: Box::new(e),
-    };
     let backend = match ctx.backend().await {
         Ok(b) => b,
         Err(e) => return (Err(in_area(run[0].0, e.into())), None),
