@@ -803,6 +803,36 @@ pub fn write_back() {
     unsafe { libc::sync() };
 }
 
+/// Waits until no process works inside `dir`, and says how long that took. A `git commit`
+/// over 100k loose objects leaves `git maintenance run --auto --detach` repacking them on
+/// both cores for seconds after it returns; the next timed side must not run beside it.
+pub fn wait_for_processes_in(dir: &Path) -> Duration {
+    let start = Instant::now();
+    let busy = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter_map(|e| std::fs::read_link(e.path().join("cwd")).ok())
+            .any(|cwd| cwd.starts_with(dir))
+    };
+    while busy() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "processes still working in {} after 10 minutes",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     assert!(!v.is_empty(), "median of nothing");
     v.sort_by(f64::total_cmp);
