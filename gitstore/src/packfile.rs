@@ -51,8 +51,8 @@ pub(crate) struct IndexEntry {
     pub offset: u64,
 }
 
-/// One object's pack entry: the entry header followed by the zlib stream.
-pub(crate) fn entry_bytes(kind: gix::objs::Kind, size: u64, compressed: &[u8]) -> Vec<u8> {
+/// One object's pack entry header, appended to `out`; its zlib stream follows it there.
+pub(crate) fn entry_header(kind: gix::objs::Kind, size: u64, out: &mut Vec<u8>) {
     use gix::objs::Kind;
     let header = match kind {
         Kind::Blob => data::entry::Header::Blob,
@@ -60,12 +60,9 @@ pub(crate) fn entry_bytes(kind: gix::objs::Kind, size: u64, compressed: &[u8]) -
         Kind::Commit => data::entry::Header::Commit,
         Kind::Tag => data::entry::Header::Tag,
     };
-    let mut out = Vec::with_capacity(compressed.len() + 10);
     header
-        .write_to(size, &mut out)
+        .write_to(size, out)
         .expect("writing to a Vec cannot fail");
-    out.extend_from_slice(compressed);
-    out
 }
 
 /// A pack being written to a temporary file in the pack directory; removed unless published.
@@ -112,7 +109,7 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Appends one entry (from [`entry_bytes`]).
+    /// Appends one entry ([`entry_header`] and the zlib stream).
     pub(crate) fn add(&mut self, id: ObjectId, entry: &[u8]) -> std::io::Result<()> {
         let offset = self.offset;
         self.write(entry)?;
