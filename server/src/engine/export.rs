@@ -938,12 +938,15 @@ fn finish(
 }
 
 /// Pages of a first export on their way from the backend to Git, at most this many queued:
-/// reading the next page overlaps hashing and writing this one.
-const PAGES_IN_FLIGHT: usize = 2;
+/// reading the next page overlaps hashing and writing this one. One is enough for that;
+/// a second (up to 8 MiB of decoded values) only added memory, two areas at a time.
+const PAGES_IN_FLIGHT: usize = 1;
 /// Keys laid out into trees at once in a first export (whole root groups; see `BulkKeys`).
 const LAYOUT_BATCH: usize = 64 * 1024;
-/// Objects a first export queues before compressing them into its pack.
-const BULK_QUEUE_BYTES: usize = 8 << 20;
+/// Objects a first export queues before compressing them into its pack. Small: the queue's
+/// memory is reused from one flush to the next, and 8 MiB only added peak memory (and its
+/// page faults) at no gain, the compression threads being busy either way.
+const BULK_QUEUE_BYTES: usize = 1 << 20;
 
 /// The first export of an area into a repository that has no directory for it: by the
 /// rule every live key is committed and the base is the same tree. The snapshot streams
