@@ -384,10 +384,11 @@ fn encode_batch(
         .collect()
 }
 
-/// The largest zlib stream of `len` bytes: stored blocks cost 5 bytes per 64 KiB, zlib adds
-/// 6 (its header and checksum), so one allocation holds the stream in one pass nearly always.
+/// Room for the zlib stream of `len` bytes, stored or deflated, in one allocation nearly
+/// always: stored blocks cost 5 bytes per 64 KiB and deflate's 5 per 16 KiB on data that
+/// does not compress, and zlib adds 6 (its header and checksum).
 fn zlib_bound(len: usize) -> usize {
-    len + 5 * len.div_ceil(u16::MAX as usize).max(1) + 6
+    len + len / 1024 + 64
 }
 
 /// Appends `input` to `out` as a zlib stream of stored blocks (RFC 1950/1951): what any
@@ -420,8 +421,7 @@ fn deflate(
     out: &mut Vec<u8>,
 ) -> Result<(), gix::Error> {
     compressor.reset();
-    // Stored blocks cost 5 bytes per 16 KiB, zlib adds 6: one pass nearly always suffices.
-    out.reserve(input.len() + input.len() / 1024 + 64);
+    out.reserve(zlib_bound(input.len()));
     loop {
         if out.len() == out.capacity() {
             out.reserve(4096);
