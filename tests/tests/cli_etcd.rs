@@ -716,7 +716,13 @@ async fn git_to_kv_drift_is_reverted_or_only_reported() {
 
 /// The branch's `a0` holds exactly `live`, key by key and byte for byte.
 fn assert_committed_is(ws: &Workspace, live: &BTreeMap<Vec<u8>, Vec<u8>>) {
-    let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", "a0");
+    assert_area_committed_is(ws, "a0", live);
+}
+
+/// The files of area directory `dir` on `main` are exactly the keys (relative to the area's
+/// prefix) and values of `live`.
+fn assert_area_committed_is(ws: &Workspace, dir: &str, live: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let files = kvgit_tests::serve::git_files(&ws.repo, "refs/heads/main", dir);
     let committed: BTreeMap<Vec<u8>, Vec<u8>> = files
         .into_iter()
         .map(|(path, v)| {
@@ -1126,6 +1132,54 @@ async fn a_first_export_of_several_areas_lands_in_config_order_around_an_existin
     ws.git(&["fsck", "--strict"]);
     let out = ws.kvgit(&["export"]).ok();
     assert_eq!(ws.commit_count(), 5, "nothing more: {}", out.stdout);
+}
+
+/// Four new areas of two etcd pages each: two read at a time, and the third starts reading
+/// while the first lays out and packs its last page. They still land as if they ran one
+/// after another: four commits in config order, each changing only its area and holding
+/// exactly its keys, every checkpoint at the export's revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_export_reading_one_area_while_another_packs_lands_every_area_in_order() {
+    use kvgit_tests::bench::{raw_write, Layout};
+    let layout = Layout::Tree {
+        areas: 4,
+        per_dir: 100,
+    };
+    let n = 60_000;
+    let etcd = EtcdServer::start_with(kvgit_tests::etcd::EtcdOptions {
+        unsafe_no_fsync: true,
+        ..Default::default()
+    });
+    let written = raw_write(etcd.endpoint(), layout, 0..n, "first").await;
+    let names = layout.areas();
+    let areas = Area::each(&names, "kv-to-git");
+    let ws = Workspace::new(etcd.endpoint(), &areas);
+    ws.kvgit(&["export"]).ok();
+
+    assert_eq!(ws.commit_count(), 4);
+    let mut c = etcd.client().await;
+    for (i, (name, prefix, path)) in names.iter().enumerate() {
+        let commit = format!("main~{}", 3 - i);
+        let msg = ws.git(&["log", "-1", "--format=%B", &commit]);
+        assert!(msg.starts_with(&format!("{name}: ")), "{commit}: {msg}");
+        let changed = changed_files(&ws, &commit);
+        assert_eq!(changed.len(), n / 4, "{commit} adds the area's keys");
+        assert!(
+            changed.iter().all(|f| f.starts_with(&format!("{path}/"))),
+            "{commit} changes only {path}"
+        );
+        let live = kvgit_tests::etcd::read_prefix(&mut c, prefix).await;
+        assert_eq!(live.len(), n / 4, "etcd holds what was written");
+        assert_area_committed_is(&ws, path, &live);
+    }
+    every_checkpoint_at(&ws, written.revision);
+    ws.git(&["fsck", "--strict"]);
+    ws.kvgit(&["export"]).ok();
+    assert_eq!(
+        ws.commit_count(),
+        4,
+        "a second export has nothing to commit"
+    );
 }
 
 /// A first export whose second area cannot be read fails naming that area; the area

@@ -296,10 +296,14 @@ fn in_area(area: &AreaConfig, e: ExportError) -> ExportError {
     }
 }
 
-/// First exports that may run at once: two keep both cores busy (etcd serving one area's
-/// pages while kvgit hashes and packs another's), and keep memory within twice one
-/// area's keys and blob ids.
-const FIRST_EXPORTS_AT_ONCE: usize = 2;
+/// First exports that may read from the backend at once: two keep both cores busy (etcd
+/// serving one area's pages while kvgit hashes and packs another's).
+const FIRST_EXPORTS_READING: usize = 2;
+/// First exports alive at once: one more than read, so that the backend serves the next
+/// area while kvgit lays out and packs one whose last page came (the backend sat idle for
+/// that tail, ~60 ms of every pair of 25k-key areas). Memory stays within about two
+/// areas' keys and blob ids plus what the next one read meanwhile.
+const FIRST_EXPORTS_AT_ONCE: usize = FIRST_EXPORTS_READING + 1;
 
 /// The branch tip, and how many of `run`'s areas (full passes with no base, config order)
 /// lead with no directory on it: those are first exports, planned on that tip.
@@ -326,9 +330,10 @@ async fn first_exports_ahead(
 }
 
 /// The first exports of `run` (each a full pass with no base whose directory `tip` lacks),
-/// [`FIRST_EXPORTS_AT_ONCE`] streaming at a time, recorded as one chain on `tip` in config
-/// order. Up to the first area whose read failed, the areas are recorded, as if they ran
-/// one after another; that failure is returned beside their reports.
+/// [`FIRST_EXPORTS_READING`] reading at a time and one more finishing its pack, recorded as
+/// one chain on `tip` in config order. Up to the first area whose read failed, the areas
+/// are recorded, as if they ran one after another; that failure is returned beside their
+/// reports.
 async fn first_exports_together(
     ctx: &Context,
     cluster: &ClusterId,
@@ -342,6 +347,8 @@ async fn first_exports_together(
     };
     let mut causes = Vec::with_capacity(run.len());
     let mut areas = Vec::with_capacity(run.len());
+    let reading = tokio::sync::Semaphore::new(FIRST_EXPORTS_READING);
+    let reading = &reading;
     // Boxed, so that dropping it below stops the exports still streaming (each closes its
     // queue, and its writer ends without a tree).
     let mut exports = Box::pin(
@@ -352,7 +359,7 @@ async fn first_exports_together(
                 _ => (None, None),
             };
             async move {
-                let r = first_export(ctx, area, backend.as_ref(), tip).await;
+                let r = first_export(ctx, area, backend.as_ref(), tip, Some(reading)).await;
                 crate::alloc::release_freed();
                 (area, cp, cause, r)
             }
@@ -705,7 +712,7 @@ pub async fn full_pass(
             })
             .await?;
         if desired_tree.is_none() {
-            let (revision, step) = first_export(ctx, area, backend.as_ref(), tip).await?;
+            let (revision, step) = first_export(ctx, area, backend.as_ref(), tip, None).await?;
             crate::alloc::release_freed();
             return record(ctx, area, cluster, cp, revision, step, pass, opts.epoch).await;
         }
@@ -952,12 +959,21 @@ const BULK_QUEUE_BYTES: usize = 1 << 20;
 /// rule every live key is committed and the base is the same tree. The snapshot streams
 /// page by page into one pack: values go out as they are read and only the keys and blob
 /// ids stay, so an area of millions of keys never sits whole in memory.
+///
+/// With `reading`, a permit of it is held from the first page to the last: the writer's
+/// tail (layout, the pack's end) runs while another area reads.
 async fn first_export(
     ctx: &Context,
     area: &AreaConfig,
     backend: &dyn sync_core::KvBackend,
     tip: Option<ObjectId>,
+    reading: Option<&tokio::sync::Semaphore>,
 ) -> Result<(Revision, Step), ExportError> {
+    let permit = match reading {
+        // Never closed: it lives as long as the areas that wait on it.
+        Some(reading) => reading.acquire().await.ok(),
+        None => None,
+    };
     let mut pages = backend.snapshot_pages(&area.prefix, None).await?;
     let limits = backend.write_limits();
     let prefix_len = area.prefix.len();
@@ -989,6 +1005,7 @@ async fn first_export(
                 return Ok(revision);
             }
         }
+        drop(permit);
         let _ = tx.send(None).await;
         Ok::<_, ExportError>(revision)
     };
