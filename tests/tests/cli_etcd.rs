@@ -755,6 +755,26 @@ fn assert_area_committed_is(ws: &Workspace, dir: &str, live: &BTreeMap<Vec<u8>, 
     }
 }
 
+/// The bench's keys `/bench/a{i % areas}/node-DDDD/key-IIIIIII`, 100 keys per directory.
+fn bench_layout(areas: usize) -> kvgit_tests::bench::Layout {
+    kvgit_tests::bench::Layout::Tree {
+        areas,
+        per_dir: 100,
+    }
+}
+
+/// An etcd without fsync holding keys `0..n` of [`bench_layout`], written as the bench's
+/// raw load writes them, and what that load wrote.
+async fn etcd_loaded(areas: usize, n: usize) -> (EtcdServer, kvgit_tests::bench::Written) {
+    let etcd = EtcdServer::start_with(kvgit_tests::etcd::EtcdOptions {
+        unsafe_no_fsync: true,
+        ..Default::default()
+    });
+    let written =
+        kvgit_tests::bench::raw_write(etcd.endpoint(), bench_layout(areas), 0..n, "first").await;
+    (etcd, written)
+}
+
 /// A first export streams the area: more keys than one etcd page (10k) and than one tree
 /// layout batch (64k), with root entries whose names depend on each other (a key that is
 /// also a directory, two directories differing only in case). Every key must be in the
@@ -762,17 +782,8 @@ fn assert_area_committed_is(ws: &Workspace, dir: &str, live: &BTreeMap<Vec<u8>, 
 /// by a watch, and commits exactly what changed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_export_larger_than_a_page_and_a_layout_batch_holds_every_key() {
-    use kvgit_tests::bench::{raw_write, Layout};
-    let layout = Layout::Tree {
-        areas: 1,
-        per_dir: 100,
-    };
     let n = 70_000;
-    let etcd = EtcdServer::start_with(kvgit_tests::etcd::EtcdOptions {
-        unsafe_no_fsync: true,
-        ..Default::default()
-    });
-    raw_write(etcd.endpoint(), layout, 0..n, "first").await;
+    let (etcd, _) = etcd_loaded(1, n).await;
     let mut c = etcd.client().await;
     put(
         &mut c,
@@ -1140,18 +1151,9 @@ async fn a_first_export_of_several_areas_lands_in_config_order_around_an_existin
 /// exactly its keys, every checkpoint at the export's revision.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_export_reading_one_area_while_another_packs_lands_every_area_in_order() {
-    use kvgit_tests::bench::{raw_write, Layout};
-    let layout = Layout::Tree {
-        areas: 4,
-        per_dir: 100,
-    };
     let n = 60_000;
-    let etcd = EtcdServer::start_with(kvgit_tests::etcd::EtcdOptions {
-        unsafe_no_fsync: true,
-        ..Default::default()
-    });
-    let written = raw_write(etcd.endpoint(), layout, 0..n, "first").await;
-    let names = layout.areas();
+    let (etcd, written) = etcd_loaded(4, n).await;
+    let names = bench_layout(4).areas();
     let areas = Area::each(&names, "kv-to-git");
     let ws = Workspace::new(etcd.endpoint(), &areas);
     ws.kvgit(&["export"]).ok();
