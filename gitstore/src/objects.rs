@@ -255,8 +255,8 @@ impl BlobReader {
         }
     }
 
-    /// Finds many blobs ahead of sizing or reading them ([`Self::size_of`],
-    /// [`Self::read_located`]): cheaper than one lookup at a time when there are many (the
+    /// Finds many blobs ahead of sizing or reading them ([`Self::sizes_of`],
+    /// [`Self::read_many`]): cheaper than one lookup at a time when there are many (the
     /// pack indices are read in id order, see `packed.rs`). Only this reader can use them.
     pub fn locate(&self, ids: &[ObjectId]) -> Vec<Located> {
         let mut located: Vec<Located> = ids.iter().map(|&id| Located { id, at: None }).collect();
@@ -264,27 +264,35 @@ impl BlobReader {
         located
     }
 
-    /// [`Self::size`] of a blob [`Self::locate`] found.
-    pub fn size_of(&self, blob: &Located) -> Result<u64, ObjectReadError> {
-        let Some(at) = blob.at else {
-            return self.size(blob.id);
-        };
-        match self.with_packed(|p| p.kind_and_size_at(at)) {
-            Some((Kind::Blob, size)) => Ok(size),
-            _ => self.size(blob.id),
-        }
+    /// [`Self::size`] of many blobs [`Self::locate`] found, in the order given (worked out
+    /// in pack order, see `PackedReader::kinds_and_sizes_at`).
+    pub fn sizes_of(&self, blobs: &[Located]) -> Vec<Result<u64, ObjectReadError>> {
+        let at: Vec<_> = blobs.iter().map(|b| b.at).collect();
+        let found = self.with_packed(|p| p.kinds_and_sizes_at(&at));
+        blobs
+            .iter()
+            .zip(found)
+            .map(|(blob, found)| match found {
+                Some((Kind::Blob, size)) => Ok(size),
+                // Not in a pack opened, or not a blob: gix answers, and names what is wrong.
+                _ => blob_size(&self.repo, blob.id),
+            })
+            .collect()
     }
 
-    /// [`Self::read`] of a blob [`Self::locate`] found.
-    pub fn read_located(&self, blob: &Located) -> Result<Vec<u8>, ObjectReadError> {
-        let mut buf = Vec::new();
-        let read = blob
-            .at
-            .and_then(|at| self.with_packed(|p| p.read_at(at, Kind::Blob, &mut buf)));
-        match read {
-            Some(()) => Ok(buf),
-            None => self.read(blob.id),
-        }
+    /// [`Self::read`] of many blobs [`Self::locate`] found, in the order given (read in pack
+    /// order, see `PackedReader::read_many_at`).
+    pub fn read_many(&self, blobs: &[Located]) -> Vec<Result<Vec<u8>, ObjectReadError>> {
+        let at: Vec<_> = blobs.iter().map(|b| b.at).collect();
+        let found = self.with_packed(|p| p.read_many_at(&at, Kind::Blob));
+        blobs
+            .iter()
+            .zip(found)
+            .map(|(blob, found)| match found {
+                Some(value) => Ok(value),
+                None => self.read(blob.id),
+            })
+            .collect()
     }
 
     fn with_packed<T>(&self, f: impl FnOnce(&mut PackedReader) -> T) -> T {

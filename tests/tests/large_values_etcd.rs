@@ -3,7 +3,7 @@
 //! for a batch in a transaction of its own), export warns about such values, and a Git file
 //! over the single-op limit is refused before any write, naming the file.
 
-use etcd_client::{Client, DeleteOptions};
+use etcd_client::{Client, DeleteOptions, GetOptions};
 use kvgit_tests::etcd::EtcdServer;
 use kvgit_tests::kvgit::{Area, Workspace};
 use kvgit_tests::serve::{diff, etcd_files, poll_until_async, Serve, ServeConfig};
@@ -142,4 +142,69 @@ async fn a_git_file_over_the_single_op_limit_is_refused_before_any_write() {
         got["huge"] == at_limit,
         "the value at the limit is written byte-identical"
     );
+}
+
+/// An apply reads values a window at a time, each window holding at most a few MiB of them:
+/// large values git stored as deltas of one another (24 MB in all, several windows) come
+/// back byte-identical, in a pack git made.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_values_git_stored_as_deltas_are_applied_byte_identical_window_by_window() {
+    const N: usize = 24;
+    let etcd = EtcdServer::start();
+    let mut c = etcd.client().await;
+    let ws = Workspace::new(etcd.endpoint(), &[BLOBS]);
+    ws.kvgit(&["export"]).ok();
+    // Alike but for a marker each, at a place of its own: git stores them as deltas.
+    let value = |i: usize| {
+        let mut v = bytes(1_000_000, 0);
+        v[i * 40_000..i * 40_000 + 8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        v
+    };
+    let values: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| (format!("blobs/v{i:02}"), value(i)))
+        .collect();
+    let files: Vec<(&str, Option<&[u8]>)> = values
+        .iter()
+        .map(|(p, v)| (p.as_str(), Some(v.as_slice())))
+        .collect();
+    ws.person_commits(&files, "large values");
+    ws.git(&["repack", "-a", "-d", "-f", "--window=50", "--depth=50"]);
+    let packs = std::fs::read_dir(ws.repo.join("objects/pack")).expect("pack dir");
+    let idx = packs
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "idx"))
+        .expect("one pack after repack -a -d");
+    let verify = ws.git(&["verify-pack", "-v", idx.to_str().expect("utf-8 path")]);
+    let deltas = verify
+        .lines()
+        .filter(|l| l.contains(" blob ") && l.split_whitespace().count() > 5)
+        .count();
+    assert!(
+        deltas >= N / 2,
+        "git stored the values as deltas:\n{verify}"
+    );
+
+    let out = ws.kvgit(&["apply"]).ok();
+    assert!(
+        out.stdout.contains(&format!("blobs: {N} added")),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // Key by key: all at once is more than a gRPC message may carry.
+    let listed = c
+        .get(
+            BLOBS.prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .expect("list the area's keys");
+    assert_eq!(listed.kvs().len(), N, "only Git's keys");
+    for (path, value) in &values {
+        let key = format!("{}{}", BLOBS.prefix, &path["blobs/".len()..]);
+        let got = c.get(key.as_str(), None).await.expect("get");
+        let got = got.kvs().first().map(|kv| kv.value());
+        assert!(got == Some(value.as_slice()), "{key} is not byte-identical");
+    }
 }

@@ -49,9 +49,14 @@ pub struct PlannedOp {
     pub key: Key,
     /// The Git blob to write (read only when writing), or None to delete.
     pub value: Option<ObjectId>,
+    /// The blob's size, from its header when planned (0 for a delete): what the writes
+    /// hold of it at once is bounded by it.
+    pub value_size: u64,
     /// The file holding (or, for a delete, that would hold) the key, from the repository root:
-    /// in a document area, the document that stands for it.
-    pub path: String,
+    /// in a document area, the document that stands for it. `None`: the key's own file,
+    /// `<area path>/<relative key>` (most keys; see [`AreaPlan::path_of`]), which an apply
+    /// does not spend an allocation per key on.
+    path: Option<String>,
     /// In a document area, where in the document the key is (a JSON pointer).
     pub pointer: Option<String>,
     /// The live value this write replaces although it changed too (Git wins).
@@ -125,6 +130,17 @@ pub struct AreaPlan {
 }
 
 impl AreaPlan {
+    /// The file of `op` from the repository root (see [`PlannedOp`]'s `path`).
+    pub fn path_of(&self, op: &PlannedOp) -> String {
+        match &op.path {
+            Some(path) => path.clone(),
+            None => {
+                let rel = op.key.0.get(self.area.prefix.len()..).unwrap_or_default();
+                format!("{}/{}", self.area.path, String::from_utf8_lossy(rel))
+            }
+        }
+    }
+
     pub fn count(&self, kind: OpKind) -> usize {
         self.ops.iter().filter(|o| o.kind == kind).count()
     }
@@ -567,7 +583,8 @@ pub async fn plan_area_with(
             };
             let blobs = git.blob_reader();
             let targets: Vec<ObjectId> = decided.iter().filter_map(|k| k.kv.flatten()).collect();
-            let mut located = blobs.locate(&targets).into_iter();
+            let located = blobs.locate(&targets);
+            let mut sizes = located.iter().map(|b| b.id()).zip(blobs.sizes_of(&located));
             let mut ops = Vec::with_capacity(decided.len());
             // The previous new key's count of live keys before it: the same count means
             // nothing between them, so the backend may check both with one range compare.
@@ -591,9 +608,10 @@ pub async fn plan_area_with(
                 // Sizes come from object headers: validated now, contents read while writing.
                 // The limit is the backend's single-op one: a value too big for a batch is
                 // written alone, so only what the backend cannot take at all is refused.
+                let mut value_size = 0;
                 if let Some(id) = target {
-                    let size = match located.next() {
-                        Some(blob) if blob.id() == id => blobs.size_of(&blob)?,
+                    let size = match sizes.next() {
+                        Some((sized, size)) if sized == id => size?,
                         _ => blobs.size(id)?,
                     };
                     let max = limits.max_value_len(&key);
@@ -605,13 +623,24 @@ pub async fn plan_area_with(
                             limit: max,
                         });
                     }
+                    value_size = size;
                 }
                 let kind = match (current, &target) {
                     (None, _) => OpKind::Add,
                     (Some(_), Some(_)) => OpKind::Change,
                     (Some(_), None) => OpKind::Delete,
                 };
-                let (path, pointer) = path_of(k);
+                // A file named as its key is: its path is made when shown, not here.
+                let own_file = k
+                    .file
+                    .is_some_and(|f| f.path.as_bytes() == k.rel.as_slice());
+                let (path, pointer) = match docs.is_empty() && own_file {
+                    true => (None, None),
+                    false => {
+                        let (path, pointer) = path_of(k);
+                        (Some(path), pointer)
+                    }
+                };
                 let expect = match current {
                     Some(e) => Precondition::ModRevision(e.mod_revision),
                     None if previous_new == Some(k.live_before) => Precondition::AbsentInRun,
@@ -629,6 +658,7 @@ pub async fn plan_area_with(
                         .flatten(),
                     expect,
                     value: target,
+                    value_size,
                 });
             }
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "decided and sized");
@@ -762,8 +792,12 @@ fn guard_mass_delete(
     Ok(())
 }
 
-/// Values the writes look up at once (`BlobReader::locate`).
+/// Values the writes look up and read at once (`BlobReader::locate`, `read_many`), at most;
+/// the first window holds FIRST_WINDOW, and each one twice the one before.
 const LOCATE_WINDOW: usize = 4096;
+const FIRST_WINDOW: usize = 256;
+/// Bytes of values one window holds at most (a value larger than that goes alone).
+const WINDOW_BYTES: u64 = 8 << 20;
 
 /// Write every area's plan as one stream of transactions (no drain between areas), then
 /// move each fully written area's base to what both sides now agree on.
@@ -793,23 +827,36 @@ async fn write_and_record(
     let producer = ctx.git_blocking(move |git| -> Result<(), GitError> {
         let mut chunker = writer::Chunker::new(limits);
         let blobs = git.blob_reader();
-        let mut ops = shared.iter().flat_map(|p| p.ops.iter());
+        let mut ops = shared.iter().flat_map(|p| p.ops.iter()).peekable();
+        let mut most = FIRST_WINDOW;
         loop {
-            // Looked up a window at a time, in id order (see `BlobReader::locate`); small
-            // enough that the first transaction is not held back.
-            let window: Vec<&PlannedOp> = ops.by_ref().take(LOCATE_WINDOW).collect();
+            // Looked up and read a window at a time (see `BlobReader::locate`,
+            // `BlobReader::read_many`); the first is small, so that the first transaction is
+            // not held back, and each holds at most WINDOW_BYTES of values.
+            let (mut window, mut bytes) = (Vec::with_capacity(most), 0u64);
+            while let Some(op) =
+                ops.next_if(|op| window.is_empty() || bytes + op.value_size <= WINDOW_BYTES)
+            {
+                bytes += op.value_size;
+                window.push(op);
+                if window.len() == most {
+                    break;
+                }
+            }
             if window.is_empty() {
                 break;
             }
+            most = (most * 2).min(LOCATE_WINDOW);
             let ids: Vec<ObjectId> = window.iter().filter_map(|op| op.value).collect();
-            let mut located = blobs.locate(&ids).into_iter();
+            let located = blobs.locate(&ids);
+            let mut values = ids.iter().zip(blobs.read_many(&located));
             for op in window {
                 let (key, expect) = (op.key.clone(), op.expect);
                 let w = match op.value {
                     Some(id) => WriteOp::Put {
                         key,
-                        value: match located.next() {
-                            Some(blob) if blob.id() == id => blobs.read_located(&blob)?,
+                        value: match values.next() {
+                            Some((read, value)) if *read == id => value?,
                             _ => blobs.read(id)?,
                         },
                         expect,

@@ -143,7 +143,7 @@ fn area_report(p: &AreaPlan) -> AreaReport {
         pending_export: p.pending_export,
     };
     for op in &p.ops {
-        let entry = KeyReport::at(&op.key, &op.path, &op.pointer);
+        let entry = KeyReport::at(&op.key, &p.path_of(op), &op.pointer);
         if let Some(v) = &op.overwrites {
             r.conflicts.push(KeyReport {
                 live_value: Some(v.clone()),

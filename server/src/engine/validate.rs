@@ -111,13 +111,14 @@ impl Source<'_> {
                 let blobs = git.blob_reader();
                 let files = git.files_under(tree)?;
                 let ids: Vec<ObjectId> = files.iter().map(|(_, id)| *id).collect();
+                let sizes = blobs.sizes_of(&blobs.locate(&ids));
                 files
                     .into_iter()
-                    .zip(blobs.locate(&ids))
-                    .map(|((rel, id), blob)| {
+                    .zip(sizes)
+                    .map(|((rel, id), size)| {
                         Ok(Listed {
                             rel,
-                            size: blobs.size_of(&blob)?,
+                            size: size?,
                             at: At::Blob(id),
                         })
                     })
