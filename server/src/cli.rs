@@ -200,10 +200,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let (commit, plans) =
                 engine::apply::plan_all_with(&ctx, area.as_deref(), rev.as_deref(), opts).await?;
             let report = engine::report::PlanReport::new(commit, &plans);
+            // One write per line would be a system call per key of a large plan.
+            let mut buffered = std::io::BufWriter::new(out.lock());
             match format.as_str() {
-                "json" => render::plan_json(out, &report)?,
-                _ => render::plan(out, &report)?,
+                "json" => render::plan_json(&mut buffered, &report)?,
+                _ => render::plan(&mut buffered, &report)?,
             }
+            std::io::Write::flush(&mut buffered)?;
             Ok(if detailed_exitcode && report.summary.changes {
                 2
             } else {

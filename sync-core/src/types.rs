@@ -55,13 +55,15 @@ impl From<&[u8]> for Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                if c.is_control() {
-                    write!(f, "{}", c.escape_default())?;
-                } else {
-                    write!(f, "{c}")?;
-                }
+            // Runs of printable text go out whole: a plan prints 100k keys.
+            let mut rest = chunk.valid();
+            while let Some(at) = rest.find(char::is_control) {
+                f.write_str(&rest[..at])?;
+                let c = rest[at..].chars().next().unwrap_or_default();
+                write!(f, "{}", c.escape_default())?;
+                rest = &rest[at + c.len_utf8()..];
             }
+            f.write_str(rest)?;
             for b in chunk.invalid() {
                 write!(f, "\\x{b:02x}")?;
             }
@@ -242,4 +244,19 @@ pub enum TxnOutcome {
     Committed { revision: Revision },
     /// A precondition did not hold; nothing was written.
     PreconditionFailed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_show_as_text_with_control_characters_and_bad_bytes_escaped() {
+        let show = |bytes: &[u8]| Key(bytes.to_vec()).to_string();
+        assert_eq!(show(b"/app/n\xc3\xa9/status"), "/app/né/status");
+        assert_eq!(show(b"a\nb\tc\x7f"), "a\\nb\\tc\\u{7f}");
+        assert_eq!(show(b"\x00lead"), "\\u{0}lead");
+        assert_eq!(show(b"ok\xff\xfe/x\r"), "ok\\xff\\xfe/x\\r");
+        assert_eq!(show(b""), "");
+    }
 }
