@@ -69,9 +69,12 @@ fn lone_key(rel_path: &str) -> Option<Vec<u8>> {
         .then(|| names.to_vec())
 }
 
+/// `(relative key, index of its path)` for every path decoded, sorted by key.
+pub type DecodedPaths = Vec<(Vec<u8>, usize)>;
+
 /// Decodes every path and returns `(relative key, index of its path)` sorted by key.
 /// Fails on the first bad path, or when two paths decode to one key (naming both).
-pub fn decode_paths<I, P>(paths: I) -> Result<Vec<(Vec<u8>, usize)>, MapError>
+pub fn decode_paths<I, P>(paths: I) -> Result<DecodedPaths, MapError>
 where
     I: IntoIterator<Item = P>,
     P: AsRef<str>,
@@ -97,9 +100,7 @@ where
 /// the whole set: `(decoded, unmapped)`. Used where recording must go on around a bad file
 /// (KV -> Git); applying Git to the KV store stays strict. Two paths holding one key are
 /// still an error.
-pub fn decode_paths_lenient<I, P>(
-    paths: I,
-) -> Result<(Vec<(Vec<u8>, usize)>, Vec<MapError>), MapError>
+pub fn decode_paths_lenient<I, P>(paths: I) -> Result<(DecodedPaths, Vec<MapError>), MapError>
 where
     I: IntoIterator<Item = P>,
     P: AsRef<str>,

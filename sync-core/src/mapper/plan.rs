@@ -58,6 +58,12 @@ type Changed<Id, V> = (Component, Option<(EntryKind, Id)>, Option<Slot<Id, V>>);
 
 /// The changes of one component of a directory: the one ending there, and those below.
 type Group<'c, V> = (Component, Option<Option<V>>, &'c mut [Change<V>]);
+/// A planned area tree (None: empty), or why it could not be planned from `S`.
+type Planned<S, V> =
+    Result<Option<DirPlan<<S as TreeSource>::Id, V>>, PlanError<<S as TreeSource>::Error>>;
+/// One component's slot in its directory (None: nothing left there), or why not.
+type SlotPlanned<S, V> =
+    Result<Option<Slot<<S as TreeSource>::Id, V>>, PlanError<<S as TreeSource>::Error>>;
 
 /// The directory of `slots` plus the unmapped entries carried over; None when empty.
 fn assemble_with<Id, V>(
@@ -87,7 +93,7 @@ pub fn plan_changes<S: TreeSource, V>(
     source: &S,
     base: Option<&S::Id>,
     changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
-) -> Result<Option<DirPlan<S::Id, V>>, PlanError<S::Error>> {
+) -> Planned<S, V> {
     plan_changes_with(source, base, changes, &mut Locator::default())
 }
 
@@ -98,7 +104,7 @@ pub fn plan_changes_with<S: TreeSource, V>(
     base: Option<&S::Id>,
     changes: impl IntoIterator<Item = (Vec<u8>, Option<V>)>,
     listed: &mut Locator<S::Id>,
-) -> Result<Option<DirPlan<S::Id, V>>, PlanError<S::Error>> {
+) -> Planned<S, V> {
     let mut items: Vec<Change<V>> = changes
         .into_iter()
         .map(|(key, op)| Change {
@@ -229,7 +235,7 @@ impl<S: TreeSource> Planner<'_, S> {
         below: &mut [Change<V>],
         prefix: &mut Vec<u8>,
         depth: usize,
-    ) -> Result<Option<Slot<S::Id, V>>, PlanError<S::Error>> {
+    ) -> SlotPlanned<S, V> {
         let Found { file, mut dirs } = found;
         // A directory is opened only if something inside it changes, its `%self` must be
         // set or removed, or a lenient tree spreads this component over several entries.
