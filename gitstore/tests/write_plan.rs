@@ -635,6 +635,9 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
     assert_eq!(other[1].as_ref().expect("loose"), b"a loose value");
     read_back(&s, tree);
     assert_eq!(blobs.read(listed[300].1).expect("loose"), b"a loose value");
+    // Found before a repack replaced the pack they were found in: the reader that found
+    // them still has that pack open, and a reader opened after it looks them up again.
+    let before_repack = blobs.locate(&ids);
     // Deltas naming their base by id (REF_DELTA), as older git and some servers write them.
     git(
         s.git_dir(),
@@ -650,6 +653,17 @@ fn blob_sizes_and_contents_match_git_for_whole_deltified_and_loose_values() {
         ],
     );
     read_back(&store(tmp.path()), tree);
+    let after_repack = store(tmp.path()).blob_reader();
+    for reader in [&blobs, &after_repack] {
+        let values = reader.read_many(&before_repack);
+        for ((path, _), value) in listed.iter().zip(values) {
+            let want = content
+                .get(path.as_str())
+                .copied()
+                .unwrap_or(b"a loose value");
+            assert_eq!(value.expect("read after repack"), want, "{path}");
+        }
+    }
     let err = blobs.size(tree).expect_err("a tree is no blob");
     assert!(err.to_string().contains("expected a blob"), "{err}");
     let err = blobs.read(tree).expect_err("a tree is no blob");
