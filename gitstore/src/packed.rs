@@ -189,11 +189,22 @@ impl PackedReader {
         self.kind_and_size_in(pack, offset)
     }
 
-    /// [`Self::kind_and_size`] of many positions [`Self::locate`] found, answered in the order given but worked
-    /// out in pack order: a delta's base (an `OfsDelta`'s is always earlier in its pack) was
-    /// then usually walked just before, so the kind memo answers at the first step, and the
-    /// pack is read forward instead of at random (values come in key order).
+    /// [`Self::kind_and_size`] of many positions [`Self::locate`] found, in the order given
+    /// (worked out in pack order, see [`Self::in_pack_order`]; an `OfsDelta`'s base is always
+    /// earlier in its pack, so the kind memo answers at the first step).
     pub fn kinds_and_sizes_at(&mut self, at: &[Option<Position>]) -> Vec<Option<(Kind, u64)>> {
+        self.in_pack_order(at, |r, pack, offset| r.kind_and_size_in(pack, offset))
+    }
+
+    /// `each` of many positions, answered in the order given but called in pack order:
+    /// values come in key order, which is random in the pack, and in pack order a delta's
+    /// base was mostly met just before (walked, or resolved and still in the CPU's caches)
+    /// and the pack is read forward. `None` for a position of another reader.
+    fn in_pack_order<T>(
+        &mut self,
+        at: &[Option<Position>],
+        mut each: impl FnMut(&mut Self, usize, u64) -> Option<T>,
+    ) -> Vec<Option<T>> {
         let mut order: Vec<(usize, u64, usize)> = at
             .iter()
             .enumerate()
@@ -201,9 +212,9 @@ impl PackedReader {
             .map(|((pack, offset), i)| (pack, offset, i))
             .collect();
         order.sort_unstable();
-        let mut found = vec![None; at.len()];
+        let mut found: Vec<Option<T>> = std::iter::repeat_with(|| None).take(at.len()).collect();
         for (pack, offset, i) in order {
-            found[i] = self.kind_and_size_in(pack, offset);
+            found[i] = each(self, pack, offset);
         }
         found
     }
@@ -237,23 +248,14 @@ impl PackedReader {
         self.read_in(pack, offset, kind, buf)
     }
 
-    /// [`Self::read`] of many positions [`Self::locate`] found, answered in the order given but read in pack
-    /// order: a delta's bases were then mostly resolved just before, still in the CPU's
-    /// caches, where values in key order reach them at random in a working set of 32 MiB.
+    /// [`Self::read`] of many positions [`Self::locate`] found, in the order given (read in
+    /// pack order, see [`Self::in_pack_order`]: resolved bases are met at random in a
+    /// working set of 32 MiB otherwise).
     pub fn read_many_at(&mut self, at: &[Option<Position>], kind: Kind) -> Vec<Option<Vec<u8>>> {
-        let mut order: Vec<(usize, u64, usize)> = at
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| Some((self.own((*p)?)?, i)))
-            .map(|((pack, offset), i)| (pack, offset, i))
-            .collect();
-        order.sort_unstable();
-        let mut found = vec![None; at.len()];
-        for (pack, offset, i) in order {
+        self.in_pack_order(at, |r, pack, offset| {
             let mut buf = Vec::new();
-            found[i] = self.read_in(pack, offset, kind, &mut buf).map(|()| buf);
-        }
-        found
+            r.read_in(pack, offset, kind, &mut buf).map(|()| buf)
+        })
     }
 
     fn read_in(&mut self, pack: usize, offset: u64, kind: Kind, buf: &mut Vec<u8>) -> Option<()> {
