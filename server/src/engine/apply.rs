@@ -634,12 +634,11 @@ pub async fn plan_area_with(
                 let own_file = k
                     .file
                     .is_some_and(|f| f.path.as_bytes() == k.rel.as_slice());
-                let (path, pointer) = match docs.is_empty() && own_file {
-                    true => (None, None),
-                    false => {
-                        let (path, pointer) = path_of(k);
-                        (Some(path), pointer)
-                    }
+                let (path, pointer) = if docs.is_empty() && own_file {
+                    (None, None)
+                } else {
+                    let (path, pointer) = path_of(k);
+                    (Some(path), pointer)
                 };
                 let expect = match current {
                     Some(e) => Precondition::ModRevision(e.mod_revision),
