@@ -52,16 +52,35 @@ pub struct PlannedOp {
     /// The blob's size, from its header when planned (0 for a delete): what the writes
     /// hold of it at once is bounded by it.
     pub value_size: u64,
-    /// The file holding (or, for a delete, that would hold) the key, from the repository root:
-    /// in a document area, the document that stands for it. `None`: the key's own file,
-    /// `<area path>/<relative key>` (most keys; see [`AreaPlan::path_of`]), which an apply
-    /// does not spend an allocation per key on.
+    pub expect: Precondition,
+    /// What few ops have; `None` for most (a plan of a million keys kept three empty
+    /// fields, 72 bytes, for each).
+    detail: Option<Box<OpDetail>>,
+}
+
+/// The parts of a [`PlannedOp`] most ops do not have.
+#[derive(Debug, Clone, Default)]
+struct OpDetail {
+    /// The file holding (or, for a delete, that would hold) the key, from the repository
+    /// root: in a document area, the document that stands for it. `None`: the key's own
+    /// file, `<area path>/<relative key>` (see [`AreaPlan::path_of`]).
     path: Option<String>,
     /// In a document area, where in the document the key is (a JSON pointer).
-    pub pointer: Option<String>,
+    pointer: Option<String>,
     /// The live value this write replaces although it changed too (Git wins).
-    pub overwrites: Option<Value>,
-    pub expect: Precondition,
+    overwrites: Option<Value>,
+}
+
+impl PlannedOp {
+    /// In a document area, where in the document the key is (a JSON pointer).
+    pub fn pointer(&self) -> Option<&str> {
+        self.detail.as_ref()?.pointer.as_deref()
+    }
+
+    /// The live value this write replaces although it changed too (Git wins).
+    pub fn overwrites(&self) -> Option<&Value> {
+        self.detail.as_ref()?.overwrites.as_ref()
+    }
 }
 
 /// One key the rule gives the KV store something for, or that drifted, with its sides.
@@ -132,7 +151,7 @@ pub struct AreaPlan {
 impl AreaPlan {
     /// The file of `op` from the repository root (see [`PlannedOp`]'s `path`).
     pub fn path_of(&self, op: &PlannedOp) -> String {
-        match &op.path {
+        match op.detail.as_ref().and_then(|d| d.path.as_ref()) {
             Some(path) => path.clone(),
             None => {
                 let rel = op.key.0.get(self.area.prefix.len()..).unwrap_or_default();
@@ -206,7 +225,7 @@ impl AreaApplied {
                 .filter_map(|o| {
                     Some(Overwrote {
                         key: o.key.clone(),
-                        live_value: o.overwrites.clone()?,
+                        live_value: o.overwrites()?.clone(),
                     })
                 })
                 .collect(),
@@ -373,10 +392,13 @@ pub async fn plan_all_with(
         Some(cluster) => cluster?,
         None => connected.await?,
     };
-    // Areas are independent: their Git reads run side by side on blocking threads.
+    // Areas are independent: their Git reads run side by side on blocking threads, a few
+    // at a time (see PLANNED_AT_ONCE).
+    let planning = tokio::sync::Semaphore::new(PLANNED_AT_ONCE);
     let plans = futures::future::try_join_all(areas.into_iter().map(|area| {
-        let cluster = &cluster;
+        let (cluster, planning) = (&cluster, &planning);
         async move {
+            let _turn = planning.acquire().await.ok();
             plan_area_with(ctx, area, commit, cluster, opts)
                 .await
                 .map_err(|e| ApplyError::Area {
@@ -582,83 +604,95 @@ pub async fn plan_area_with(
                 (in_area(file), None)
             };
             let blobs = git.blob_reader();
-            let targets: Vec<ObjectId> = decided.iter().filter_map(|k| k.kv.flatten()).collect();
-            let located = blobs.locate(&targets);
-            let mut sizes = located.iter().map(|b| b.id()).zip(blobs.sizes_of(&located));
             let mut ops = Vec::with_capacity(decided.len());
             // The previous new key's count of live keys before it: the same count means
             // nothing between them, so the backend may check both with one range compare.
             let mut previous_new: Option<usize> = None;
-            for k in &decided {
-                let Some(target) = k.kv else { continue };
-                let key = key_of(k.rel);
-                let current = k.live.map(|(_, e)| e);
-                // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
-                // before the first write of any area.
-                let file = || format!("{}/{}", area.path, k.file.map_or("?", |f| f.path.as_str()));
-                if target.is_some() {
-                    checker
-                        .check_key(&key)
-                        .map_err(|error| ApplyError::KeyRefused {
-                            path: file(),
-                            key: key.clone(),
-                            error,
-                        })?;
-                }
-                // Sizes come from object headers: validated now, contents read while writing.
-                // The limit is the backend's single-op one: a value too big for a batch is
-                // written alone, so only what the backend cannot take at all is refused.
-                let mut value_size = 0;
-                if let Some(id) = target {
-                    let size = match sizes.next() {
-                        Some((sized, size)) if sized == id => size?,
-                        _ => blobs.size(id)?,
-                    };
-                    let max = limits.max_value_len(&key);
-                    if size > max as u64 {
-                        return Err(ApplyError::ValueTooLarge {
-                            path: file(),
-                            key,
-                            size,
-                            limit: max,
-                        });
+            // Sized a part at a time: the ids, positions and sizes of a whole area at once
+            // came to ~200 bytes a key, 200 MB on top of a plan of a million keys.
+            for part in decided.chunks(SIZED_AT_ONCE) {
+                let targets: Vec<ObjectId> = part.iter().filter_map(|k| k.kv.flatten()).collect();
+                let located = blobs.locate(&targets);
+                let mut sizes = located.iter().map(|b| b.id()).zip(blobs.sizes_of(&located));
+                for k in part {
+                    let Some(target) = k.kv else { continue };
+                    let key = key_of(k.rel);
+                    let current = k.live.map(|(_, e)| e);
+                    // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
+                    // before the first write of any area.
+                    let file =
+                        || format!("{}/{}", area.path, k.file.map_or("?", |f| f.path.as_str()));
+                    if target.is_some() {
+                        checker
+                            .check_key(&key)
+                            .map_err(|error| ApplyError::KeyRefused {
+                                path: file(),
+                                key: key.clone(),
+                                error,
+                            })?;
                     }
-                    value_size = size;
-                }
-                let kind = match (current, &target) {
-                    (None, _) => OpKind::Add,
-                    (Some(_), Some(_)) => OpKind::Change,
-                    (Some(_), None) => OpKind::Delete,
-                };
-                // A file named as its key is: its path is made when shown, not here.
-                let own_file = k
-                    .file
-                    .is_some_and(|f| f.path.as_bytes() == k.rel.as_slice());
-                let (path, pointer) = if docs.is_empty() && own_file {
-                    (None, None)
-                } else {
-                    let (path, pointer) = path_of(k);
-                    (Some(path), pointer)
-                };
-                let expect = match current {
-                    Some(e) => Precondition::ModRevision(e.mod_revision),
-                    None if previous_new == Some(k.live_before) => Precondition::AbsentInRun,
-                    None => Precondition::Absent,
-                };
-                previous_new = current.is_none().then_some(k.live_before);
-                ops.push(PlannedOp {
-                    kind,
-                    path,
-                    pointer,
-                    key,
-                    overwrites: k
+                    // Sizes come from object headers: validated now, contents read while writing.
+                    // The limit is the backend's single-op one: a value too big for a batch is
+                    // written alone, so only what the backend cannot take at all is refused.
+                    let mut value_size = 0;
+                    if let Some(id) = target {
+                        let size = match sizes.next() {
+                            Some((sized, size)) if sized == id => size?,
+                            _ => blobs.size(id)?,
+                        };
+                        let max = limits.max_value_len(&key);
+                        if size > max as u64 {
+                            return Err(ApplyError::ValueTooLarge {
+                                path: file(),
+                                key,
+                                size,
+                                limit: max,
+                            });
+                        }
+                        value_size = size;
+                    }
+                    let kind = match (current, &target) {
+                        (None, _) => OpKind::Add,
+                        (Some(_), Some(_)) => OpKind::Change,
+                        (Some(_), None) => OpKind::Delete,
+                    };
+                    // A file named as its key is: its path is made when shown, not here.
+                    let own_file = k
+                        .file
+                        .is_some_and(|f| f.path.as_bytes() == k.rel.as_slice());
+                    let (path, pointer) = if docs.is_empty() && own_file {
+                        (None, None)
+                    } else {
+                        let (path, pointer) = path_of(k);
+                        (Some(path), pointer)
+                    };
+                    let expect = match current {
+                        Some(e) => Precondition::ModRevision(e.mod_revision),
+                        None if previous_new == Some(k.live_before) => Precondition::AbsentInRun,
+                        None => Precondition::Absent,
+                    };
+                    previous_new = current.is_none().then_some(k.live_before);
+                    let overwrites = k
                         .conflict
                         .then(|| current.map(|e| e.value.clone()))
-                        .flatten(),
-                    expect,
-                    value: target,
-                    value_size,
-                });
+                        .flatten();
+                    let detail = (path.is_some() || pointer.is_some() || overwrites.is_some())
+                        .then(|| {
+                            Box::new(OpDetail {
+                                path,
+                                pointer,
+                                overwrites,
+                            })
+                        });
+                    ops.push(PlannedOp {
+                        kind,
+                        key,
+                        expect,
+                        value: target,
+                        value_size,
+                        detail,
+                    });
+                }
             }
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "decided and sized");
             let drifted: Vec<&Decided> = decided.iter().filter(|k| k.drift).collect();
@@ -790,6 +824,15 @@ fn guard_mass_delete(
     }
     Ok(())
 }
+
+/// Areas planned at once: each holds its files, live keys and decisions until its plan is
+/// made (four areas of 250k keys at once peaked at ~550 MB), and two keep two cores busy.
+const PLANNED_AT_ONCE: usize = 2;
+
+/// Keys a plan sizes the values of at once (in pack order within them; see
+/// `BlobReader::sizes_of`): bounds what sizing holds whatever the area's size. A few in
+/// unit tests, so that every planning test crosses parts.
+const SIZED_AT_ONCE: usize = if cfg!(test) { 3 } else { 1 << 15 };
 
 /// Values the writes look up and read at once (`BlobReader::locate`, `read_many`), at most;
 /// the first window holds FIRST_WINDOW, and each one twice the one before.

@@ -86,9 +86,9 @@ impl KeyReport {
         }
     }
 
-    fn at(key: &Key, path: &str, pointer: &Option<String>) -> KeyReport {
+    fn at(key: &Key, path: &str, pointer: Option<&str>) -> KeyReport {
         KeyReport {
-            pointer: pointer.clone(),
+            pointer: pointer.map(str::to_owned),
             ..KeyReport::new(key, path.to_owned())
         }
     }
@@ -138,13 +138,13 @@ fn area_report(p: &AreaPlan) -> AreaReport {
             .drift
             .iter()
             .zip(&p.drift_paths)
-            .map(|(k, (path, pointer))| KeyReport::at(k, path, pointer))
+            .map(|(k, (path, pointer))| KeyReport::at(k, path, pointer.as_deref()))
             .collect(),
         pending_export: p.pending_export,
     };
     for op in &p.ops {
-        let entry = KeyReport::at(&op.key, &p.path_of(op), &op.pointer);
-        if let Some(v) = &op.overwrites {
+        let entry = KeyReport::at(&op.key, &p.path_of(op), op.pointer());
+        if let Some(v) = op.overwrites() {
             r.conflicts.push(KeyReport {
                 live_value: Some(v.clone()),
                 ..entry.clone()

@@ -229,15 +229,14 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
             ctx.metrics.applied(name, puts, deletes);
             tracing::info!(area = name, puts, deletes, "applied Git to the KV store");
         }
-        let conflicts = plan.ops.iter().filter(|o| o.overwrites.is_some()).count() as u64;
+        let conflicts = plan.ops.iter().filter(|o| o.overwrites().is_some()).count() as u64;
         if conflicts > 0 {
             ctx.metrics.conflicts(name, conflicts);
-            for op in plan.ops.iter().filter(|o| o.overwrites.is_some()) {
-                let overwritten = op
-                    .overwrites
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default();
+            for op in plan.ops.iter() {
+                let Some(overwritten) = op.overwrites() else {
+                    continue;
+                };
+                let overwritten = String::from_utf8_lossy(overwritten);
                 tracing::warn!(area = name, key = %op.key, %overwritten, "Git won a conflict; live value overwritten");
             }
         }
@@ -264,8 +263,7 @@ async fn apply_local(ctx: &SyncCtx, memory: &mut Memory) -> Result<(), SyncError
             // Kept across passes (newest last, bounded): a later apply must not erase the
             // record of a value Git overwrote.
             s.last_conflicts.extend(plan.ops.iter().filter_map(|o| {
-                o.overwrites
-                    .as_ref()
+                o.overwrites()
                     .map(|v| (o.key.to_string(), String::from_utf8_lossy(v).into_owned()))
             }));
             let excess = s.last_conflicts.len().saturating_sub(MAX_CONFLICTS_KEPT);

@@ -155,6 +155,64 @@ async fn export_then_apply_restores_the_store_in_memory() {
     assert_eq!(snap.entries[7].value, b"v7");
 }
 
+/// A plan sizes its values a few keys at a time (three in unit tests): every op still has
+/// its own value's size, the preconditions of a run of new keys carry over from one part to
+/// the next, and what is written is what Git holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_sized_in_parts_has_each_values_size_and_writes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = MemoryBackend::new();
+    let areas = [("a", "/a/", "a", "git-to-kv")];
+    let ctx = engine(dir.path(), "n1", &backend, None, &areas).await;
+    let value = |i: usize| "x".repeat(i * 7 + 1);
+    for i in 0..20 {
+        put(&backend, &format!("/a/k{i:02}"), &value(i)).await;
+    }
+    export::run(&ctx, None, false).await.expect("export");
+    // Keys 3..10 lost (a run of new keys across parts), 14 and 17 drifted.
+    let lost: Vec<WriteOp> = (3..10)
+        .map(|i| WriteOp::Delete {
+            key: Key(format!("/a/k{i:02}").into_bytes()),
+            expect: Precondition::Any,
+        })
+        .collect();
+    backend.write(&lost).await.expect("lose keys");
+    put(&backend, "/a/k14", "drifted").await;
+    put(&backend, "/a/k17", "drifted too").await;
+
+    let plans = apply::plan_all(&ctx, None, None, true).await.expect("plan");
+    let ops = &plans[0].ops;
+    let keys: Vec<String> = ops.iter().map(|o| o.key.to_string()).collect();
+    let want: Vec<String> = [3, 4, 5, 6, 7, 8, 9, 14, 17]
+        .iter()
+        .map(|i| format!("/a/k{i:02}"))
+        .collect();
+    assert_eq!(keys, want);
+    for (op, i) in ops.iter().zip([3, 4, 5, 6, 7, 8, 9, 14, 17]) {
+        assert_eq!(op.value_size, value(i).len() as u64, "{}", op.key);
+        assert_eq!(op.overwrites(), None, "{}", op.key);
+        assert_eq!(op.pointer(), None, "{}", op.key);
+    }
+    assert_eq!(ops[0].expect, Precondition::Absent);
+    assert!(
+        ops[1..7]
+            .iter()
+            .all(|o| o.expect == Precondition::AbsentInRun),
+        "{:?}",
+        ops.iter().map(|o| o.expect).collect::<Vec<_>>()
+    );
+    assert!(matches!(ops[7].expect, Precondition::ModRevision(_)));
+
+    apply::apply(&ctx, plans, None, true, |_| {})
+        .await
+        .expect("apply");
+    let snap = backend.snapshot(b"/a/", None).await.expect("snapshot");
+    assert_eq!(snap.entries.len(), 20);
+    for (i, e) in snap.entries.iter().enumerate() {
+        assert_eq!(e.value, value(i).as_bytes(), "{}", e.key);
+    }
+}
+
 /// The `Kvgit-Epoch` of each commit is the epoch of the claim the node held when it
 /// committed: after its lease is revoked and the area claimed again, new commits carry the
 /// new epoch, and no commit carries any other.

@@ -122,7 +122,7 @@ impl Bench {
         from: &str,
         with_history: bool,
     ) {
-        let (mut kv, mut raw) = (Vec::new(), Vec::new());
+        let (mut kv, mut raw, mut rss) = (Vec::new(), Vec::new(), 0f64);
         let prep = |endpoint: String| async move {
             if with_history {
                 raw_write(&endpoint, LAYOUT, 0..self.n, "v0").await;
@@ -145,10 +145,12 @@ impl Bench {
                         "apply wrote every key"
                     );
                     println!(
-                        "  {figure} run {r}: kvgit apply {}",
-                        secs(m.took.as_secs_f64())
+                        "  {figure} run {r}: kvgit apply {} (peak RSS {:.0} MiB)",
+                        secs(m.took.as_secs_f64()),
+                        m.peak_rss_mib
                     );
                     kv.push(m.took.as_secs_f64());
+                    rss = rss.max(m.peak_rss_mib);
                 } else {
                     let w = raw_write(cluster.endpoint(), LAYOUT, 0..self.n, "v1").await;
                     assert_eq!(
@@ -177,7 +179,11 @@ impl Bench {
         };
         report.row(Row {
             figure: format!("apply of {} keys{source} into {state}", self.n),
-            kvgit: format!("{} ({:.0} keys/s)", secs(k), self.n as f64 / k),
+            kvgit: format!(
+                "{} ({:.0} keys/s, peak RSS {rss:.0} MiB)",
+                secs(k),
+                self.n as f64 / k
+            ),
             yardstick: format!(
                 "raw 128-op txns × 8 tasks into {state}: {} ({:.0} keys/s)",
                 secs(y),
