@@ -59,7 +59,7 @@ pub struct PlannedOp {
 }
 
 /// The parts of a [`PlannedOp`] most ops do not have.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct OpDetail {
     /// The file holding (or, for a delete, that would hold) the key, from the repository
     /// root: in a document area, the document that stands for it. `None`: the key's own

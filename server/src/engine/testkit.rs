@@ -19,6 +19,22 @@ pub(crate) async fn put(backend: &MemoryBackend, key: &str, value: &str) {
     }
 }
 
+/// Deletes every key of `keys` in one write, whatever was there (a store losing keys
+/// behind kvgit's back).
+pub(crate) async fn delete_all(backend: &MemoryBackend, keys: impl IntoIterator<Item = String>) {
+    let ops: Vec<WriteOp> = keys
+        .into_iter()
+        .map(|key| WriteOp::Delete {
+            key: Key(key.into_bytes()),
+            expect: Precondition::Any,
+        })
+        .collect();
+    match backend.write(&ops).await {
+        Ok(TxnOutcome::Committed { .. }) => {}
+        other => panic!("delete {} keys: {other:?}", ops.len()),
+    }
+}
+
 /// A context on a new `MemoryBackend` and a new repository in `dir`, with one `both` area per
 /// name: prefix `/name/`, path `name`.
 pub(crate) async fn context(dir: &Path, areas: &[&str]) -> (Context, MemoryBackend) {

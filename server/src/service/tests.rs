@@ -4,13 +4,13 @@
 
 use super::run;
 use crate::config;
-use crate::engine::testkit::put;
+use crate::engine::testkit::{delete_all, put};
 use crate::engine::{apply, export, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_core::{Key, KvBackend, MemoryBackend, Precondition, WriteOp};
+use sync_core::{KvBackend, MemoryBackend, Precondition};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -138,13 +138,7 @@ async fn export_then_apply_restores_the_store_in_memory() {
     assert_eq!(git(&repo, &["show", "main:a/k07"]).as_deref(), Some("v7"));
 
     // Wipe the store behind kvgit's back; apply brings every key back.
-    let ops: Vec<WriteOp> = (0..20)
-        .map(|i| WriteOp::Delete {
-            key: Key(format!("/a/k{i:02}").into_bytes()),
-            expect: Precondition::Any,
-        })
-        .collect();
-    backend.write(&ops).await.expect("wipe");
+    delete_all(&backend, (0..20).map(|i| format!("/a/k{i:02}"))).await;
     let plans = apply::plan_all(&ctx, None, None, true).await.expect("plan");
     assert_eq!(plans[0].count(apply::OpKind::Add), 20);
     apply::apply(&ctx, plans, None, true, |_| {})
@@ -170,13 +164,7 @@ async fn a_plan_sized_in_parts_has_each_values_size_and_writes_it() {
     }
     export::run(&ctx, None, false).await.expect("export");
     // Keys 3..10 lost (a run of new keys across parts), 14 and 17 drifted.
-    let lost: Vec<WriteOp> = (3..10)
-        .map(|i| WriteOp::Delete {
-            key: Key(format!("/a/k{i:02}").into_bytes()),
-            expect: Precondition::Any,
-        })
-        .collect();
-    backend.write(&lost).await.expect("lose keys");
+    delete_all(&backend, (3..10).map(|i| format!("/a/k{i:02}"))).await;
     put(&backend, "/a/k14", "drifted").await;
     put(&backend, "/a/k17", "drifted too").await;
 
