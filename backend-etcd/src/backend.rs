@@ -3,7 +3,7 @@
 
 use crate::config::{connect_options, ConnectError, EtcdConfig};
 use crate::errors::{missing_header, rev, Ctx, KIND};
-use crate::{delta, ownership, snapshot, txn, watch};
+use crate::{delta, many, ownership, snapshot, txn, watch};
 use async_trait::async_trait;
 use etcd_client::{Client, KvClient, LeaseClient, MaintenanceClient, WatchClient};
 use futures::{StreamExt, TryStreamExt};
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use sync_core::{
-    BackendError, Claim, ClusterId, Epoch, Key, KvBackend, Lease, LeaseId, Renewal, Revision,
-    Snapshot, SnapshotPages, TxnOutcome, WatchStream, WriteLimits, WriteOp,
+    BackendError, Claim, ClusterId, Epoch, Key, KvBackend, KvEntry, Lease, LeaseId, Renewal,
+    Revision, Snapshot, SnapshotPages, TxnOutcome, WatchStream, WriteLimits, WriteOp,
 };
 
 /// etcd refuses a txn of more than 128 ops (`--max-txn-ops`).
@@ -100,13 +100,18 @@ fn principal(cfg: &EtcdConfig) -> String {
 
 /// "key K" for one key, "keys A, B, C and N more" for a batch.
 fn name_keys(ops: &[WriteOp]) -> String {
+    name_keys_in(ops.iter().map(WriteOp::key), ops.len())
+}
+
+/// [`name_keys`] of keys read.
+fn name_keys_of(keys: &[Key]) -> String {
+    name_keys_in(keys.iter(), keys.len())
+}
+
+fn name_keys_in<'a>(keys: impl Iterator<Item = &'a Key>, len: usize) -> String {
     const SHOWN: usize = 3;
-    let keys: Vec<String> = ops
-        .iter()
-        .take(SHOWN)
-        .map(|op| op.key().to_string())
-        .collect();
-    match ops.len() {
+    let keys: Vec<String> = keys.take(SHOWN).map(Key::to_string).collect();
+    match len {
         1 => format!("key {}", keys[0]),
         n if n > SHOWN => format!("keys {} and {} more", keys.join(", "), n - SHOWN),
         _ => format!("keys {}", keys.join(", ")),
@@ -319,6 +324,19 @@ impl KvBackend for EtcdBackend {
         Ok(pages
             .map_err(move |e| conn.denied(e, || name_prefix(&prefix)))
             .boxed())
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<KvEntry>, BackendError> {
+        many::get_many(&self.conn, keys, MAX_TXN_OPS)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_keys_of(keys)))
+    }
+
+    async fn count(&self, prefix: &[u8]) -> Result<u64, BackendError> {
+        let n = delta::count(&self.conn, prefix, None)
+            .await
+            .map_err(|e| self.conn.denied(e, || name_prefix(prefix)))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError> {

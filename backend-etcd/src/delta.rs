@@ -29,27 +29,28 @@ pub(crate) async fn changes_between(
     let _in_flight = catchup::InFlight::enter(&conn.catching_up);
     // Counting reads etcd's index only, not the values; it runs while a large area's
     // catch-up watch waits for etcd's pass, and tells whether the area is large.
-    let now = match catchup::changes(conn, prefix, after, upto, count(conn, prefix, upto)).await? {
-        Caught::Changes(changes) => {
-            conn.caught_up_by_watch.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                changes = changes.len(),
-                "caught up by a watch over every key"
-            );
-            return Ok(Some(changes));
-        }
-        Caught::Read { why, keys } => {
-            tracing::debug!(?why, ?keys, "catch-up watch gave up; reading instead");
-            match keys {
-                Some(n) => n,
-                None => count(conn, prefix, upto).await?,
+    let now =
+        match catchup::changes(conn, prefix, after, upto, count(conn, prefix, Some(upto))).await? {
+            Caught::Changes(changes) => {
+                conn.caught_up_by_watch.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    changes = changes.len(),
+                    "caught up by a watch over every key"
+                );
+                return Ok(Some(changes));
             }
-        }
-    };
+            Caught::Read { why, keys } => {
+                tracing::debug!(?why, ?keys, "catch-up watch gave up; reading instead");
+                match keys {
+                    Some(n) => n,
+                    None => count(conn, prefix, Some(upto)).await?,
+                }
+            }
+        };
     // Two independent reads at fixed revisions: asked at once.
     let ((snap, created), then) = tokio::try_join!(
         read_filtered(conn, prefix, Some(upto), Some(after), false),
-        count(conn, prefix, after),
+        count(conn, prefix, Some(after)),
     )?;
     // Keys at `upto` = keys at `after` - deleted + created.
     let deleted = then + created as i64 - now;
@@ -76,13 +77,17 @@ pub(crate) async fn changes_between(
     Ok(Some(out))
 }
 
-/// Keys under `prefix` at revision `at`.
-async fn count(conn: &Conn, prefix: &[u8], at: Revision) -> Result<i64, BackendError> {
+/// Keys under `prefix` at revision `at` (None: now).
+pub(crate) async fn count(
+    conn: &Conn,
+    prefix: &[u8],
+    at: Option<Revision>,
+) -> Result<i64, BackendError> {
     let (key, end) = prefix_range(prefix);
-    let opts = GetOptions::new()
-        .with_range(end)
-        .with_count_only()
-        .with_revision(wire_rev(at)?);
+    let mut opts = GetOptions::new().with_range(end).with_count_only();
+    if let Some(at) = at {
+        opts = opts.with_revision(wire_rev(at)?);
+    }
     let mut kv = conn.kv.clone();
     let res = tokio::time::timeout(conn.ctx.request_timeout, kv.get(key, Some(opts))).await;
     match res {
@@ -91,6 +96,7 @@ async fn count(conn: &Conn, prefix: &[u8], at: Revision) -> Result<i64, BackendE
             Ok(resp.count())
         }
         Ok(Err(e)) if is_compacted(&e) => {
+            let at = at.unwrap_or_default();
             Err(compacted(at, compact_revision(conn, prefix, at).await))
         }
         Ok(Err(e)) => Err(conn.ctx.map("count", e)),

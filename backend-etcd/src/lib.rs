@@ -8,6 +8,7 @@ mod config;
 mod delta;
 mod errors;
 mod keys;
+mod many;
 mod ownership;
 mod progress;
 mod snapshot;

@@ -132,6 +132,32 @@ pub trait KvBackend: Send + Sync + 'static {
         Ok(Box::pin(futures::stream::once(async move { Ok(snap) })))
     }
 
+    /// The entries of `keys` (sorted, distinct) that exist, in key order; absent keys are
+    /// left out. Each is read at a revision no older than the call, not all at one: callers
+    /// write back conditional on each entry's `mod_revision`. Default: one `snapshot` per
+    /// key (its exact key kept).
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<KvEntry>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let snap = self.snapshot(&key.0, None).await?;
+            out.extend(snap.entries.into_iter().filter(|e| e.key == *key));
+        }
+        Ok(out)
+    }
+
+    /// How many keys are under `prefix` now. Default: the snapshot's pages, counted as they
+    /// are read (none held).
+    async fn count(&self, prefix: &[u8]) -> Result<u64, BackendError> {
+        use futures::TryStreamExt;
+        let pages = self.snapshot_pages(prefix, None).await?;
+        pages
+            .try_fold(
+                0u64,
+                |n, page| async move { Ok(n + page.entries.len() as u64) },
+            )
+            .await
+    }
+
     /// Changes under `prefix` with revision >= `from`, in revision order. Once every change
     /// up to a revision has been sent, the stream may yield `Progress` with it: soon after
     /// the start and whenever idle where the backend can tell, never before the changes it

@@ -8,6 +8,8 @@ pub use error::{ApplyError, MassDeleteRefused};
 pub use restore::Exact;
 
 mod restore;
+#[cfg(test)]
+mod tests;
 
 use super::checkpoint::{self, Judged};
 use super::decide::{base_after, union3, Sides};
@@ -19,7 +21,7 @@ use crate::config::AreaConfig;
 use gitstore::ObjectId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use sync_core::rule::Base;
+use sync_core::rule::{Base, Mode};
 use sync_core::{ClusterId, Key, KvBackend, KvEntry, Precondition, Revision, Value, WriteOp};
 
 /// How a planned write changes a key.
@@ -126,7 +128,8 @@ pub struct AreaPlan {
     /// How many drift keys the ops give Git's value back (self-heal): once written, they
     /// no longer differ.
     pub drift_reverted: usize,
-    /// Keys only the KV store has a newer value for (they go to Git by export).
+    /// Keys only the KV store has a newer value for (they go to Git by export); a delta
+    /// plan counts only among the keys it read.
     pub pending_export: usize,
     pub live_keys: usize,
     /// The area's checkpoint as judged against the live cluster.
@@ -146,6 +149,8 @@ pub struct AreaPlan {
     first_revision: Revision,
     /// `--exact`: the area becomes exactly the tree planned from (no rule, no base).
     pub exact: Option<Exact>,
+    /// The area's desired key tree this plan read and validated (see [`plan_area_delta`]).
+    pub desired_tree: Option<ObjectId>,
 }
 
 impl AreaPlan {
@@ -449,7 +454,6 @@ pub async fn plan_area_with(
     let allow_mass_delete = opts.allow_mass_delete;
     let exact = opts.exact;
     let backend = ctx.backend().await?;
-    let limits = backend.write_limits();
     let cp = checkpoint::load(ctx, &area.name).await?;
     let started = std::time::Instant::now();
     // The desired side is read from Git while the backend answers the snapshot. Documents
@@ -559,12 +563,7 @@ pub async fn plan_area_with(
                     });
                 }
             }
-            let key_of = |rel: &[u8]| {
-                let mut k = Vec::with_capacity(prefix_len + rel.len());
-                k.extend_from_slice(&area.prefix);
-                k.extend_from_slice(rel);
-                Key(k)
-            };
+            let key_of = |rel: &[u8]| area_key(&area.prefix, rel);
             // A key with no file in the tree (a delete, some drift) is shown with the file
             // an export would give it among the live keys.
             let wanted: BTreeSet<Vec<u8>> = decided
@@ -603,97 +602,14 @@ pub async fn plan_area_with(
                 };
                 (in_area(file), None)
             };
-            let blobs = git.blob_reader();
-            let mut ops = Vec::with_capacity(decided.len());
-            // The previous new key's count of live keys before it: the same count means
-            // nothing between them, so the backend may check both with one range compare.
-            let mut previous_new: Option<usize> = None;
-            // Sized a part at a time: the ids, positions and sizes of a whole area at once
-            // came to ~200 bytes a key, 200 MB on top of a plan of a million keys.
-            for part in decided.chunks(SIZED_AT_ONCE) {
-                let targets: Vec<ObjectId> = part.iter().filter_map(|k| k.kv.flatten()).collect();
-                let located = blobs.locate(&targets);
-                let mut sizes = located.iter().map(|b| b.id()).zip(blobs.sizes_of(&located));
-                for k in part {
-                    let Some(target) = k.kv else { continue };
-                    let key = key_of(k.rel);
-                    let current = k.live.map(|(_, e)| e);
-                    // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
-                    // before the first write of any area.
-                    let file =
-                        || format!("{}/{}", area.path, k.file.map_or("?", |f| f.path.as_str()));
-                    if target.is_some() {
-                        checker
-                            .check_key(&key)
-                            .map_err(|error| ApplyError::KeyRefused {
-                                path: file(),
-                                key: key.clone(),
-                                error,
-                            })?;
-                    }
-                    // Sizes come from object headers: validated now, contents read while writing.
-                    // The limit is the backend's single-op one: a value too big for a batch is
-                    // written alone, so only what the backend cannot take at all is refused.
-                    let mut value_size = 0;
-                    if let Some(id) = target {
-                        let size = match sizes.next() {
-                            Some((sized, size)) if sized == id => size?,
-                            _ => blobs.size(id)?,
-                        };
-                        let max = limits.max_value_len(&key);
-                        if size > max as u64 {
-                            return Err(ApplyError::ValueTooLarge {
-                                path: file(),
-                                key,
-                                size,
-                                limit: max,
-                            });
-                        }
-                        value_size = size;
-                    }
-                    let kind = match (current, &target) {
-                        (None, _) => OpKind::Add,
-                        (Some(_), Some(_)) => OpKind::Change,
-                        (Some(_), None) => OpKind::Delete,
-                    };
-                    // A file named as its key is: its path is made when shown, not here.
-                    let own_file = k
-                        .file
-                        .is_some_and(|f| f.path.as_bytes() == k.rel.as_slice());
-                    let (path, pointer) = if docs.is_empty() && own_file {
-                        (None, None)
-                    } else {
-                        let (path, pointer) = path_of(k);
-                        (Some(path), pointer)
-                    };
-                    let expect = match current {
-                        Some(e) => Precondition::ModRevision(e.mod_revision),
-                        None if previous_new == Some(k.live_before) => Precondition::AbsentInRun,
-                        None => Precondition::Absent,
-                    };
-                    previous_new = current.is_none().then_some(k.live_before);
-                    let overwrites = k
-                        .conflict
-                        .then(|| current.map(|e| e.value.clone()))
-                        .flatten();
-                    let detail = (path.is_some() || pointer.is_some() || overwrites.is_some())
-                        .then(|| {
-                            Box::new(OpDetail {
-                                path,
-                                pointer,
-                                overwrites,
-                            })
-                        });
-                    ops.push(PlannedOp {
-                        kind,
-                        key,
-                        expect,
-                        value: target,
-                        value_size,
-                        detail,
-                    });
-                }
-            }
+            let ops = sized_ops(
+                git,
+                &area,
+                checker.as_ref(),
+                &decided,
+                docs.is_empty(),
+                &path_of,
+            )?;
             tracing::debug!(area = %area.name, elapsed = ?t0.elapsed(), "decided and sized");
             let drifted: Vec<&Decided> = decided.iter().filter(|k| k.drift).collect();
             let (base_start, base_changes) = match base_tree {
@@ -733,12 +649,358 @@ pub async fn plan_area_with(
                 base_changes,
                 first_revision,
                 epoch: None,
+                desired_tree,
             })
         })
         .await?;
     plan.checkpoint = judged;
     guard_mass_delete(&plan, ctx.cfg.sync.max_delete_fraction, allow_mass_delete)?;
     Ok(plan)
+}
+
+/// The ops of the keys in `decided` that the KV store receives something for, in order:
+/// each key checked against the backend, each value sized from its object header and
+/// refused over the backend's single-op limit. `own_paths`: a key whose file is named as
+/// it is needs no path kept (not in a document area); `path_of` gives the others'.
+fn sized_ops(
+    git: &gitstore::GitStore,
+    area: &AreaConfig,
+    checker: &dyn KvBackend,
+    decided: &[Decided],
+    own_paths: bool,
+    path_of: &dyn Fn(&Decided) -> (String, Option<String>),
+) -> Result<Vec<PlannedOp>, ApplyError> {
+    let limits = checker.write_limits();
+    let key_of = |rel: &[u8]| area_key(&area.prefix, rel);
+    let blobs = git.blob_reader();
+    let mut ops = Vec::with_capacity(decided.len());
+    // The previous new key's count of live keys before it: the same count means
+    // nothing between them, so the backend may check both with one range compare.
+    let mut previous_new: Option<usize> = None;
+    // Sized a part at a time: the ids, positions and sizes of a whole area at once
+    // came to ~200 bytes a key, 200 MB on top of a plan of a million keys.
+    for part in decided.chunks(SIZED_AT_ONCE) {
+        let targets: Vec<ObjectId> = part.iter().filter_map(|k| k.kv.flatten()).collect();
+        let located = blobs.locate(&targets);
+        let mut sizes = located.iter().map(|b| b.id()).zip(blobs.sizes_of(&located));
+        for k in part {
+            let Some(target) = k.kv else { continue };
+            let key = key_of(k.rel);
+            let current = k.live.map(|(_, e)| e);
+            // A key this backend cannot hold (Consul: not UTF-8) stops the apply here,
+            // before the first write of any area.
+            let file = || format!("{}/{}", area.path, k.file.map_or("?", |f| f.path.as_str()));
+            if target.is_some() {
+                checker
+                    .check_key(&key)
+                    .map_err(|error| ApplyError::KeyRefused {
+                        path: file(),
+                        key: key.clone(),
+                        error,
+                    })?;
+            }
+            // Sizes come from object headers: validated now, contents read while writing.
+            // The limit is the backend's single-op one: a value too big for a batch is
+            // written alone, so only what the backend cannot take at all is refused.
+            let mut value_size = 0;
+            if let Some(id) = target {
+                let size = match sizes.next() {
+                    Some((sized, size)) if sized == id => size?,
+                    _ => blobs.size(id)?,
+                };
+                let max = limits.max_value_len(&key);
+                if size > max as u64 {
+                    return Err(ApplyError::ValueTooLarge {
+                        path: file(),
+                        key,
+                        size,
+                        limit: max,
+                    });
+                }
+                value_size = size;
+            }
+            let kind = match (current, &target) {
+                (None, _) => OpKind::Add,
+                (Some(_), Some(_)) => OpKind::Change,
+                (Some(_), None) => OpKind::Delete,
+            };
+            // A file named as its key is: its path is made when shown, not here.
+            let own_file = k
+                .file
+                .is_some_and(|f| f.path.as_bytes() == k.rel.as_slice());
+            let (path, pointer) = if own_paths && own_file {
+                (None, None)
+            } else {
+                let (path, pointer) = path_of(k);
+                (Some(path), pointer)
+            };
+            let expect = match current {
+                Some(e) => Precondition::ModRevision(e.mod_revision),
+                None if previous_new == Some(k.live_before) => Precondition::AbsentInRun,
+                None => Precondition::Absent,
+            };
+            previous_new = current.is_none().then_some(k.live_before);
+            let overwrites = k
+                .conflict
+                .then(|| current.map(|e| e.value.clone()))
+                .flatten();
+            let detail = (path.is_some() || pointer.is_some() || overwrites.is_some()).then(|| {
+                Box::new(OpDetail {
+                    path,
+                    pointer,
+                    overwrites,
+                })
+            });
+            ops.push(PlannedOp {
+                kind,
+                key,
+                expect,
+                value: target,
+                value_size,
+                detail,
+            });
+        }
+    }
+    Ok(ops)
+}
+
+/// The full key of `rel` in an area with key prefix `prefix`.
+fn area_key(prefix: &[u8], rel: &[u8]) -> Key {
+    let mut k = Vec::with_capacity(prefix.len() + rel.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rel);
+    Key(k)
+}
+
+/// `serve`'s plan of a `both` area from what differs between its base and its desired
+/// tree. In `both` the KV store receives only keys whose desired value moved away from the
+/// base (see `rule::decide`), and only those keys' agreed values move the base, so reading
+/// the live values of those keys (`KvBackend::get_many`) plans what reading the whole area
+/// would, at the cost of the change instead of the area's size.
+///
+/// `validated`: a desired key tree a plan read whole and found valid before (`Some(None)`:
+/// the area had no directory); only the files changed since are checked (that they map to
+/// keys, and that no key is held twice). `Ok(None)` when the full plan must be made
+/// instead: another mode or format, a schema, no trusted checkpoint, nothing validated, or
+/// a changed file only a full read judges (it then names the file).
+pub async fn plan_area_delta(
+    ctx: &Context,
+    area: &AreaConfig,
+    commit: Option<ObjectId>,
+    cluster: &ClusterId,
+    validated: Option<Option<ObjectId>>,
+) -> Result<Option<AreaPlan>, ApplyError> {
+    let plain = !area.format.is_documents() && area.schema.is_none();
+    let (true, Some(validated)) = (area.rule.mode == Mode::Both && plain, validated) else {
+        return Ok(None);
+    };
+    let backend = ctx.backend().await?;
+    let cp = checkpoint::load(ctx, &area.name).await?;
+    let current = backend.current_revision().await?;
+    let judged = Judged::judge(cp, &area.name, cluster, current);
+    let Some(cp) = judged.trusted() else {
+        return Ok(None);
+    };
+    if let (Some(allowed), Some(tip)) = (ctx.cfg.git.allowed_signers.clone(), commit) {
+        verify_signed(ctx, &allowed, Some(cp), tip, &area.path).await?;
+    }
+    let base_tree = cp.base_tree;
+    let path = area.path.clone();
+    let found = ctx
+        .git_blocking(move |git| -> Result<_, ApplyError> {
+            let desired = super::view::area_tree(git, commit, &path)?;
+            if !still_valid(git, validated, desired) {
+                return Ok(None);
+            }
+            Ok(candidates(git, base_tree, desired)?.map(|c| (desired, c)))
+        })
+        .await?;
+    let Some((desired_tree, candidates)) = found else {
+        return Ok(None);
+    };
+    let keys: Vec<Key> = candidates
+        .iter()
+        .map(|c| area_key(&area.prefix, &c.rel))
+        .collect();
+    let live = backend.get_many(&keys).await?;
+    let area_cfg = area.clone();
+    let checker = backend.clone();
+    let mut plan = ctx
+        .git_blocking(move |git| -> Result<AreaPlan, ApplyError> {
+            let area = area_cfg;
+            let prefix_len = area.prefix.len();
+            let live: Vec<(Vec<u8>, (ObjectId, KvEntry))> = live
+                .into_iter()
+                .map(|e| {
+                    Ok((
+                        e.key.0[prefix_len..].to_vec(),
+                        (git.hash_blob(&e.value)?, e),
+                    ))
+                })
+                .collect::<Result<_, GitError>>()?;
+            let mut live = live.iter().peekable();
+            let (mut decided, mut agreed, mut pending_export) = (Vec::new(), Vec::new(), 0);
+            for (i, c) in candidates.iter().enumerate() {
+                let l = live.next_if(|(rel, _)| *rel == c.rel).map(|(_, l)| l);
+                let sides = Sides {
+                    base: c
+                        .base
+                        .as_ref()
+                        .map_or(Base::Absent, |f| Base::Present(f.id)),
+                    live: l.map(|(id, _)| *id),
+                    desired: c.desired.as_ref().map(|f| f.id),
+                };
+                let decision = sides.decide(area.rule);
+                pending_export += usize::from(decision.git.is_some());
+                let live_after = decision.kv.unwrap_or(sides.live);
+                if let Some(v) = base_after(&sides.base, live_after, sides.desired) {
+                    agreed.push((c.rel.clone(), v));
+                }
+                if decision.kv.is_some() {
+                    // What lies between two new keys is not read here: each is checked
+                    // absent on its own (a distinct count), never as a run.
+                    decided.push(Decided {
+                        conflict: decision.conflict,
+                        ..Decided::new(&c.rel, l, c.desired.as_ref(), decision.kv, i)
+                    });
+                }
+            }
+            // A key Git deletes is shown as the file Git deleted.
+            let path_of = |k: &Decided| -> (String, Option<String>) {
+                let file = k.file.map(|f| f.path.as_str()).or_else(|| {
+                    let at = candidates.binary_search_by(|c| c.rel.as_slice().cmp(k.rel));
+                    at.ok()
+                        .and_then(|i| candidates[i].base.as_ref())
+                        .map(|f| f.path.as_str())
+                });
+                (format!("{}/{}", area.path, file.unwrap_or("?")), None)
+            };
+            let ops = sized_ops(git, &area, checker.as_ref(), &decided, true, &path_of)?;
+            let base_changes = agreed
+                .into_iter()
+                .map(|(rel, v)| Ok((rel, v.map(|id| git.read_blob(id)).transpose()?)))
+                .collect::<Result<Vec<_>, GitError>>()?;
+            Ok(AreaPlan {
+                drift: Vec::new(),
+                drift_reverted: 0,
+                drift_paths: Vec::new(),
+                exact: None,
+                pending_export,
+                live_keys: 0,
+                ops,
+                area,
+                checkpoint: Judged::Missing,
+                cluster: ClusterId(String::new()),
+                base_start: base_tree,
+                base_changes,
+                first_revision: current,
+                epoch: None,
+                desired_tree,
+            })
+        })
+        .await?;
+    plan.cluster = cluster.clone();
+    plan.checkpoint = judged;
+    // Only a plan that deletes needs the area's size, for the mass-delete guard.
+    if plan.count(OpKind::Delete) > 0 {
+        let live_keys = backend.count(&area.prefix).await?;
+        plan.live_keys = usize::try_from(live_keys).unwrap_or(usize::MAX);
+    }
+    guard_mass_delete(&plan, ctx.cfg.sync.max_delete_fraction, false)?;
+    Ok(Some(plan))
+}
+
+/// A key whose desired file differs from its base file, with both (a file renamed to
+/// another spelling of its key has both paths).
+struct Candidate {
+    rel: Vec<u8>,
+    base: Option<AreaFile>,
+    desired: Option<AreaFile>,
+}
+
+/// The keys whose file differs between the base tree and the desired one, sorted by key;
+/// `None` when a changed path maps to no key, or two changed paths to one key on the same
+/// side (the full read names them; a base may hold a file carried over from Git that maps
+/// to no key).
+fn candidates(
+    git: &gitstore::GitStore,
+    base: Option<ObjectId>,
+    desired: Option<ObjectId>,
+) -> Result<Option<Vec<Candidate>>, GitError> {
+    if base == desired {
+        return Ok(Some(Vec::new()));
+    }
+    let mut by_key: BTreeMap<Vec<u8>, Candidate> = BTreeMap::new();
+    for change in git.diff_files(base, desired)? {
+        let Ok(rel) = sync_core::mapper::decode_path(&change.path) else {
+            return Ok(None);
+        };
+        let c = by_key.entry(rel.clone()).or_insert(Candidate {
+            rel,
+            base: None,
+            desired: None,
+        });
+        for (side, id) in [(&mut c.base, change.old), (&mut c.desired, change.new)] {
+            let Some(id) = id else { continue };
+            if side.is_some() {
+                return Ok(None);
+            }
+            *side = Some(AreaFile {
+                id,
+                path: change.path.clone(),
+            });
+        }
+    }
+    Ok(Some(by_key.into_values().collect()))
+}
+
+/// Whether `desired` is as valid as `validated`, the tree it changed from: every file
+/// added or changed since maps to a key, no two of them to one key, and no added file to a
+/// key `validated` holds elsewhere (unless that file was removed). A tree that cannot be
+/// compared (gone from the repository) is not.
+fn still_valid(
+    git: &gitstore::GitStore,
+    validated: Option<ObjectId>,
+    desired: Option<ObjectId>,
+) -> bool {
+    if validated == desired {
+        return true;
+    }
+    let Ok(changes) = git.diff_files(validated, desired) else {
+        return false;
+    };
+    let (mut written, mut removed, mut added) = (Vec::new(), BTreeSet::new(), Vec::new());
+    for change in &changes {
+        let Ok(rel) = sync_core::mapper::decode_path(&change.path) else {
+            return false;
+        };
+        match (change.old, change.new) {
+            (Some(_), None) => {
+                removed.insert(rel);
+            }
+            (old, Some(_)) => {
+                if old.is_none() {
+                    added.push(rel.clone());
+                }
+                written.push(rel);
+            }
+            (None, None) => {}
+        }
+    }
+    written.sort_unstable();
+    if written.windows(2).any(|w| w[0] == w[1]) {
+        return false;
+    }
+    let mut held = sync_core::mapper::Locator::default();
+    added
+        .iter()
+        .filter(|rel| !removed.contains(*rel))
+        .all(|rel| {
+            matches!(
+                sync_core::mapper::lookup(git, validated.as_ref(), rel, &mut held),
+                Ok(None)
+            )
+        })
 }
 
 /// Checkpoints looked back through for the last branch commit kvgit recorded (an apply's

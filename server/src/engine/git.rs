@@ -31,6 +31,8 @@ pub enum GitError {
     CommitWrite(#[from] gitstore::CommitWriteError),
     #[error(transparent)]
     BatchWrite(#[from] gitstore::BatchWriteError),
+    #[error(transparent)]
+    Diff(#[from] gitstore::DiffError),
     /// The blocking task running the Git work panicked (or was cancelled at shutdown).
     #[error("git task panicked")]
     Panicked(#[from] tokio::task::JoinError),
@@ -57,7 +59,8 @@ macro_rules! from_gitstore_errors {
             gitstore::PackWriteError,
             gitstore::SetSubtreeError,
             gitstore::CommitWriteError,
-            gitstore::BatchWriteError
+            gitstore::BatchWriteError,
+            gitstore::DiffError
         );
     };
     ($target:ty: $($source:ty),+) => {

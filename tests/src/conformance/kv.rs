@@ -612,6 +612,45 @@ pub async fn changes_between_is_exact(b: &dyn KvBackend, prefix: &[u8]) {
     assert_eq!(got, want, "changes between {from} and {upto}");
 }
 
+/// `get_many` gives exactly the named keys that exist, in key order, each with the value
+/// and mod revision a snapshot shows (a key that is a prefix of others gives only itself),
+/// across more keys than one transaction holds; `count` counts the prefix.
+pub async fn get_many_and_count(b: &dyn KvBackend, prefix: &[u8]) {
+    let k = |n: &str| key(prefix, n);
+    let names: Vec<String> = (0..300).map(|i| format!("n/{i:04}")).collect();
+    let mut ops: Vec<WriteOp> = names.iter().map(|n| put(k(n), n.as_str())).collect();
+    ops.extend([put(k("a"), "a"), put(k("ab"), "ab"), put(k("a/b"), "a/b")]);
+    for chunk in ops.chunks(b.write_limits().max_ops) {
+        commit(b, chunk.to_vec()).await;
+    }
+    commit(b, vec![put(k("a"), "a2")]).await;
+    let live = contents(b, prefix, None).await;
+    let mut asked: Vec<Key> = names.iter().map(|n| k(n)).collect();
+    asked.extend([k("a"), k("absent"), k("n/9999"), k("n/")]);
+    asked.sort();
+    let got = b.get_many(&asked).await.expect("get_many");
+    let got: Vec<(Key, (Vec<u8>, Revision))> = got
+        .into_iter()
+        .map(|e| (e.key, (e.value, e.mod_revision)))
+        .collect();
+    let want: Vec<(Key, (Vec<u8>, Revision))> = asked
+        .iter()
+        .filter_map(|key| live.get(key).map(|v| (key.clone(), v.clone())))
+        .collect();
+    assert_eq!(want.len(), 301, "the 300 keys and `a` exist");
+    assert_eq!(
+        got, want,
+        "get_many: the existing keys asked for, in order, as read"
+    );
+    assert_eq!(
+        b.get_many(&[]).await.expect("get_many of nothing"),
+        Vec::new()
+    );
+    assert_eq!(b.count(prefix).await.expect("count"), 303);
+    assert_eq!(b.count(&key(prefix, "n/").0).await.expect("count"), 300);
+    assert_eq!(b.count(&key(prefix, "none/").0).await.expect("count"), 0);
+}
+
 /// Writes over the limits are refused with TooLarge before anything is written.
 pub async fn over_limits_is_refused(b: &dyn KvBackend, prefix: &[u8]) {
     let limits = b.write_limits();

@@ -60,6 +60,7 @@ pub async fn run_all(backend: Arc<dyn KvBackend>, prefix_root: &str, compact: Op
         largest_op_alone_round_trips(b, &p("largest")),
     )
     .await;
+    step("get_many_and_count", get_many_and_count(b, &p("many"))).await;
     step("delete_is_exact", delete_is_exact(b, &p("delete"))).await;
     step(
         "changes_between_is_exact",
