@@ -6,16 +6,33 @@ use crate::baseline::Baselines;
 use crate::config::{ConnectError, ConsulConfig};
 use crate::errors::{other, quote, refused, KIND};
 use crate::http::{Http, Query};
+use crate::listing::{self, Collect, Wait};
 use crate::{keys, session, snapshot, txn, watch};
 use async_trait::async_trait;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sync_core::{
-    BackendError, Claim, ClusterId, Epoch, Key, KvBackend, KvChange, Lease, LeaseId, Renewal,
-    Revision, Snapshot, TxnOutcome, WatchStream, WriteLimits, WriteOp,
+    BackendError, Claim, ClusterId, Epoch, Key, KvBackend, KvChange, KvEntry, Lease, LeaseId,
+    Renewal, Revision, Snapshot, TxnOutcome, WatchStream, WriteLimits, WriteOp,
 };
+
+/// One key's entry, or None; see `get_many`.
+fn get_one(
+    conn: Arc<Conn>,
+    key: Key,
+) -> futures::future::BoxFuture<'static, Result<Option<KvEntry>, BackendError>> {
+    async move {
+        let listed = listing::list(&conn, &key.0, Collect::All, Wait::No).await?;
+        Ok(listed.entries.into_iter().find(|e| e.key == key))
+    }
+    .boxed()
+}
+
+/// Keys `get_many` reads at once, one request each.
+const GETS_IN_FLIGHT: usize = 8;
 
 /// Everything a request needs; shared by the backend's clones and its watch tasks.
 pub(crate) struct Conn {
@@ -260,6 +277,25 @@ impl KvBackend for ConsulBackend {
         at: Option<Revision>,
     ) -> Result<Snapshot, BackendError> {
         snapshot::read(&self.conn, prefix, at).await
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<KvEntry>, BackendError> {
+        // Read as listings of each key, keeping the key itself: unlike `snapshot`, these
+        // leave the prefixes' baselines alone (one per key read would pile up for ever).
+        let reads: Vec<_> = keys
+            .iter()
+            .map(|key| get_one(Arc::clone(&self.conn), key.clone()))
+            .collect();
+        let found: Vec<Option<KvEntry>> = futures::stream::iter(reads)
+            .buffered(GETS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn count(&self, prefix: &[u8]) -> Result<u64, BackendError> {
+        let listed = listing::list(&self.conn, prefix, Collect::KeysOnly, Wait::No).await?;
+        Ok(listed.keys.len() as u64)
     }
 
     async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream, BackendError> {
