@@ -778,11 +778,12 @@ fn area_key(prefix: &[u8], rel: &[u8]) -> Key {
 /// the live values of those keys (`KvBackend::get_many`) plans what reading the whole area
 /// would, at the cost of the change instead of the area's size.
 ///
-/// `validated`: a desired key tree a plan read whole and found valid before (`Some(None)`:
-/// the area had no directory); only the files changed since are checked (that they map to
-/// keys, and that no key is held twice). `Ok(None)` when the full plan must be made
-/// instead: another mode or format, a schema, no trusted checkpoint, nothing validated, or
-/// a changed file only a full read judges (it then names the file).
+/// `validated`: a desired key tree a plan found valid before (`Some(None)`: the area had no
+/// directory); only the files changed since are checked (that they map to keys, and that
+/// no key is held twice). With none, the desired files are read whole to be checked (Git
+/// only: the live side is still read for the changed keys alone). `Ok(None)` when the
+/// full plan must be made instead: another mode or format, a schema, no trusted
+/// checkpoint, or a file only the full plan's read judges (it then names the file).
 pub async fn plan_area_delta(
     ctx: &Context,
     area: &AreaConfig,
@@ -791,9 +792,9 @@ pub async fn plan_area_delta(
     validated: Option<Option<ObjectId>>,
 ) -> Result<Option<AreaPlan>, ApplyError> {
     let plain = !area.format.is_documents() && area.schema.is_none();
-    let (true, Some(validated)) = (area.rule.mode == Mode::Both && plain, validated) else {
+    if area.rule.mode != Mode::Both || !plain {
         return Ok(None);
-    };
+    }
     let backend = ctx.backend().await?;
     let cp = checkpoint::load(ctx, &area.name).await?;
     let current = backend.current_revision().await?;
@@ -809,7 +810,11 @@ pub async fn plan_area_delta(
     let found = ctx
         .git_blocking(move |git| -> Result<_, ApplyError> {
             let desired = super::view::area_tree(git, commit, &path)?;
-            if !still_valid(git, validated, desired) {
+            let valid = match validated {
+                Some(validated) => still_valid(git, validated, desired),
+                None => read_area(git, desired, &path).is_ok(),
+            };
+            if !valid {
                 return Ok(None);
             }
             Ok(candidates(git, base_tree, desired)?.map(|c| (desired, c)))

@@ -99,6 +99,14 @@ type Write = (
     Option<Vec<u8>>,
 );
 
+/// A delta plan with nothing validated before.
+async fn delta_unvalidated(ctx: &Context) -> Option<AreaPlan> {
+    let area = ctx.cfg.areas[0].clone();
+    plan_area_delta(ctx, &area, tip(ctx).await, &cluster(ctx).await, None)
+        .await
+        .expect("delta plan")
+}
+
 /// What an op writes, with a run of new keys compared as new keys one by one (a delta
 /// plan does not read what lies between them).
 fn writes(plan: &AreaPlan) -> Vec<Write> {
@@ -215,9 +223,9 @@ async fn a_plan_from_the_change_writes_what_a_plan_of_the_whole_area_writes() {
     assert!(full(&ctx).await.expect("full plan").ops.is_empty());
 }
 
-/// A change only a whole read can judge gives no delta plan: the full plan then names the
-/// file (a second spelling of a key, a name that maps to no key); another mode, or no
-/// validated tree, gives none either.
+/// A change only a whole read can judge gives no delta plan, validated before or not: the
+/// full plan then names the file (a second spelling of a key, a name that maps to no key);
+/// another mode gives none either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_only_a_whole_read_judges_is_planned_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -227,12 +235,14 @@ async fn a_change_only_a_whole_read_judges_is_planned_whole() {
     export::run(&ctx, None, false).await.expect("export");
     let validated = full(&ctx).await.expect("plan").desired_tree;
     let area = ctx.cfg.areas[0].clone();
-    let no_memory = plan_area_delta(&ctx, &area, tip(&ctx).await, &cluster(&ctx).await, None).await;
-    assert!(no_memory.expect("plan").is_none(), "nothing validated yet");
+    // With nothing validated yet, the desired files are read whole to be checked.
+    let first = delta_unvalidated(&ctx).await.expect("a delta plan");
+    assert_eq!(first.desired_tree, validated);
 
     // `k~0` is another spelling of the key `k`.
     push_edits(dir.path(), &[("k~0", Some("2"))]);
     assert!(delta(&ctx, validated).await.is_none());
+    assert!(delta_unvalidated(&ctx).await.is_none());
     let err = full(&ctx).await.err().expect("refused");
     assert!(err.to_string().contains("stored twice"), "{err}");
 
@@ -245,6 +255,7 @@ async fn a_change_only_a_whole_read_judges_is_planned_whole() {
 
     push_edits(dir.path(), &[("d/bad%ZZ", Some("3"))]);
     assert!(delta(&ctx, validated).await.is_none());
+    assert!(delta_unvalidated(&ctx).await.is_none());
     let err = full(&ctx).await.err().expect("refused");
     assert!(err.to_string().contains("bad%ZZ"), "{err}");
 
