@@ -588,19 +588,32 @@ impl BenchServe {
         layout: Layout,
         batch_window: &str,
     ) -> BenchServe {
+        Self::start_in_mode(dir, name, endpoint, layout, batch_window, "kv-to-git", "")
+    }
+
+    /// [`BenchServe::start`] with every area in `mode`, and `sync` lines added to `[sync]`.
+    pub fn start_in_mode(
+        dir: &Path,
+        name: &str,
+        endpoint: &str,
+        layout: Layout,
+        batch_window: &str,
+        mode: &str,
+        sync: &str,
+    ) -> BenchServe {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port");
         let cfg = dir.join(format!("{name}.toml"));
         let sync = format!(
-            "[sync]\nnode = \"bench\"\nbatch_window = \"{batch_window}\"\nbatch_max = 10000\n[server]\nlisten = \"{addr}\"\n"
+            "[sync]\nnode = \"bench\"\nbatch_window = \"{batch_window}\"\nbatch_max = 10000\n{sync}[server]\nlisten = \"{addr}\"\n"
         );
         write_config(
             &cfg,
             endpoint,
             &dir.join(format!("{name}.git")),
             layout,
-            "kv-to-git",
+            mode,
             &sync,
         );
         let log = dir.join(format!("{name}.log"));

@@ -1,15 +1,17 @@
 //! kvgit-bench-serve: the figures of `kvgit serve` in issue 16, each beside its yardstick in
 //! one run on etcd started with `--unsafe-no-fsync`: ingest vs a null consumer, peak RSS, a
-//! 100-key commit at 10M vs 100k keys, and the cost of a flat directory of 1M keys.
+//! 100-key commit at 10M vs 100k keys, the cost of a flat directory of 1M keys, and what a
+//! serve in mode both costs beyond recording alone.
 //!
 //! Run: `cargo build --release -p kvgit -p kvgit-tests && target/release/kvgit-bench-serve`
 //! (`--only NAME[,NAME]` or BENCH_ONLY runs some figures, `--list` names them; sizes by
-//! BENCH_INGEST, BENCH_INGEST_LARGE, BENCH_SCALE_SMALL, BENCH_SCALE_LARGE, BENCH_FLAT_KEYS;
+//! BENCH_INGEST, BENCH_INGEST_LARGE, BENCH_SCALE_SMALL, BENCH_SCALE_LARGE, BENCH_FLAT_KEYS,
+//! BENCH_BOTH_KEYS;
 //! BENCH_RUNS=3 (15 at least for the commit figures); BENCH_BATCH_WINDOW=250ms, which bounds how long the last event waits;
 //! BENCH_PAUSE_BEFORE_COMMITS=FILE waits before the timed commits until FILE exists).
 
 use kvgit_tests::bench::{
-    cpu_secs, env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs,
+    change, cpu_secs, env_usize, etcd, flat_keys, kvgit_bin, list, median, raw_write, run, secs,
     write_config, BenchServe, Layout, NullConsumer, Report, Row, Selection, VALUE_BYTES,
 };
 use kvgit_tests::etcd::EtcdServer;
@@ -37,7 +39,18 @@ const FIGURES: &[(&str, &str)] = &[
         "flat",
         "100-key commit in one flat directory of BENCH_FLAT_KEYS (1M) keys vs the same keys in 1k-key directories",
     ),
+    (
+        "both",
+        "serve in mode both over BENCH_BOTH_KEYS (1M) keys under a trickle of live changes vs the same serve in kv-to-git (recording alone): serve and etcd CPU (<= 1.25x); a push of 100 files until live",
+    ),
 ];
+
+/// `both`: the trickle is 100 keys changed every `TRICKLE_EVERY`, `TRICKLE_STEPS` times,
+/// with `fetch_interval` 1 s, so that a serve makes a fetch/apply pass about every second.
+const TRICKLE_STEPS: usize = 100;
+const TRICKLE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// `both`: what a both serve may cost beyond recording alone.
+const BOTH_TARGET: f64 = 1.25;
 
 /// Ingest target: kvgit's time ≤ null consumer's ÷ 0.85 + batch_window.
 const INGEST_TARGET: f64 = 0.85;
@@ -197,6 +210,161 @@ impl Bench {
             }
         }
         times
+    }
+}
+
+impl Bench {
+    /// A serve in mode `both` against the same serve in `kv-to-git` (the yardstick: what
+    /// recording the live changes costs alone), each a first start of a new repository over
+    /// a new etcd holding `n` keys, alternating: the CPU that serve and etcd spend over a
+    /// trickle of live changes to the first area, during which a `both` serve keeps making
+    /// fetch/apply passes over areas whose tip and checkpoint move. Then, in `both` only, a
+    /// push of 100 changed files of the second area into the serve's repository and
+    /// `POST /sync`: the time until the last of them is live.
+    async fn both(&self, report: &mut Report, n: usize) {
+        let layout = Layout::STANDARD;
+        let modes = ["both", "kv-to-git"];
+        let (mut serve_cpu, mut etcd_cpu) = ([vec![], vec![]], [vec![], vec![]]);
+        let (mut rss, mut pushes) = ([0f64; 2], Vec::new());
+        for r in 0..self.runs {
+            for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
+                let mode = modes[side];
+                let cluster = etcd();
+                raw_write(cluster.endpoint(), layout, 0..n, "v1").await;
+                let rev = current_revision(cluster.endpoint()).await;
+                let name = format!("both-{mode}-{r}");
+                let serve = BenchServe::start_in_mode(
+                    &self.dir,
+                    &name,
+                    cluster.endpoint(),
+                    layout,
+                    &self.window,
+                    mode,
+                    "fetch_interval = \"1s\"\n",
+                );
+                serve.wait_checkpoint(rev);
+                kvgit_tests::bench::write_back();
+                let (s0, e0) = (serve.cpu_secs(), cpu_secs(cluster.pid()));
+                let mut last = 0;
+                for t in 0..TRICKLE_STEPS {
+                    let keys = layout.hundred_keys(n, t);
+                    last = change(cluster.endpoint(), layout, &keys, &format!("t{r}.{t}")).await;
+                    tokio::time::sleep(TRICKLE_EVERY).await;
+                }
+                serve.wait_checkpoints(&[last, 0, 0, 0]);
+                let (cpu, etcd) = (serve.cpu_secs() - s0, cpu_secs(cluster.pid()) - e0);
+                serve_cpu[side].push(cpu);
+                etcd_cpu[side].push(etcd);
+                let mut line = format!(
+                    "  both run {r}, {mode}: serve CPU {cpu:.2} s, etcd CPU {etcd:.2} s over the trickle"
+                );
+                if mode == "both" {
+                    let took = push_until_live(&self.dir, &serve, cluster.endpoint(), n, r).await;
+                    line.push_str(&format!("; a push of 100 files live after {}", secs(took)));
+                    pushes.push(took);
+                }
+                rss[side] = rss[side].max(serve.peak_rss_mib());
+                println!("{line}, peak RSS {:.0} MiB", serve.peak_rss_mib());
+            }
+        }
+        let (sb, sk) = (median(serve_cpu[0].clone()), median(serve_cpu[1].clone()));
+        let (eb, ek) = (median(etcd_cpu[0].clone()), median(etcd_cpu[1].clone()));
+        let trickle = format!(
+            "{TRICKLE_STEPS} txns of 100 keys, one every {} ms",
+            TRICKLE_EVERY.as_millis()
+        );
+        report.row(Row {
+            figure: format!(
+                "serve in mode both over {n} keys: serve CPU over a trickle ({trickle})"
+            ),
+            kvgit: format!("{sb:.2} s"),
+            yardstick: format!("the same serve in kv-to-git: {sk:.2} s"),
+            result: format!("{:.2}× (both ÷ kv-to-git)", sb / sk),
+            target: format!("≤ {BOTH_TARGET}×"),
+            met: Some(sb <= BOTH_TARGET * sk),
+        });
+        report.row(Row {
+            figure: "the same: etcd CPU over the trickle".to_string(),
+            kvgit: format!("{eb:.2} s"),
+            yardstick: format!("kv-to-git: {ek:.2} s"),
+            result: format!("{:.2}× (both ÷ kv-to-git)", eb / ek),
+            target: format!("≤ {BOTH_TARGET}×"),
+            met: Some(eb <= BOTH_TARGET * ek),
+        });
+        report.row(Row {
+            figure: "the same: a push of 100 changed files until live (POST /sync)".to_string(),
+            kvgit: secs(median(pushes.clone())),
+            yardstick: "–".into(),
+            result: format!("peak RSS {:.0} MiB (kv-to-git {:.0} MiB)", rss[0], rss[1]),
+            target: "measured".into(),
+            met: None,
+        });
+        report.note(format!(
+            "both runs: serve CPU both [{}], kv-to-git [{}]; etcd CPU both [{}], kv-to-git [{}]; pushes [{}]",
+            list(&serve_cpu[0]),
+            list(&serve_cpu[1]),
+            list(&etcd_cpu[0]),
+            list(&etcd_cpu[1]),
+            list(&pushes)
+        ));
+    }
+}
+
+/// Pushes a commit changing 100 files of the second area into the serve's repository (as a
+/// person would, through a clone), asks for a pass, and waits until the last changed key
+/// holds its new value in etcd: the seconds from the push's end.
+async fn push_until_live(
+    dir: &Path,
+    serve: &BenchServe,
+    endpoint: &str,
+    n: usize,
+    r: usize,
+) -> f64 {
+    let layout = Layout::STANDARD;
+    let repo = dir.join(format!("both-both-{r}.git"));
+    let work = dir.join(format!("both-work-{r}"));
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=bench", "-c", "user.email=bench@bench"])
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (repo_s, work_s) = (repo.display().to_string(), work.display().to_string());
+    git(&["clone", "-q", "-b", "main", &repo_s, &work_s]);
+    // The first area's keys, moved to the second (`/bench/a1/…`).
+    let keys: Vec<usize> = layout.hundred_keys(n, 7).iter().map(|i| i + 1).collect();
+    let salt = format!("push{r}");
+    for &i in &keys {
+        let file = work.join(layout.key(i).trim_start_matches(kvgit_tests::bench::ROOT));
+        std::fs::write(&file, kvgit_tests::bench::value(i, &salt))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+    git(&["-C", &work_s, "commit", "-qam", "100 files"]);
+    git(&["-C", &work_s, "push", "-q", "origin", "main"]);
+    let start = Instant::now();
+    let (code, body) =
+        kvgit_tests::serve::http(serve.addr, "POST", "/sync", None).expect("POST /sync");
+    assert!(code < 300, "POST /sync: {code} {body}");
+    let last = layout.key(*keys.last().expect("100 keys"));
+    let want = kvgit_tests::bench::value(*keys.last().expect("100 keys"), &salt);
+    let mut kv = kvgit_tests::bench::connect(endpoint).await.kv_client();
+    loop {
+        let got = kv.get(last.as_str(), None).await.expect("get");
+        if got
+            .kvs()
+            .first()
+            .is_some_and(|k| k.value() == want.as_slice())
+        {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(start.elapsed().as_secs() < 600, "the push never went live");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -454,6 +622,11 @@ async fn main() {
             list(&th),
             list(&tsplit)
         ));
+    }
+
+    if sel.wants("both") {
+        let n = env_usize("BENCH_BOTH_KEYS", 1_000_000);
+        bench.both(&mut report, n).await;
     }
 
     report.print();
