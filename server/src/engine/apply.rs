@@ -496,16 +496,8 @@ pub async fn plan_area_with(
                 _ => None,
             };
             let live_keys = snap.entries.len();
-            let live: BTreeMap<Vec<u8>, (ObjectId, KvEntry)> = snap
-                .entries
-                .into_iter()
-                .map(|e| {
-                    Ok((
-                        e.key.0[prefix_len..].to_vec(),
-                        (git.hash_blob(&e.value)?, e),
-                    ))
-                })
-                .collect::<Result<_, GitError>>()?;
+            let live: BTreeMap<Vec<u8>, (ObjectId, KvEntry)> =
+                hashed(git, snap.entries, prefix_len).collect::<Result<_, GitError>>()?;
             // One walk over the three sorted sides decides every key; lookups per key were
             // most of the planning time at 100k keys.
             let mut decided: Vec<Decided> = Vec::with_capacity(live.len() + desired.len());
@@ -764,6 +756,19 @@ fn sized_ops(
     Ok(ops)
 }
 
+/// Live entries by their key relative to the area (`prefix_len`), each with the id its
+/// value has as a Git blob: the rule compares sides by id, never by reading values.
+fn hashed<'g>(
+    git: &'g gitstore::GitStore,
+    entries: Vec<KvEntry>,
+    prefix_len: usize,
+) -> impl Iterator<Item = Result<(Vec<u8>, (ObjectId, KvEntry)), GitError>> + 'g {
+    entries.into_iter().map(move |e| {
+        let id = git.hash_blob(&e.value)?;
+        Ok((e.key.0[prefix_len..].to_vec(), (id, e)))
+    })
+}
+
 /// The full key of `rel` in an area with key prefix `prefix`.
 fn area_key(prefix: &[u8], rel: &[u8]) -> Key {
     let mut k = Vec::with_capacity(prefix.len() + rel.len());
@@ -834,15 +839,8 @@ pub async fn plan_area_delta(
         .git_blocking(move |git| -> Result<AreaPlan, ApplyError> {
             let area = area_cfg;
             let prefix_len = area.prefix.len();
-            let live: Vec<(Vec<u8>, (ObjectId, KvEntry))> = live
-                .into_iter()
-                .map(|e| {
-                    Ok((
-                        e.key.0[prefix_len..].to_vec(),
-                        (git.hash_blob(&e.value)?, e),
-                    ))
-                })
-                .collect::<Result<_, GitError>>()?;
+            let live: Vec<(Vec<u8>, (ObjectId, KvEntry))> =
+                hashed(git, live, prefix_len).collect::<Result<_, GitError>>()?;
             let mut live = live.iter().peekable();
             let (mut decided, mut agreed, mut pending_export) = (Vec::new(), Vec::new(), 0);
             for (i, c) in candidates.iter().enumerate() {
